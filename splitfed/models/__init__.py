@@ -1,0 +1,43 @@
+"""Cut a Hugging Face causal LM into client Bottom / server Trunk / client Top, with LoRA per part."""
+
+from splitfed.models.checkpoint import CheckpointError, load_client_parts, load_part
+from splitfed.models.layout import Layout, UnsupportedModelError, detect_layout, validate_cut
+from splitfed.models.lora import (
+    LoraSpec,
+    PartAdapter,
+    SplitLoraConfig,
+    adapted_modules,
+    adapter_parameters,
+    add_lora,
+    export_adapter,
+    get_adapter_state,
+    peft_config_for,
+    set_adapter_state,
+)
+from splitfed.models.parts import Bottom, SplitPart, Top, TopOutput, Trunk, position_ids_from_mask
+from splitfed.models.pretrained import MODELS, ModelPackageMissing, Pretrained, load_pretrained, prepare
+from splitfed.models.split import SplitMismatchError, SplitModel, split_model, verify_split
+
+__all__ = [
+    "Bottom", "CheckpointError", "Layout", "LoraSpec", "MODELS", "ModelPackageMissing", "PartAdapter",
+    "Pretrained", "SplitLoraConfig", "SplitMismatchError", "SplitModel", "SplitPart", "Top", "TopOutput",
+    "Trunk", "UnsupportedModelError", "adapted_modules", "adapter_parameters", "add_lora", "apply_lora",
+    "detect_layout", "export_adapter", "get_adapter_state", "load_client_parts", "load_part",
+    "load_pretrained", "peft_config_for", "position_ids_from_mask", "prepare", "set_adapter_state",
+    "split_model", "validate_cut", "verify_split",
+]
+
+
+def apply_lora(split: SplitModel, config: SplitLoraConfig, *, seed: int = 0) -> dict[str, list[str]]:
+    """Add each part's LoRA adapter (`config.bottom/trunk/top`); returns adapted module names per part."""
+    adapted = {}
+    for i, (role, part) in enumerate(split.parts.items()):
+        spec = config.for_role(role)
+        if spec is None:
+            part.lora_spec = None
+            for p in part.parameters():
+                p.requires_grad_(False)
+            adapted[role] = []
+        else:
+            adapted[role] = add_lora(part, spec, seed=seed + i)
+    return adapted

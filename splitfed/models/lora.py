@@ -1,0 +1,270 @@
+"""LoRA adapters (PEFT) on each part, their state, and export as one standard PEFT adapter.
+
+Adapter state dicts are keyed by **full-model names** with the adapter name removed, e.g.
+``model.layers.3.self_attn.q_proj.lora_A.weight``: the same keys a saved PEFT adapter uses
+(minus the ``base_model.model.`` prefix).  A part's state can therefore cross a process
+boundary and be merged with the other parts' states without knowing how the model was cut.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from splitfed.models.parts import SplitPart
+
+ADAPTER = "default"
+_LORA_MARK = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)\.")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA hyper-parameters for one part.
+
+    `target_modules` are module-name suffixes (``q_proj``); ``None`` takes PEFT's default
+    for the architecture (q/v projections for Llama, ``c_attn`` for GPT-2).
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if not (isinstance(self.r, int) and self.r >= 1):
+            raise ValueError(f"LoRA rank r must be a positive integer, got {self.r!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        if self.target_modules is not None:
+            if isinstance(self.target_modules, str) or not self.target_modules:
+                raise ValueError(
+                    f"target_modules must be a non-empty list of module names, got {self.target_modules!r}"
+                )
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+
+@dataclass(frozen=True)
+class SplitLoraConfig:
+    """One `LoraSpec` per part; ``None`` leaves that part without an adapter."""
+
+    bottom: LoraSpec | None = field(default_factory=LoraSpec)
+    trunk: LoraSpec | None = field(default_factory=LoraSpec)
+    top: LoraSpec | None = field(default_factory=LoraSpec)
+
+    def for_role(self, role: str) -> LoraSpec | None:
+        if role not in ("bottom", "trunk", "top"):
+            raise ValueError(f"role must be bottom, trunk or top, got {role!r}")
+        return getattr(self, role)
+
+
+def default_targets(model_type: str) -> tuple[str, ...]:
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAP
+
+    if model_type not in MAP:
+        raise ValueError(
+            f"no default LoRA target modules for model_type={model_type!r}; set target_modules explicitly"
+        )
+    return tuple(MAP[model_type])
+
+
+def _strip_adapter(name: str, adapter: str = ADAPTER) -> str:
+    return ".".join(p for p in name.split(".") if p != adapter)
+
+
+def add_lora(part: SplitPart, spec: LoraSpec, *, seed: int | None = None) -> list[str]:
+    """Inject a LoRA adapter into `part` in place and freeze everything else.
+
+    Returns the full-model names of the adapted modules.  A part with no blocks (a cut at 0
+    or at n) and no matching module gets no adapter; a part with blocks but no match is an
+    error naming the targets.  `seed` makes the LoRA A initialisation reproducible.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = spec.target_modules or default_targets(part.layout.model_type)
+    names = {n.rsplit(".", 1)[-1] for n, _ in part.named_modules()} | {n for n, _ in part.named_modules()}
+    if not any(t in names for t in targets):
+        if not len(part.layers):
+            part.lora_spec = None
+            _freeze_base(part)
+            return []
+        raise ValueError(
+            f"{part.role}: no module matches LoRA target_modules={list(targets)}; "
+            f"modules in this part include {sorted({n.rsplit('.', 1)[-1] for n in names if n})[:20]}"
+        )
+    cfg = LoraConfig(
+        r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(targets),
+        fan_in_fan_out=part.layout.model_type == "gpt2",
+    )
+    if seed is None:
+        inject_adapter_in_model(cfg, part, adapter_name=ADAPTER)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            inject_adapter_in_model(cfg, part, adapter_name=ADAPTER)
+    part.lora_spec = spec
+    _freeze_base(part)
+    return adapted_modules(part)
+
+
+def _freeze_base(part: nn.Module) -> None:
+    for name, p in part.named_parameters():
+        p.requires_grad_(bool(_LORA_MARK.search(name)))
+
+
+def adapted_modules(part: SplitPart) -> list[str]:
+    """Full-model names of the modules carrying a LoRA adapter in `part`."""
+    from peft.tuners.lora import LoraLayer
+
+    return [part.full_name(n) for n, m in part.named_modules() if isinstance(m, LoraLayer)]
+
+
+def adapter_parameters(part: nn.Module) -> list[nn.Parameter]:
+    """The trainable LoRA parameters of `part`, in a stable order."""
+    return [p for n, p in part.named_parameters() if _LORA_MARK.search(n)]
+
+
+def get_adapter_state(part: SplitPart) -> dict[str, torch.Tensor]:
+    """Copy of the part's LoRA tensors keyed by full-model name (adapter name removed)."""
+    return {
+        part.full_name(_strip_adapter(n)): p.detach().clone()
+        for n, p in part.named_parameters()
+        if _LORA_MARK.search(n)
+    }
+
+
+def set_adapter_state(part: SplitPart, state: Mapping[str, torch.Tensor]) -> None:
+    """Load LoRA tensors (full-model names) into `part`; keys and shapes must match exactly."""
+    params = {part.full_name(_strip_adapter(n)): p for n, p in part.named_parameters() if _LORA_MARK.search(n)}
+    missing = sorted(set(params) - set(state))
+    unexpected = sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise KeyError(
+            f"{part.role} adapter state does not match: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    with torch.no_grad():
+        for key, p in params.items():
+            value = state[key]
+            if tuple(value.shape) != tuple(p.shape):
+                raise ValueError(f"{key}: expected shape {tuple(p.shape)}, got {tuple(value.shape)}")
+            p.copy_(value)
+
+
+@dataclass(frozen=True)
+class PartAdapter:
+    """What export needs from one part: its spec and its adapter state (full-model names)."""
+
+    spec: LoraSpec
+    state: Mapping[str, torch.Tensor]
+
+    @classmethod
+    def of(cls, part: SplitPart) -> PartAdapter | None:
+        spec = getattr(part, "lora_spec", None)
+        return None if spec is None else cls(spec, get_adapter_state(part))
+
+
+def _modules_of(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """module full name -> rank, read from the lora_A shapes."""
+    ranks: dict[str, int] = {}
+    for key, value in state.items():
+        m = _LORA_MARK.search(key)
+        if m and m.group(1) in ("lora_A", "lora_embedding_A"):
+            module = key[: m.start()]
+            ranks[module] = int(value.shape[0])
+    return ranks
+
+
+def peft_config_for(adapters: Iterable[PartAdapter], *, model_type: str, base_model_name_or_path: str | None = None):
+    """One `peft.LoraConfig` that places every part's adapters on the full model."""
+    from peft import LoraConfig
+
+    adapters = list(adapters)
+    if not adapters:
+        raise ValueError("nothing to export: no part carries a LoRA adapter")
+    rank_pattern: dict[str, int] = {}
+    alpha_pattern: dict[str, float] = {}
+    for ad in adapters:
+        for module, r in _modules_of(ad.state).items():
+            rank_pattern[re.escape(module)] = r
+            alpha_pattern[re.escape(module)] = ad.spec.alpha
+    modules = sorted(k.replace("\\", "") for k in rank_pattern)
+    first = adapters[0].spec
+    return LoraConfig(
+        r=first.r,
+        lora_alpha=first.alpha,
+        lora_dropout=first.dropout,
+        target_modules=modules,
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        fan_in_fan_out=model_type == "gpt2",
+        base_model_name_or_path=base_model_name_or_path,
+        task_type="CAUSAL_LM",
+    )
+
+
+def export_adapter(
+    out_dir: str | os.PathLike,
+    adapters: Iterable[PartAdapter | None],
+    *,
+    model_type: str,
+    base_model_name_or_path: str | None = None,
+    metadata: Mapping[str, object] | None = None,
+) -> Path:
+    """Write the parts' adapters as one PEFT adapter directory (atomically).
+
+    The result loads with ``PeftModel.from_pretrained(AutoModelForCausalLM..., out_dir)``.
+    """
+    from safetensors.torch import save_file
+
+    adapters = [a for a in adapters if a is not None]
+    config = peft_config_for(adapters, model_type=model_type, base_model_name_or_path=base_model_name_or_path)
+    tensors: dict[str, torch.Tensor] = {}
+    for ad in adapters:
+        for key, value in ad.state.items():
+            if key in tensors:
+                raise ValueError(f"adapter tensor {key} appears in two parts")
+            tensors[f"base_model.model.{key}"] = value.detach().to("cpu").contiguous()
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(tmp)
+    save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+    if metadata:
+        (tmp / "splitfed.json").write_text(json.dumps(dict(metadata), indent=2, default=str))
+    _replace_dir(tmp, out)
+    return out
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move `tmp` to `out`, replacing an older `out` with a rename (no half-written result)."""
+    if out.exists():
+        old = out.with_name(out.name + f".old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+__all__ = [
+    "LoraSpec",
+    "SplitLoraConfig",
+    "PartAdapter",
+    "add_lora",
+    "adapted_modules",
+    "adapter_parameters",
+    "get_adapter_state",
+    "set_adapter_state",
+    "export_adapter",
+    "peft_config_for",
+]
