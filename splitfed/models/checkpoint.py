@@ -38,7 +38,7 @@ def _tensor_files(ckpt: Path) -> dict[str, Path]:
     from safetensors import safe_open
 
     with safe_open(single, "pt") as f:
-        return {k: single for k in f.keys()}
+        return {k: single for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
 
 
 def _read(files: dict[str, Path], keys: list[str]) -> dict[str, torch.Tensor]:
@@ -95,8 +95,10 @@ def load_part(
             raise CheckpointError(f"{ckpt}: tensor {key!r} needed by the {role} is not in the checkpoint")
         wanted[local] = key
     tensors = _read(files, sorted(set(wanted.values())))
-    state = {local: tensors[key].to(dtype) if tensors[key].is_floating_point() else tensors[key]
-             for local, key in wanted.items()}
+    state = {
+        local: tensors[key].to(dtype) if tensors[key].is_floating_point() else tensors[key]
+        for local, key in wanted.items()
+    }
     part.load_state_dict(state, strict=False, assign=True)
     still_meta = [n for n, t in part.state_dict().items() if t.device.type == "meta"]
     if still_meta:
@@ -106,7 +108,9 @@ def load_part(
     return part
 
 
-def load_client_parts(checkpoint: str | os.PathLike, cut: tuple[int, int], *, dtype=torch.float32) -> tuple[Bottom, Top]:
+def load_client_parts(
+    checkpoint: str | os.PathLike, cut: tuple[int, int], *, dtype=torch.float32
+) -> tuple[Bottom, Top]:
     """Bottom and Top for a client process; re-ties embedding and LM head when the model ties them."""
     bottom = load_part(checkpoint, "bottom", cut, dtype=dtype)
     top = load_part(checkpoint, "top", cut, dtype=dtype)

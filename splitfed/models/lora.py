@@ -71,9 +71,7 @@ def default_targets(model_type: str) -> tuple[str, ...]:
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAP
 
     if model_type not in MAP:
-        raise ValueError(
-            f"no default LoRA target modules for model_type={model_type!r}; set target_modules explicitly"
-        )
+        raise ValueError(f"no default LoRA target modules for model_type={model_type!r}; set target_modules explicitly")
     return tuple(MAP[model_type])
 
 
@@ -102,7 +100,10 @@ def add_lora(part: SplitPart, spec: LoraSpec, *, seed: int | None = None) -> lis
             f"modules in this part include {sorted({n.rsplit('.', 1)[-1] for n in names if n})[:20]}"
         )
     cfg = LoraConfig(
-        r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=list(targets),
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=list(targets),
         fan_in_fan_out=part.layout.model_type == "gpt2",
     )
     if seed is None:

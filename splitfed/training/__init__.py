@@ -5,5 +5,4 @@ from splitfed.training.inprocess import SplitTrainer, StepResult
 from splitfed.training.optim import OptimConfig, make_optimizer
 from splitfed.training.reference import ReferenceTrainer
 
-__all__ = ["EvalResult", "OptimConfig", "ReferenceTrainer", "SplitTrainer", "StepResult", "evaluate",
-           "make_optimizer"]
+__all__ = ["EvalResult", "OptimConfig", "ReferenceTrainer", "SplitTrainer", "StepResult", "evaluate", "make_optimizer"]

@@ -31,6 +31,4 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], config: OptimConfig) ->
     params = [p for p in params if p.requires_grad]
     if not params:
         return None
-    return torch.optim.AdamW(
-        params, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas, eps=config.eps
-    )
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas, eps=config.eps)

@@ -1,0 +1,48 @@
+"""Data: the drug review corpus, causal-LM batching, and federated client partitions."""
+
+from splitfed.data.drugreviews import (
+    IGNORE_INDEX,
+    INSTALL_COMMAND,
+    RATINGS,
+    SPLITS,
+    UNKNOWN_CONDITION,
+    DataPackageMissing,
+    Example,
+    Review,
+    Tokenizer,
+    batches,
+    clean_condition,
+    clean_text,
+    collate,
+    data_zip_path,
+    format_prompt,
+    format_target,
+    load_drug_reviews,
+    tokenize_examples,
+)
+from splitfed.data.partition import label_entropy, partition_dirichlet, partition_iid, partition_stats
+
+__all__ = [
+    "IGNORE_INDEX",
+    "INSTALL_COMMAND",
+    "RATINGS",
+    "SPLITS",
+    "UNKNOWN_CONDITION",
+    "DataPackageMissing",
+    "Example",
+    "Review",
+    "Tokenizer",
+    "batches",
+    "clean_condition",
+    "clean_text",
+    "collate",
+    "data_zip_path",
+    "format_prompt",
+    "format_target",
+    "label_entropy",
+    "load_drug_reviews",
+    "partition_dirichlet",
+    "partition_iid",
+    "partition_stats",
+    "tokenize_examples",
+]
