@@ -49,16 +49,18 @@ def main(argv=None) -> int:
     trainers = {"split": SplitTrainer(split, optim), "monolithic": ReferenceTrainer.matching(base, split, optim)}
 
     # Full-length real examples only, so every batch is exactly batch x seq-len tokens.
-    examples = [e for e in tokenize_examples(load_drug_reviews("train"), pre.tokenizer, max_length=args.seq_len)
-                if len(e.input_ids) == args.seq_len]
+    examples = [
+        e
+        for e in tokenize_examples(load_drug_reviews("train"), pre.tokenizer, max_length=args.seq_len)
+        if len(e.input_ids) == args.seq_len
+    ]
     need = args.batch_size * (args.warmup + args.steps)
     if len(examples) < need:
         print(f"only {len(examples)} full-length examples, need {need}", file=sys.stderr)
         return 2
     pad = pre.tokenizer.pad_token_id or 0
-    data = [collate(examples[i: i + args.batch_size], pad_token_id=pad)
-            for i in range(0, need, args.batch_size)]
-    warm, timed = data[: args.warmup], data[args.warmup:]
+    data = [collate(examples[i : i + args.batch_size], pad_token_id=pad) for i in range(0, need, args.batch_size)]
+    warm, timed = data[: args.warmup], data[args.warmup :]
 
     for trainer in trainers.values():
         for batch in warm:
@@ -71,13 +73,16 @@ def main(argv=None) -> int:
             t = time.perf_counter()
             tokens = sum(trainer.step(batch).tokens for batch in timed)
             rates[name].append(tokens / (time.perf_counter() - t))
-        print(f"rep {rep + 1}/{args.reps}: " + "  ".join(f"{n} {r[-1]:7.1f} tok/s" for n, r in rates.items()),
-              flush=True)
+        print(
+            f"rep {rep + 1}/{args.reps}: " + "  ".join(f"{n} {r[-1]:7.1f} tok/s" for n, r in rates.items()), flush=True
+        )
 
     med = {name: statistics.median(r) for name, r in rates.items()}
     ratio = med["split"] / med["monolithic"]
-    print(f"\n{args.model}, cut {tuple(args.cut)}, batch {args.batch_size} x {args.seq_len}, LoRA r=8 q/v, "
-          f"{args.reps} reps x {args.steps} steps, torch threads {torch.get_num_threads()}")
+    print(
+        f"\n{args.model}, cut {tuple(args.cut)}, batch {args.batch_size} x {args.seq_len}, LoRA r=8 q/v, "
+        f"{args.reps} reps x {args.steps} steps, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'mode':<12}{'median tok/s':>14}{'s/step':>10}")
     for name, m in med.items():
         print(f"{name:<12}{m:>14.1f}{args.batch_size * args.seq_len / m:>10.2f}")

@@ -21,8 +21,14 @@ from pathlib import Path
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="named model (smollm2-135m, tiny-llama, tiny-gpt2)")
-    p.add_argument("--cut", type=int, nargs=2, default=(2, 28), metavar=("A", "B"),
-                   help="bottom = layers [0,A), trunk = [A,B), top = [B,n) (default: 2 28)")
+    p.add_argument(
+        "--cut",
+        type=int,
+        nargs=2,
+        default=(2, 28),
+        metavar=("A", "B"),
+        help="bottom = layers [0,A), trunk = [A,B), top = [B,n) (default: 2 28)",
+    )
     p.add_argument("--steps", type=int, default=60, help="training steps (default: 60)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=128, help="tokens per example (default: 128)")
@@ -48,8 +54,14 @@ def main(argv=None) -> int:
 
     from splitfed.data import batches, load_drug_reviews, tokenize_examples
     from splitfed.models import (
-        LoraSpec, PartAdapter, SplitLoraConfig, apply_lora, export_adapter, load_pretrained,
-        position_ids_from_mask, split_model,
+        LoraSpec,
+        PartAdapter,
+        SplitLoraConfig,
+        apply_lora,
+        export_adapter,
+        load_pretrained,
+        position_ids_from_mask,
+        split_model,
     )
     from splitfed.training import OptimConfig, SplitTrainer, evaluate
 
@@ -70,16 +82,20 @@ def main(argv=None) -> int:
     adapted = apply_lora(split, SplitLoraConfig(bottom=spec, trunk=spec, top=spec), seed=args.seed)
     a, b = split.cut
     n = split.layout.num_layers
-    print(f"cut {split.layout.architecture} at ({a}, {b}): client bottom = embeddings + layers [0,{a}), "
-          f"server trunk = [{a},{b}), client top = [{b},{n}) + norm + head")
+    print(
+        f"cut {split.layout.architecture} at ({a}, {b}): client bottom = embeddings + layers [0,{a}), "
+        f"server trunk = [{a},{b}), client top = [{b},{n}) + norm + head"
+    )
     print("LoRA modules per part: " + ", ".join(f"{r} {len(m)}" for r, m in adapted.items()))
 
     train = tokenize_examples(load_drug_reviews("train"), tok, max_length=args.max_length)
     test = tokenize_examples(load_drug_reviews("test")[: args.eval_examples], tok, max_length=args.max_length)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     eval_batches = list(batches(test, 8, pad_token_id=pad))
-    print(f"data: {len(train)} training reviews, {len(test)} held-out reviews "
-          f"({sum(b['attention_mask'].sum().item() for b in eval_batches)} held-out tokens)")
+    print(
+        f"data: {len(train)} training reviews, {len(test)} held-out reviews "
+        f"({sum(b['attention_mask'].sum().item() for b in eval_batches)} held-out tokens)"
+    )
 
     def split_logits(ids, mask):
         return split(ids, mask)
@@ -102,18 +118,26 @@ def main(argv=None) -> int:
 
     split.eval()
     after = evaluate(split_logits, eval_batches)
-    print(f"held-out perplexity after:  {after.perplexity:.2f}  (before {before.perplexity:.2f}, "
-          f"{100 * (1 - after.perplexity / before.perplexity):.1f}% lower)")
-    print(f"train loss: first 10 steps {np.mean(losses[:10]):.3f} -> last 10 steps {np.mean(losses[-10:]):.3f}; "
-          f"{tokens / train_s:.0f} tokens/s")
+    print(
+        f"held-out perplexity after:  {after.perplexity:.2f}  (before {before.perplexity:.2f}, "
+        f"{100 * (1 - after.perplexity / before.perplexity):.1f}% lower)"
+    )
+    print(
+        f"train loss: first 10 steps {np.mean(losses[:10]):.3f} -> last 10 steps {np.mean(losses[-10:]):.3f}; "
+        f"{tokens / train_s:.0f} tokens/s"
+    )
 
     out = export_adapter(
         args.out / "adapter",
         [PartAdapter.of(p) for p in split.parts.values()],
         model_type=split.layout.model_type,
         base_model_name_or_path=str(pre.path),
-        metadata={"cut": split.cut, "steps": args.steps, "perplexity_before": before.perplexity,
-                  "perplexity_after": after.perplexity},
+        metadata={
+            "cut": split.cut,
+            "steps": args.steps,
+            "perplexity_before": before.perplexity,
+            "perplexity_after": after.perplexity,
+        },
     )
     # The exported adapter must reproduce the split model: load it the standard PEFT way.
     from peft import PeftModel
@@ -126,8 +150,10 @@ def main(argv=None) -> int:
         eval_batches,
     )
     ok = math.isclose(check.perplexity, after.perplexity, rel_tol=1e-4)
-    print(f"exported PEFT adapter: {out}  (reloaded with PeftModel.from_pretrained: perplexity "
-          f"{check.perplexity:.2f}, {'matches' if ok else 'DOES NOT match'} the split model)")
+    print(
+        f"exported PEFT adapter: {out}  (reloaded with PeftModel.from_pretrained: perplexity "
+        f"{check.perplexity:.2f}, {'matches' if ok else 'DOES NOT match'} the split model)"
+    )
     print(f"done in {time.perf_counter() - t0:.0f} s")
     if not ok or not after.perplexity < before.perplexity:
         return 1

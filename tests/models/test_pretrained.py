@@ -36,9 +36,11 @@ def test_smollm2_split_is_exact_on_real_text():
     pre = load_pretrained("smollm2-135m")
     cfg = pre.model.config
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size) == (30, 576, 49152)
-    texts = ["Drug: Ibuprofen\nCondition: Pain\nPatient review: Worked well for my back.",
-             "Drug: Sertraline\nCondition: Depression\nPatient review: After six weeks I felt like myself again, "
-             "though the first days brought nausea."]
+    texts = [
+        "Drug: Ibuprofen\nCondition: Pain\nPatient review: Worked well for my back.",
+        "Drug: Sertraline\nCondition: Depression\nPatient review: After six weeks I felt like myself again, "
+        "though the first days brought nausea.",
+    ]
     from splitfed.models import position_ids_from_mask
 
     for side in ("left", "right"):
@@ -46,8 +48,9 @@ def test_smollm2_split_is_exact_on_real_text():
         enc = pre.tokenizer(texts, return_tensors="pt", padding=True)
         mask = enc["attention_mask"]
         with torch.no_grad():
-            want = pre.model(input_ids=enc["input_ids"], attention_mask=mask,
-                             position_ids=position_ids_from_mask(mask)).logits
+            want = pre.model(
+                input_ids=enc["input_ids"], attention_mask=mask, position_ids=position_ids_from_mask(mask)
+            ).logits
             for cut in [(2, 28), (0, 30), (15, 16)]:
                 got = split_model(pre.model, cut)(enc["input_ids"], mask)
                 torch.testing.assert_close(got[mask.bool()], want[mask.bool()], atol=1e-5, rtol=0)
