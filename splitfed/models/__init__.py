@@ -13,6 +13,7 @@ from splitfed.models.lora import (
     get_adapter_state,
     peft_config_for,
     set_adapter_state,
+    with_adapter_name,
 )
 from splitfed.models.parts import Bottom, SplitPart, Top, TopOutput, Trunk, position_ids_from_mask
 from splitfed.models.pretrained import MODELS, ModelPackageMissing, Pretrained, load_pretrained, prepare
@@ -52,6 +53,7 @@ __all__ = [
     "split_model",
     "validate_cut",
     "verify_split",
+    "with_adapter_name",
 ]
 
 

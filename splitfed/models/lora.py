@@ -22,7 +22,7 @@ from torch import nn
 from splitfed.models.parts import SplitPart
 
 ADAPTER = "default"
-_LORA_MARK = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)\.")
+_LORA_MARK = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.|$)")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,18 @@ def _strip_adapter(name: str, adapter: str = ADAPTER) -> str:
     return ".".join(p for p in name.split(".") if p != adapter)
 
 
+def with_adapter_name(key: str, adapter: str = ADAPTER) -> str:
+    """``...q_proj.lora_A.weight`` -> ``...q_proj.lora_A.default.weight`` (PEFT's in-model name)."""
+    m = _LORA_MARK.search(key)
+    if m is None:
+        raise KeyError(f"{key!r} is not a LoRA tensor name")
+    return f"{key[: m.end(1)]}.{adapter}{key[m.end(1) :]}"
+
+
+def _matches(full_name: str, targets: tuple[str, ...]) -> bool:
+    return any(full_name == t or full_name.endswith("." + t) for t in targets)
+
+
 def add_lora(part: SplitPart, spec: LoraSpec, *, seed: int | None = None) -> list[str]:
     """Inject a LoRA adapter into `part` in place and freeze everything else.
 
@@ -89,21 +101,24 @@ def add_lora(part: SplitPart, spec: LoraSpec, *, seed: int | None = None) -> lis
     from peft import LoraConfig, inject_adapter_in_model
 
     targets = spec.target_modules or default_targets(part.layout.model_type)
-    names = {n.rsplit(".", 1)[-1] for n, _ in part.named_modules()} | {n for n, _ in part.named_modules()}
-    if not any(t in names for t in targets):
+    # Targets name modules as the full model does (``embed_tokens``, ``lm_head``, ``q_proj``);
+    # resolve them here and give PEFT the exact local names.
+    local = [n for n, m in part.named_modules() if n and _matches(part.full_name(n), targets)]
+    if not local:
         if not len(part.layers):
             part.lora_spec = None
             _freeze_base(part)
             return []
+        leaves = sorted({part.full_name(n).rsplit(".", 1)[-1] for n, _ in part.named_modules() if n})
         raise ValueError(
             f"{part.role}: no module matches LoRA target_modules={list(targets)}; "
-            f"modules in this part include {sorted({n.rsplit('.', 1)[-1] for n in names if n})[:20]}"
+            f"module names in this part include {leaves[:20]}"
         )
     cfg = LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
-        target_modules=list(targets),
+        target_modules=local,
         fan_in_fan_out=part.layout.model_type == "gpt2",
     )
     if seed is None:
@@ -268,4 +283,5 @@ __all__ = [
     "set_adapter_state",
     "export_adapter",
     "peft_config_for",
+    "with_adapter_name",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from splitfed.models import PartAdapter, SplitModel, peft_config_for, position_ids_from_mask
+from splitfed.models import PartAdapter, SplitModel, peft_config_for, position_ids_from_mask, with_adapter_name
 from splitfed.training.inprocess import StepResult
 from splitfed.training.optim import OptimConfig, make_optimizer
 
@@ -34,8 +34,7 @@ class ReferenceTrainer:
         params = dict(model.named_parameters())
         with torch.no_grad():
             for key, value in state.items():
-                *module, kind, leaf = key.split(".")
-                params[".".join([*module, kind, "default", leaf])].copy_(value)
+                params[with_adapter_name(key)].copy_(value)
         return trainer
 
     def step(self, batch: dict[str, torch.Tensor]) -> StepResult:

@@ -131,3 +131,43 @@ def test_lora_spec_validation(kwargs, match):
 def test_export_refuses_nothing(tmp_path):
     with pytest.raises(ValueError, match="nothing to export"):
         export_adapter(tmp_path / "a", [None], model_type="llama")
+
+
+def test_with_adapter_name():
+    from splitfed.models import with_adapter_name
+
+    assert with_adapter_name("model.layers.1.q_proj.lora_A.weight") == "model.layers.1.q_proj.lora_A.default.weight"
+    assert with_adapter_name("model.embed_tokens.lora_embedding_B") == "model.embed_tokens.lora_embedding_B.default"
+    with pytest.raises(KeyError, match="not a LoRA tensor"):
+        with_adapter_name("model.layers.1.q_proj.weight")
+
+
+def test_lora_on_embeddings_and_head_exports_exactly(tmp_path):
+    """Targets use the full model's names (embed_tokens, lm_head) even though parts rename them."""
+    from peft import PeftModel
+
+    model = tiny_model("llama")
+    base = copy.deepcopy(model)
+    split = split_model(model, (1, 3))
+    adapted = apply_lora(
+        split,
+        SplitLoraConfig(
+            bottom=LoraSpec(r=2, target_modules=("embed_tokens", "q_proj")),
+            trunk=LoraSpec(r=2),
+            top=LoraSpec(r=2, target_modules=("lm_head",)),
+        ),
+    )
+    assert "model.embed_tokens" in adapted["bottom"] and adapted["top"] == ["lm_head"]
+    randomise_b(split)
+    with torch.no_grad():  # embedding LoRA keeps B in lora_embedding_B
+        for n, p in split.bottom.named_parameters():
+            if "lora_embedding_" in n:
+                p.normal_(0, 0.1)
+    out = export_adapter(tmp_path / "a", [PartAdapter.of(p) for p in split.parts.values()], model_type="llama")
+    peft_model = PeftModel.from_pretrained(base, out).eval()
+    batch = padded_batch("right")
+    mask = batch["attention_mask"]
+    with torch.no_grad():
+        want = split(batch["input_ids"], mask)
+        got = peft_model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    torch.testing.assert_close(got.logits, want, atol=1e-5, rtol=0)
