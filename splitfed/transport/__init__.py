@@ -1,0 +1,16 @@
+"""ZeroMQ transport: ROUTER on the server, DEALER per client, CURVE keys and allow-list."""
+
+from splitfed.transport.keys import allowed_clients, client_name, generate_keys, load_keypair, load_public
+from splitfed.transport.sockets import INSECURE_WARNING, ClientSocket, Incoming, ServerSocket
+
+__all__ = [
+    "INSECURE_WARNING",
+    "ClientSocket",
+    "Incoming",
+    "ServerSocket",
+    "allowed_clients",
+    "client_name",
+    "generate_keys",
+    "load_keypair",
+    "load_public",
+]

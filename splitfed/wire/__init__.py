@@ -1,0 +1,24 @@
+"""Wire format: Enum message types, JSON header + raw tensor frames, validation, compression."""
+
+from splitfed.wire.codec import WIRE_DTYPES, Message, decode, decode_header, encode, error_frames
+from splitfed.wire.compression import COMPRESSIONS, compress, decompress, wire_names
+from splitfed.wire.messages import PROTOCOL_VERSION, ErrorCode, Header, MsgType, TensorSpec, WireError
+
+__all__ = [
+    "COMPRESSIONS",
+    "PROTOCOL_VERSION",
+    "WIRE_DTYPES",
+    "ErrorCode",
+    "Header",
+    "Message",
+    "MsgType",
+    "TensorSpec",
+    "WireError",
+    "compress",
+    "decode",
+    "decode_header",
+    "decompress",
+    "encode",
+    "error_frames",
+    "wire_names",
+]
