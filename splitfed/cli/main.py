@@ -74,6 +74,75 @@ def _cmd_data_partition(args) -> int:
     return 0
 
 
+def _cmd_keys_generate(args) -> int:
+    from splitfed.transport import generate_keys
+
+    out = generate_keys(args.dir, args.clients, overwrite=args.force)
+    print(f"wrote CURVE keys for the server and {args.clients} client(s) to {out}")
+    print(f"  server:  {out}/server.key_secret (keep on the server)")
+    print(f"  clients: {out}/client-K.key_secret (give each client only its own); allow-list: {out}/allowed/")
+    return 0
+
+
+def _load_run_config(args):
+    from splitfed.config import RunConfig, load_config, parse_overrides
+
+    cfg = load_config(args.config) if args.config else RunConfig()
+    if args.set:
+        cfg = cfg.with_overrides(**parse_overrides(args.set))
+    return cfg
+
+
+def _setup_logging(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+
+
+def _cmd_server(args) -> int:
+    from splitfed.server.runtime import Server
+
+    _setup_logging(True)
+    cfg = _load_run_config(args)
+    server = Server(cfg, resume=args.resume, insecure=args.insecure)
+    print(
+        f"server listening on {server.endpoint} ({'INSECURE plaintext' if args.insecure else 'CURVE'}), "
+        f"mode {cfg.server.mode}, rounds {server.round}..{cfg.training.rounds - 1}",
+        flush=True,
+    )
+    rc = server.serve()
+    print(f"server done; merged adapter: {server.run_dir / 'adapter'}", flush=True)
+    return rc
+
+
+def _cmd_client(args) -> int:
+    from tqdm import tqdm
+
+    from splitfed.client.runtime import Client
+
+    _setup_logging(False)
+    cfg = _load_run_config(args)
+    client = Client(cfg, args.client_id, insecure=args.insecure)
+    total = cfg.training.rounds * cfg.training.local_steps
+    with tqdm(
+        total=total, desc=client.name, unit="step", file=sys.stdout, mininterval=1.0, disable=args.no_progress
+    ) as bar:
+
+        def progress(rnd, step, loss):
+            bar.update(1)
+            bar.set_postfix(round=rnd, loss=f"{loss:.3f}")
+
+        summary = client.run(progress=progress)
+    parts = [f"{client.name}: {len(summary['losses'])} steps"]
+    if "ppl_before" in summary and "ppl_after" in summary:
+        parts.append(f"held-out perplexity {summary['ppl_before']:.2f} -> {summary['ppl_after']:.2f}")
+    parts.append(f"sent {summary['bytes_out'] / 1e6:.1f} MB, received {summary['bytes_in'] / 1e6:.1f} MB")
+    print("; ".join(parts), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pathlib import Path
 
@@ -81,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="splitfed",
         description="Split federated fine-tuning of LLMs: clients keep text, labels, embeddings and head; "
         "a server trains the middle blocks.",
-        epilog="Examples:\n  splitfed models prepare smollm2-135m\n  splitfed split-info --cut 2 28\n"
+        epilog="Examples:\n  splitfed keys generate --dir keys --clients 3\n"
+        "  splitfed server --config examples/run.toml\n  splitfed client --config examples/run.toml --client-id 0\n"
+        "  splitfed models prepare smollm2-135m\n  splitfed split-info --cut 2 28\n"
         "  splitfed data partition --clients 3 --alpha 0.5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -112,6 +183,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=_cmd_split_info)
 
+    keys = sub.add_parser("keys", help="CURVE key pairs for the server and the clients")
+    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    p = ksub.add_parser("generate", help="write server + client key pairs (secret files 0600) and the allow-list")
+    p.add_argument("--dir", type=Path, default=Path("keys"), help="keys directory (default: keys)")
+    p.add_argument("--clients", type=int, default=3, help="number of client key pairs (default: 3)")
+    p.add_argument("--force", action="store_true", help="replace existing keys")
+    p.set_defaults(func=_cmd_keys_generate)
+
+    run_help = "run configuration (TOML; see examples/run.toml); omitted keys take their defaults"
+    set_help = "override one config key, e.g. --set training.rounds=1 (repeatable)"
+    p = sub.add_parser("server", help="serve the trunk to the clients of a run (ZeroMQ ROUTER, CURVE)")
+    p.add_argument("--config", type=Path, help=run_help)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.add_argument("--insecure", action="store_true", help="plaintext transport without authentication (warns)")
+    p.set_defaults(func=_cmd_server)
+
+    p = sub.add_parser("client", help="train as client K: holds bottom, top, data and labels")
+    p.add_argument("--config", type=Path, help=run_help)
+    p.add_argument("--client-id", type=int, required=True, help="K in [0, data.clients)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--insecure", action="store_true", help="plaintext transport without authentication (warns)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_client)
+
     data = sub.add_parser("data", help="inspect the bundled drug-review data")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     p = dsub.add_parser("partition", help="show how the reviews split across clients")
@@ -134,7 +230,15 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()
         return int(args.func(args) or 0)
-    except (ValueError, ImportError, FileNotFoundError, KeyError) as exc:
+    except (
+        ValueError,
+        ImportError,
+        FileNotFoundError,
+        FileExistsError,
+        KeyError,
+        ConnectionError,
+        RuntimeError,
+    ) as exc:
         # Library errors name what was expected and what came; show them without a traceback.
         print(f"splitfed: error: {exc}", file=sys.stderr)
         return 2

@@ -16,11 +16,20 @@ from splitfed.models.lora import (
     with_adapter_name,
 )
 from splitfed.models.parts import Bottom, SplitPart, Top, TopOutput, Trunk, position_ids_from_mask
-from splitfed.models.pretrained import MODELS, ModelPackageMissing, Pretrained, load_pretrained, prepare
+from splitfed.models.pretrained import (
+    MODELS,
+    ByteTokenizer,
+    ModelPackageMissing,
+    Pretrained,
+    load_pretrained,
+    load_tokenizer,
+    prepare,
+)
 from splitfed.models.split import SplitMismatchError, SplitModel, split_model, verify_split
 
 __all__ = [
     "Bottom",
+    "ByteTokenizer",
     "CheckpointError",
     "Layout",
     "LoraSpec",
@@ -46,6 +55,7 @@ __all__ = [
     "load_client_parts",
     "load_part",
     "load_pretrained",
+    "load_tokenizer",
     "peft_config_for",
     "position_ids_from_mask",
     "prepare",

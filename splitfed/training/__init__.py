@@ -1,8 +1,19 @@
 """In-process training loops: split (three parts passing activations) and the unsplit reference."""
 
 from splitfed.training.evaluate import EvalResult, evaluate
-from splitfed.training.inprocess import SplitTrainer, StepResult
+from splitfed.training.inprocess import ClientStep, LocalTrunk, SplitTrainer, StepResult, TrunkLink
 from splitfed.training.optim import OptimConfig, make_optimizer
 from splitfed.training.reference import ReferenceTrainer
 
-__all__ = ["EvalResult", "OptimConfig", "ReferenceTrainer", "SplitTrainer", "StepResult", "evaluate", "make_optimizer"]
+__all__ = [
+    "ClientStep",
+    "EvalResult",
+    "LocalTrunk",
+    "OptimConfig",
+    "ReferenceTrainer",
+    "SplitTrainer",
+    "StepResult",
+    "TrunkLink",
+    "evaluate",
+    "make_optimizer",
+]

@@ -1,17 +1,20 @@
-"""Split training with the three parts in one process, activations passed in memory.
+"""Split training, one step: Bottom -> Trunk -> Top forward, Top -> Trunk -> Bottom backward.
 
-Each step does exactly what the networked runtimes do, with the cut made explicit: the
-activations are detached where they would cross the network, and the gradient with respect
-to them is handed back and pushed through the part below with ``tensor.backward(grad)``.
+The client side of a step is written once (`ClientStep`); the trunk sits behind a
+`TrunkLink`: `LocalTrunk` runs it in this process, the networked client sends the cut
+activations to the server.  The activations are detached where they cross a cut, and the
+gradient with respect to them is handed back and pushed through the part below with
+``tensor.backward(grad)``, exactly as over the network.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from splitfed.models import SplitModel, adapter_parameters
+from splitfed.models import SplitModel, SplitPart, adapter_parameters
 from splitfed.training.optim import OptimConfig, make_optimizer
 
 
@@ -21,39 +24,75 @@ class StepResult:
     tokens: int  # tokens processed (attention mask ones)
 
 
-class SplitTrainer:
-    """Bottom -> Trunk -> Top forward, Top -> Trunk -> Bottom backward; one optimizer per part."""
+class TrunkLink(Protocol):
+    """How the client reaches the trunk: forward activations, then backward their gradient."""
 
-    def __init__(self, split: SplitModel, optim: OptimConfig = OptimConfig()):
-        self.split = split
-        self.optimizers = {
-            role: opt
-            for role, part in split.parts.items()
-            if (opt := make_optimizer(adapter_parameters(part), optim)) is not None
-        }
-        if not self.optimizers:
-            raise ValueError("no part has trainable LoRA parameters; call apply_lora first")
+    def forward(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: ...
+
+    def backward(self, grad: torch.Tensor) -> torch.Tensor: ...
+
+
+class LocalTrunk:
+    """The trunk in this process, with its own optimizer (steps after each backward)."""
+
+    def __init__(self, trunk: SplitPart, optim: OptimConfig):
+        self.trunk = trunk
+        self.optimizer = make_optimizer(adapter_parameters(trunk), optim)
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        self.trunk.train()
+        act = act.detach().requires_grad_(True)
+        out = self.trunk(act, mask)
+        self._pending = (act, out)
+        return out.detach()
+
+    def backward(self, grad: torch.Tensor) -> torch.Tensor:
+        if self._pending is None:
+            raise RuntimeError("backward without a pending forward")
+        act, out = self._pending
+        self._pending = None
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        out.backward(grad)
+        if self.optimizer is not None:
+            self.optimizer.step()
+        return act.grad
+
+
+class ClientStep:
+    """The client's half of a split step: Bottom and Top with their optimizers."""
+
+    def __init__(self, bottom: SplitPart, top: SplitPart, link: TrunkLink, optim: OptimConfig):
+        self.bottom, self.top, self.link = bottom, top, link
+        self.optimizers = [
+            opt for part in (bottom, top) if (opt := make_optimizer(adapter_parameters(part), optim)) is not None
+        ]
 
     def step(self, batch: dict[str, torch.Tensor]) -> StepResult:
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        s = self.split
-        s.train()
-        for opt in self.optimizers.values():
+        self.bottom.train()
+        self.top.train()
+        for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        # client: bottom
-        h_bottom = s.bottom(ids, mask)
-        act1 = h_bottom.detach().requires_grad_(True)  # --> server
-        # server: trunk
-        h_trunk = s.trunk(act1, mask)
-        act2 = h_trunk.detach().requires_grad_(True)  # --> client
-        # client: top + loss, backward down to the second cut
-        loss = s.top(act2, mask, labels).loss
+        h_bottom = self.bottom(ids, mask)
+        act2 = self.link.forward(h_bottom.detach(), mask).requires_grad_(True)  # across both cuts
+        loss = self.top(act2, mask, labels).loss
         loss.backward()
-        # server: backward through the trunk with the gradient the client sent
-        h_trunk.backward(act2.grad)
-        # client: backward through the bottom with the gradient the server sent
+        grad1 = self.link.backward(act2.grad)  # back across both cuts
         if h_bottom.requires_grad:
-            h_bottom.backward(act1.grad)
-        for opt in self.optimizers.values():
+            h_bottom.backward(grad1)
+        for opt in self.optimizers:
             opt.step()
         return StepResult(loss=loss.item(), tokens=int(mask.sum()))
+
+
+class SplitTrainer(ClientStep):
+    """All three parts in one process: `ClientStep` over a `LocalTrunk`."""
+
+    def __init__(self, split: SplitModel, optim: OptimConfig = OptimConfig()):
+        trunk = LocalTrunk(split.trunk, optim)
+        super().__init__(split.bottom, split.top, trunk, optim)
+        if not self.optimizers and trunk.optimizer is None:
+            raise ValueError("no part has trainable LoRA parameters; call apply_lora first")
+        self.split = split

@@ -1,0 +1,285 @@
+"""The client process: holds Bottom + Top, its data and labels; reaches the trunk over ZeroMQ.
+
+Per round: ``training.local_steps`` split steps through the server, then the client adapter
+goes to the server for aggregation and the aggregate comes back.  If the server goes
+silent for ``transport.timeout_s`` the client reconnects by itself, says hello again and
+continues from the round the server reports (a restarted server resumes from its last
+checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from splitfed.client.data import client_examples, eval_examples, pad_id, round_batches
+from splitfed.config import RunConfig
+from splitfed.metrics import MetricsWriter
+from splitfed.transport import ClientSocket, client_name
+from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, compress, decode, decompress, encode
+
+log = logging.getLogger("splitfed.client")
+
+
+class ServerLost(ConnectionError):
+    """No reply from the server within the timeout."""
+
+
+class ServerRefused(RuntimeError):
+    """The server answered with an error that retrying cannot fix."""
+
+
+@dataclass
+class Traffic:
+    bytes_out: int = 0
+    bytes_in: int = 0
+    transport_s: float = 0.0
+    compute_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Connection:
+    """Request/reply over one DEALER, with heartbeats while waiting."""
+
+    def __init__(self, cfg: RunConfig, client_id: int, *, insecure: bool, endpoint: str | None = None):
+        self.cfg = cfg
+        self.sock = ClientSocket(
+            endpoint or cfg.transport.endpoint,
+            keys_dir=cfg.transport.keys_dir,
+            name=client_name(client_id),
+            insecure=insecure,
+        )
+        self.session = ""
+        self.max_bytes = int(cfg.transport.max_message_mb * 1024 * 1024)
+        self.traffic = Traffic()
+
+    def request(self, header: Header, tensors=None, *, expect: MsgType, step: int | None = None) -> Message:
+        frames = encode(header, tensors)
+        t0 = time.perf_counter()
+        self.traffic.bytes_out += sum(len(memoryview(f).cast("B")) for f in frames)
+        self.sock.send(frames)
+        hb = self.cfg.transport.heartbeat_s
+        last_heard = time.monotonic()
+        while True:
+            reply = self.sock.recv(int(hb * 1000))
+            if reply is None:
+                if time.monotonic() - last_heard > self.cfg.transport.timeout_s:
+                    raise ServerLost(f"no reply to {header.type.value} within {self.cfg.transport.timeout_s:.0f} s")
+                self.sock.send(encode(Header(MsgType.HEARTBEAT, self.session, header.round)))
+                continue
+            last_heard = time.monotonic()
+            self.traffic.bytes_in += sum(len(f.buffer) for f in reply)
+            try:
+                msg = decode(reply, max_bytes=self.max_bytes)
+            except WireError as err:
+                raise ServerRefused(f"server sent a malformed message: {err}") from err
+            if msg.type == MsgType.ERROR:
+                code, detail = msg.header.meta.get("code"), msg.header.meta.get("detail")
+                if code in (ErrorCode.UNKNOWN_CLIENT.value, ErrorCode.OUT_OF_ORDER.value):
+                    raise ServerLost(f"server lost our session ({code}: {detail})")
+                raise ServerRefused(f"server refused {header.type.value}: {code}: {detail}")
+            if msg.type == expect and (step is None or msg.header.step == step):
+                self.traffic.transport_s += time.perf_counter() - t0
+                return msg
+            # heartbeat replies and stale answers are dropped
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class RemoteTrunk:
+    """`TrunkLink` to the server: compressed activations up, activations/gradients back."""
+
+    def __init__(self, conn: Connection, compression: str, hidden: int):
+        self.conn, self.compression, self.hidden = conn, compression, hidden
+        self.round = 0
+        self.step = 0
+        self.train = True
+
+    def forward(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        tensors = {**compress("act", act, self.compression), "mask": mask.to(torch.uint8)}
+        h = Header(MsgType.FORWARD, self.conn.session, self.round, self.step, {"train": self.train})
+        msg = self.conn.request(h, tensors, expect=MsgType.ACTIVATIONS, step=self.step)
+        out = decompress("act", msg.tensors, self.compression)
+        if tuple(out.shape) != tuple(act.shape):
+            raise ServerRefused(f"server activations have shape {list(out.shape)}, expected {list(act.shape)}")
+        return out
+
+    def backward(self, grad: torch.Tensor) -> torch.Tensor:
+        h = Header(MsgType.BACKWARD, self.conn.session, self.round, self.step)
+        msg = self.conn.request(h, compress("grad", grad, self.compression), expect=MsgType.GRADIENT, step=self.step)
+        out = decompress("grad", msg.tensors, self.compression)
+        if tuple(out.shape) != tuple(grad.shape):
+            raise ServerRefused(f"server gradient has shape {list(out.shape)}, expected {list(grad.shape)}")
+        return out
+
+
+class Client:
+    def __init__(self, cfg: RunConfig, client_id: int, *, insecure: bool = False, endpoint: str | None = None):
+        from splitfed.models import add_lora, load_client_parts, load_tokenizer, prepare
+        from splitfed.training import OptimConfig
+
+        if not 0 <= client_id < cfg.data.clients:
+            raise ValueError(f"--client-id must be in [0, {cfg.data.clients}), got {client_id}")
+        self.cfg, self.client_id, self.name = cfg, client_id, client_name(client_id)
+        self.run_dir = Path(cfg.run.dir)
+        self.metrics = MetricsWriter(self.run_dir / "metrics" / f"{self.name}.jsonl")
+        torch.manual_seed(cfg.run.seed)
+        ckpt = prepare(cfg.model.name, cache_dir=cfg.model.cache_dir or None)
+        self.bottom, self.top = load_client_parts(ckpt, tuple(cfg.model.cut))
+        lora = cfg.lora.to_split_lora()
+        for seed_offset, (role, part) in ((0, ("bottom", self.bottom)), (2, ("top", self.top))):
+            spec = lora.for_role(role)
+            if spec is not None:
+                add_lora(part, spec, seed=cfg.run.seed + seed_offset)  # same seeds as apply_lora in-process
+            else:
+                for p in part.parameters():
+                    p.requires_grad_(False)
+                part.lora_spec = None
+        self.tokenizer = load_tokenizer(ckpt)
+        self.pad = pad_id(self.tokenizer)
+        self.examples = client_examples(cfg, client_id, self.tokenizer)
+        self.eval_set = eval_examples(cfg, self.tokenizer)
+        self.optim = OptimConfig(lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
+        self.insecure, self.endpoint = insecure, endpoint
+        self.losses: list[float] = []
+
+    # adapter state <-> wire (names prefixed with the part)
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        from splitfed.models import get_adapter_state
+
+        out = {}
+        for role, part in (("bottom", self.bottom), ("top", self.top)):
+            if getattr(part, "lora_spec", None) is not None:
+                out.update({f"{role}/{k}": v for k, v in get_adapter_state(part).items()})
+        return out
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        from splitfed.models import set_adapter_state
+
+        if not state:
+            return
+        for role, part in (("bottom", self.bottom), ("top", self.top)):
+            if getattr(part, "lora_spec", None) is not None:
+                mine = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(role + "/")}
+                set_adapter_state(part, mine)
+
+    def _hello(self, conn: Connection) -> Message:
+        h = Header(
+            MsgType.HELLO,
+            meta={"client_id": self.client_id, "config_hash": self.cfg.hash(), "n_samples": len(self.examples)},
+        )
+        msg = conn.request(h, expect=MsgType.WELCOME)
+        conn.session = msg.header.session
+        return msg
+
+    def run(self, *, progress=None, max_reconnect_s: float | None = None) -> dict:
+        """Train every round; returns a summary (losses, perplexities, bytes)."""
+        from splitfed.training import ClientStep
+
+        max_reconnect_s = max_reconnect_s if max_reconnect_s is not None else 10 * self.cfg.transport.timeout_s
+        summary: dict = {"client": self.name}
+        lost_since: float | None = None
+        conn = None
+        while True:
+            try:
+                if conn is None:
+                    conn = Connection(self.cfg, self.client_id, insecure=self.insecure, endpoint=self.endpoint)
+                welcome = self._hello(conn)
+                lost_since = None
+                meta = welcome.header.meta
+                if (
+                    meta["compression"] != self.cfg.transport.compression
+                    or meta["hidden"] != self.bottom.config.hidden_size
+                ):
+                    raise ServerRefused(f"server runs compression {meta['compression']} / hidden {meta['hidden']}")
+                self.load_adapter_state(welcome.tensors)
+                link = RemoteTrunk(conn, self.cfg.transport.compression, meta["hidden"])
+                stepper = ClientStep(self.bottom, self.top, link, self.optim)
+                rnd, done = meta["round"], meta["done"]
+                if "ppl_before" not in summary and rnd == 0 and self.eval_set:
+                    summary["ppl_before"] = self.evaluate(link)
+                    self.metrics.write("eval", round=-1, perplexity=summary["ppl_before"])
+                while not done:
+                    link.round = rnd
+                    losses = []
+                    for step, batch in enumerate(round_batches(self.cfg, self.examples, self.client_id, rnd, self.pad)):
+                        link.step, link.train = step, True
+                        b0, t0 = conn.traffic.bytes_out, time.perf_counter()
+                        res = stepper.step(batch)
+                        losses.append(res.loss)
+                        self.metrics.write(
+                            "step",
+                            round=rnd,
+                            step=step,
+                            loss=res.loss,
+                            tokens=res.tokens,
+                            bytes_out=conn.traffic.bytes_out - b0,
+                            wall_s=time.perf_counter() - t0,
+                        )
+                        if progress is not None:
+                            progress(rnd, step, res.loss)
+                    self.losses.extend(losses)
+                    h = Header(MsgType.UPDATE, conn.session, rnd, 0, {"loss": sum(losses) / len(losses)})
+                    result = conn.request(h, self.adapter_state(), expect=MsgType.ROUND_RESULT)
+                    self.load_adapter_state(result.tensors)
+                    self.metrics.write(
+                        "round",
+                        round=rnd,
+                        loss=sum(losses) / len(losses),
+                        bytes_out=conn.traffic.bytes_out,
+                        bytes_in=conn.traffic.bytes_in,
+                        transport_s=conn.traffic.transport_s,
+                    )
+                    rnd, done = result.header.meta["round"], result.header.meta["done"]
+                if self.eval_set:
+                    summary["ppl_after"] = self.evaluate(link)
+                    self.metrics.write("eval", round=rnd, perplexity=summary["ppl_after"])
+                summary.update(losses=self.losses, bytes_out=conn.traffic.bytes_out, bytes_in=conn.traffic.bytes_in)
+                conn.sock.send(
+                    encode(
+                        Header(
+                            MsgType.BYE,
+                            conn.session,
+                            rnd,
+                            0,
+                            {"bytes_out": conn.traffic.bytes_out, "bytes_in": conn.traffic.bytes_in},
+                        )
+                    )
+                )
+                time.sleep(0.2)  # let the BYE leave before the socket closes
+                conn.close()
+                self.metrics.write("done", **{k: v for k, v in summary.items() if k != "losses"})
+                return summary
+            except ServerLost as exc:
+                now = time.monotonic()
+                lost_since = lost_since or now
+                if now - lost_since > max_reconnect_s:
+                    raise
+                log.warning("%s: %s; reconnecting", self.name, exc)
+                self.metrics.write("reconnect", reason=str(exc))
+                conn.sock.reconnect()
+                time.sleep(min(1.0, self.cfg.transport.heartbeat_s))
+
+    def evaluate(self, link: RemoteTrunk) -> float:
+        """Held-out perplexity of the whole split model (trunk forward on the server, no update)."""
+        from splitfed.data import batches
+        from splitfed.training import evaluate
+
+        link.train = False
+        self.bottom.eval()
+        self.top.eval()
+
+        def logits(ids, mask):
+            link.step += 1
+            return self.top(link.forward(self.bottom(ids, mask), mask), mask)
+
+        res = evaluate(
+            logits, batches(self.eval_set, 8, pad_token_id=self.pad, padding_side=self.cfg.data.padding_side)
+        )
+        link.train = True
+        return res.perplexity
