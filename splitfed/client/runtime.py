@@ -147,6 +147,7 @@ class Client:
         self.optim = OptimConfig(lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
         self.insecure, self.endpoint = insecure, endpoint
         self.losses: list[float] = []
+        self.metrics.write("start", client=self.name, n_samples=len(self.examples), eval_examples=len(self.eval_set))
 
     # adapter state <-> wire (names prefixed with the part)
     def adapter_state(self) -> dict[str, torch.Tensor]:
@@ -167,6 +168,16 @@ class Client:
             if getattr(part, "lora_spec", None) is not None:
                 mine = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(role + "/")}
                 set_adapter_state(part, mine)
+
+    def _keep_update(self, rnd: int, update: dict[str, torch.Tensor]) -> None:
+        """The client's own copy of what it sent for aggregation (its disk, for audit)."""
+        from safetensors.torch import save_file
+
+        path = self.run_dir / "clients" / self.name / f"update-round-{rnd}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in update.items()}, tmp)
+        tmp.replace(path)
 
     def _hello(self, conn: Connection) -> Message:
         h = Header(
@@ -225,7 +236,9 @@ class Client:
                             progress(rnd, step, res.loss)
                     self.losses.extend(losses)
                     h = Header(MsgType.UPDATE, conn.session, rnd, 0, {"loss": sum(losses) / len(losses)})
-                    result = conn.request(h, self.adapter_state(), expect=MsgType.ROUND_RESULT)
+                    update = self.adapter_state()
+                    self._keep_update(rnd, update)
+                    result = conn.request(h, update, expect=MsgType.ROUND_RESULT)
                     self.load_adapter_state(result.tensors)
                     self.metrics.write(
                         "round",

@@ -76,6 +76,8 @@ class Server:
     def __init__(self, cfg: RunConfig, *, resume: bool = False, insecure: bool = False, endpoint: str | None = None):
         from splitfed.models import add_lora, load_part, prepare
 
+        if cfg.server.batch_clients:
+            raise ValueError("server.batch_clients: cross-client batching is not implemented yet; set it to false")
         self.cfg = cfg
         self.run_dir = Path(cfg.run.dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -112,6 +114,8 @@ class Server:
                 log.info("resumed after round %d", ck.round_completed)
         self.done = self.round >= cfg.training.rounds
         self.sessions: dict[bytes, Session] = {}
+        self.update_losses: dict[str, float | None] = {}
+        self.gone: set[str] = set()  # said bye or were dropped: rounds do not wait for them
         self.queue: collections.deque[tuple[bytes, Message]] = collections.deque()
         self.updates: dict[str, tuple[dict[str, torch.Tensor], int]] = {}
         self.round_started = time.monotonic()
@@ -207,6 +211,7 @@ class Server:
                 self.trunk.abort(name)
                 self._unqueue(ident)
                 del self.sessions[ident]
+        self.gone.discard(name)
         sess = Session(name, cid, inc.identity, secrets.token_hex(8), n)
         self.sessions[inc.identity] = sess
         meta_out = {
@@ -310,6 +315,8 @@ class Server:
             self._send_round_result(sess)
             return
         self.updates[sess.name] = (dict(msg.tensors), sess.n_samples)
+        loss = msg.header.meta.get("loss")
+        self.update_losses[sess.name] = float(loss) if isinstance(loss, int | float) else None
         self.metrics.write("update", client=sess.name, round=r, loss=msg.header.meta.get("loss"))
 
     def _heartbeat(self, sess: Session, msg: Message) -> None:
@@ -318,6 +325,7 @@ class Server:
     def _bye(self, sess: Session, msg: Message) -> None:
         self.trunk.abort(sess.name)
         sess.stage = Stage.DONE
+        self.gone.add(sess.name)
         self.metrics.write(
             "bye", client=sess.name, bytes_in=sess.bytes_in, bytes_out=sess.bytes_out, metrics=msg.header.meta
         )
@@ -333,6 +341,7 @@ class Server:
                 self.trunk.abort(sess.name)
                 self._unqueue(ident)
                 del self.sessions[ident]
+                self.gone.add(sess.name)
                 self._drain()
 
     def _maybe_close_round(self) -> None:
@@ -341,7 +350,7 @@ class Server:
         live = {s.name for s in self.sessions.values() if s.stage != Stage.DONE}
         expected = set(self.clients)
         waiting_for = (expected & live) - set(self.updates)
-        never_joined = expected - live - set(self.updates)
+        never_joined = expected - live - set(self.updates) - self.gone
         late = time.monotonic() - self.round_started > self.cfg.server.round_deadline_s
         if not self.updates:
             if late:
@@ -365,10 +374,10 @@ class Server:
             ServerCheckpoint(r, self.config_hash, self.trunk.states, self.trunk.optimizer_states(), self.client_state),
         )
         self.metrics.write(
-            "round", round=r, participants=sorted(self.updates), missing=missing, losses={k: None for k in self.updates}
+            "round", round=r, participants=sorted(self.updates), missing=missing, losses=dict(self.update_losses)
         )
         log.info("round %d closed with %d client(s)", r, len(self.updates))
-        self.updates = {}
+        self.updates, self.update_losses = {}, {}
         self.round = r + 1
         self.round_started = time.monotonic()
         if self.round >= self.cfg.training.rounds:
