@@ -67,18 +67,11 @@ def test_malformed_messages_get_errors_and_a_good_client_finishes(make_run):
     wait_listening(run)
     good = run.client(0)
     bad = Attacker(run)
-    header = lambda t, **kw: json.dumps(
-        {
-            "v": 1,
-            "type": t,
-            "session": "",
-            "round": 0,
-            "step": 0,
-            "meta": {},  # noqa: E731
-            "tensors": [],
-            **kw,
-        }
-    ).encode()
+
+    def header(mtype, **kw):
+        fields = {"v": 1, "type": mtype, "session": "", "round": 0, "step": 0, "meta": {}, "tensors": []}
+        return json.dumps({**fields, **kw}).encode()
+
     bad.expect_error([b"{not json"], "malformed", "not UTF-8 JSON")
     bad.expect_error([header("launch_missiles")], "unknown_type", "unknown message type 'launch_missiles'")
     bad.expect_error([header("hello", v=99)], "version", "protocol version 1 expected")
