@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/split_vs_monolithic.py
 	$(BIN)/python benchmarks/networked.py
 	$(BIN)/python benchmarks/compression.py
+	$(BIN)/python benchmarks/server_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -220,7 +220,7 @@ class Client:
                     losses = []
                     for step, batch in enumerate(round_batches(self.cfg, self.examples, self.client_id, rnd, self.pad)):
                         link.step, link.train = step, True
-                        b0, t0 = conn.traffic.bytes_out, time.perf_counter()
+                        b0, i0, t0 = conn.traffic.bytes_out, conn.traffic.bytes_in, time.perf_counter()
                         res = stepper.step(batch)
                         losses.append(res.loss)
                         self.metrics.write(
@@ -230,6 +230,7 @@ class Client:
                             loss=res.loss,
                             tokens=res.tokens,
                             bytes_out=conn.traffic.bytes_out - b0,
+                            bytes_in=conn.traffic.bytes_in - i0,
                             wall_s=time.perf_counter() - t0,
                         )
                         if progress is not None:

@@ -69,7 +69,7 @@ class ServerSocket:
             self.sock.send_multipart([identity, *frames], copy=False)
             return True
         except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH): not our problem to crash on
-            log.warning("could not send to peer: %s", exc)
+            log.debug("could not send to peer (it left): %s", exc)
             return False
 
     def close(self) -> None:

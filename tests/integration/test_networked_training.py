@@ -59,3 +59,36 @@ def test_three_clients_aggregate_is_the_weighted_mean(make_run):
     assert any(not torch.equal(updates[0][k], updates[1][k]) for k in aggregate)  # clients really differ
     rounds = [m for m in run.metrics("server") if m["event"] == "round"]
     assert rounds[0]["participants"] == ["client-0", "client-1", "client-2"]
+
+
+def test_launch_local_runs_server_and_clients_as_processes(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    cmd = [
+        sys.executable,
+        str(root / "examples" / "launch_local.py"),
+        "--set",
+        "model.name=tiny-llama",
+        "--set",
+        "model.cut=[1, 3]",
+        "--set",
+        f"run.dir={tmp_path / 'run'}",
+        "--set",
+        "training.rounds=2",
+        "--set",
+        "training.local_steps=3",
+        "--set",
+        "data.max_length=48",
+        "--set",
+        "data.eval_examples=4",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "merged PEFT adapter" in out.stdout and "client-2" in out.stdout
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    # a failing process makes the launcher fail
+    bad = subprocess.run([*cmd, "--set", "model.cut=[2, 28]"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "invalid cut" in bad.stdout

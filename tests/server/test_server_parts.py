@@ -1,0 +1,75 @@
+"""Server building blocks without a network: FedAvg, checkpoints, the session state machine, the trunk."""
+
+import pytest
+import torch
+
+from splitfed.aggregation import FedAvg, weighted_mean
+from splitfed.server.checkpoint import ServerCheckpoint, load_checkpoint, save_checkpoint
+from splitfed.server.session import Session, Stage
+from splitfed.wire import MsgType, WireError
+
+
+def test_weighted_mean():
+    a, b = {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([4.0, 8.0])}
+    out = FedAvg().aggregate({"c0": (a, 1), "c1": (b, 3)})
+    torch.testing.assert_close(out["w"], torch.tensor([3.25, 6.5]))
+    with pytest.raises(ValueError, match="nothing to aggregate"):
+        weighted_mean({})
+    with pytest.raises(ValueError, match="keys differ"):
+        weighted_mean({"c0": (a, 1), "c1": ({"v": torch.zeros(2)}, 1)})
+    with pytest.raises(ValueError, match="must be positive"):
+        weighted_mean({"c0": (a, 0)})
+
+
+def _ckpt(r):
+    return ServerCheckpoint(r, "h", {"shared": {"a": torch.full((2,), float(r))}}, {}, {"bottom/x": torch.ones(1)})
+
+
+def test_checkpoint_round_trip_and_interrupted_swap(tmp_path):
+    d = tmp_path / "checkpoint"
+    assert load_checkpoint(d) is None
+    save_checkpoint(d, _ckpt(0))
+    save_checkpoint(d, _ckpt(1))
+    ck = load_checkpoint(d)
+    assert ck.round_completed == 1 and torch.equal(ck.trunk["shared"]["a"], torch.ones(2))
+    # a crash between the two renames leaves only the previous checkpoint under .old
+    d.rename(tmp_path / "checkpoint.old")
+    assert load_checkpoint(d).round_completed == 1
+    # a half-written temporary directory is never taken
+    (tmp_path / "checkpoint.tmp").mkdir()
+    assert load_checkpoint(d).round_completed == 1
+
+
+def test_session_state_machine():
+    s = Session("client-0", 0, b"id", "sid", 10)
+    s.check(MsgType.FORWARD)
+    s.stage = Stage.AWAIT_BACKWARD
+    with pytest.raises(WireError, match="forward not allowed in stage await_backward"):
+        s.check(MsgType.FORWARD)
+    s.check(MsgType.BACKWARD)
+    s.stage = Stage.AWAIT_ROUND
+    with pytest.raises(WireError, match="update not allowed"):
+        s.check(MsgType.UPDATE)
+
+
+def test_trunk_service_per_client_adapters_are_separate_then_averaged():
+    from conftest import tiny_model
+
+    from splitfed.models import LoraSpec, add_lora, get_adapter_state, split_model
+    from splitfed.server.trunk import TrunkService
+    from splitfed.training import OptimConfig
+
+    trunk = split_model(tiny_model("llama"), (1, 3)).trunk
+    add_lora(trunk, LoraSpec(r=2), seed=0)
+    svc = TrunkService(trunk, mode="per_client", clients=["client-0", "client-1"], optim=OptimConfig(lr=0.1))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    out = svc.forward("client-0", torch.randn(2, 5, 32), mask, train=True)
+    with pytest.raises(RuntimeError, match="busy with client-0"):
+        svc.forward("client-1", torch.randn(2, 5, 32), mask, train=True)
+    svc.backward("client-0", torch.ones_like(out))
+    s0, s1 = svc.states["client-0"], svc.states["client-1"]
+    assert any(not torch.equal(s0[k], s1[k]) for k in s0)  # only client-0's adapter moved
+    svc.average({"client-0": 1, "client-1": 3})
+    for k in s0:
+        torch.testing.assert_close(svc.states["client-1"][k], (s0[k] + 3 * s1[k]) / 4)
+    assert all(torch.equal(v, svc.states["client-0"][k]) for k, v in get_adapter_state(trunk).items())
