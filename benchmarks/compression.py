@@ -53,16 +53,16 @@ def main(argv=None) -> int:
         print(f"{kind}: done", flush=True)
     base = results["fp32"]["losses"]
     print(
-        f"\n{args.model}, cut (2, 28), batch 4 x <=128, {args.steps} steps; bytes per token sent by the client "
-        "per step (activations up + gradients up)"
+        f"\n{args.model}, cut (2, 28), batch 4 x <=128, {args.steps} steps. Bytes per (non-padding) token per step, "
+        "whole messages: up = activations + gradient sent by the client, down = what the server sent back"
     )
-    print(f"{'compression':<12}{'bytes/token up':>16}{'vs fp32':>9}{'mean |dloss|':>14}{'final loss':>12}")
+    print(
+        f"{'compression':<12}{'up B/token':>11}{'down B/token':>13}{'vs fp32':>9}{'mean |dloss|':>14}{'final loss':>12}"
+    )
     for kind, r in results.items():
         dloss = sum(abs(a - b) for a, b in zip(r["losses"], base, strict=True)) / len(base)
-        print(
-            f"{kind:<12}{r['up']:>16.0f}{r['up'] / results['fp32']['up']:>9.2f}{dloss:>14.4f}{r['losses'][-1]:>12.4f}"
-        )
-    print("(the server sends the same tensor sizes back: activations at the second cut, gradients at the first)")
+        ratio = r["up"] / results["fp32"]["up"]
+        print(f"{kind:<12}{r['up']:>11.0f}{r['down']:>13.0f}{ratio:>9.2f}{dloss:>14.5f}{r['losses'][-1]:>12.4f}")
     return 0
 
 
