@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_model
+from splitfed_testing import tiny_model
 
 from splitfed.models import SplitMismatchError, UnsupportedModelError, split_model
 

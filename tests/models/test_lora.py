@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import padded_batch, tiny_model
+from splitfed_testing import padded_batch, tiny_model
 
 from splitfed.models import (
     LoraSpec,

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import padded_batch, tiny_model
+from splitfed_testing import padded_batch, tiny_model
 
 from splitfed.models import CheckpointError, load_client_parts, load_part, split_model
 

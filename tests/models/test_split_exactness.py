@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import ARCHS, padded_batch, tiny_model
+from splitfed_testing import ARCHS, padded_batch, tiny_model
 
 from splitfed.models import (
     LoraSpec,

@@ -53,7 +53,7 @@ def test_session_state_machine():
 
 
 def test_trunk_service_per_client_adapters_are_separate_then_averaged():
-    from conftest import tiny_model
+    from splitfed_testing import tiny_model
 
     from splitfed.models import LoraSpec, add_lora, get_adapter_state, split_model
     from splitfed.server.trunk import TrunkService

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import padded_batch, tiny_model
+from splitfed_testing import padded_batch, tiny_model
 
 from splitfed.models import LoraSpec, SplitLoraConfig, apply_lora, get_adapter_state, split_model, with_adapter_name
 from splitfed.training import OptimConfig, ReferenceTrainer, SplitTrainer, evaluate
