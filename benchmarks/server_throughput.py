@@ -3,10 +3,10 @@
 Every client is its own process; each trains `--steps` steps of batch 4 x <=128 tokens.
 Throughput is all clients' tokens divided by the wall time from the first step's start to
 the last step's end, as a median over `--reps` runs, and as a ratio to one client.
-Trunk steps are serialised on the server (one client's forward+backward at a time);
-cross-client batching (`server.batch_clients`) is not implemented, so there is no
-"with batching" column yet.  On these 2-core machines every process shares the same two
-cores, so this measures the protocol's overhead and scheduling, not a GPU server.
+Each client count runs without and with cross-client batching (`server.batch_clients`:
+waiting clients' forwards go through the trunk as one batch).  On these 2-core machines
+every process shares the same two cores, so this measures the protocol's overhead and
+scheduling, not what a GPU server gains from bigger batches.
 
     python benchmarks/server_throughput.py --clients 1 2 4 --steps 4 --reps 2
 """
@@ -31,8 +31,8 @@ def main(argv=None) -> int:
     from splitfed.models import prepare
 
     prepare(args.model)
-    results: dict[int, list[float]] = {}
-    for n in args.clients:
+    results: dict[tuple[int, bool], list[float]] = {}
+    for n, batching in [(n, b) for n in args.clients for b in (False, True) if n > 1 or not b]:
         for _ in range(args.reps):
             root = scratch()
             cfg = make_config(
@@ -40,6 +40,7 @@ def main(argv=None) -> int:
                 model={"name": args.model, "cut": [2, 28]},
                 data={"clients": n, "partition": "iid", "max_length": 128, "batch_size": 4, "eval_examples": 0},
                 training={"rounds": 1, "local_steps": args.steps, "lr": 1e-4},
+                server={"batch_clients": batching},
             )
             server = start_server(cfg, root)
             procs = [
@@ -66,13 +67,15 @@ def main(argv=None) -> int:
             steps = [m for k in range(n) for m in client_step_metrics(cfg, k)]
             start = min(m["time"] - m["wall_s"] for m in steps)
             end = max(m["time"] for m in steps)
-            results.setdefault(n, []).append(sum(m["tokens"] for m in steps) / (end - start))
-        print(f"{n} client(s): " + " ".join(f"{r:.0f}" for r in results[n]) + " tok/s", flush=True)
-    base = statistics.median(results[args.clients[0]])
-    print(f"\n{args.model}, cut (2, 28), batch 4 x <=128, {args.steps} steps per client, serialised trunk steps")
-    print(f"{'clients':>8}{'median tok/s':>14}{'vs 1 client':>13}")
-    for n, r in results.items():
-        print(f"{n:>8}{statistics.median(r):>14.1f}{statistics.median(r) / base:>13.2f}")
+            results.setdefault((n, batching), []).append(sum(m["tokens"] for m in steps) / (end - start))
+        runs = " ".join(f"{r:.0f}" for r in results[(n, batching)])
+        print(f"{n} client(s), batching {'on' if batching else 'off'}: {runs} tok/s", flush=True)
+    base = statistics.median(results[(args.clients[0], False)])
+    print(f"\n{args.model}, cut (2, 28), batch 4 x <=128, {args.steps} steps per client, {args.reps} reps")
+    print(f"{'clients':>8}{'batching':>10}{'median tok/s':>14}{'vs 1 client':>13}")
+    for (n, batching), r in results.items():
+        med = statistics.median(r)
+        print(f"{n:>8}{'on' if batching else 'off':>10}{med:>14.1f}{med / base:>13.2f}")
     return 0
 
 

@@ -23,7 +23,7 @@ from splitfed.config import RunConfig
 from splitfed.metrics import MetricsWriter
 from splitfed.server.checkpoint import ServerCheckpoint, load_checkpoint, save_checkpoint
 from splitfed.server.session import Session, Stage
-from splitfed.server.trunk import TrunkService
+from splitfed.server.trunk import GROUP, TrunkService
 from splitfed.transport import Incoming, ServerSocket, client_name
 from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, compress, decode, decompress, encode
 from splitfed.wire.codec import error_frames
@@ -76,8 +76,10 @@ class Server:
     def __init__(self, cfg: RunConfig, *, resume: bool = False, insecure: bool = False, endpoint: str | None = None):
         from splitfed.models import add_lora, load_part, prepare
 
-        if cfg.server.batch_clients:
-            raise ValueError("server.batch_clients: cross-client batching is not implemented yet; set it to false")
+        if cfg.server.batch_clients and cfg.server.mode != "shared":
+            raise ValueError(
+                "server.batch_clients needs server.mode = 'shared' (per-client adapters cannot share a batch)"
+            )
         self.cfg = cfg
         self.run_dir = Path(cfg.run.dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +210,7 @@ class Server:
             raise WireError(ErrorCode.MALFORMED, f"n_samples must be a positive integer, got {n!r}")
         for ident, old in list(self.sessions.items()):  # a reconnecting client replaces its old session
             if old.name == name:
-                self.trunk.abort(name)
+                self._release(name)
                 self._unqueue(ident)
                 del self.sessions[ident]
         self.gone.discard(name)
@@ -275,6 +277,19 @@ class Server:
             raise WireError(
                 ErrorCode.BAD_TENSOR, f"grad: expected shape {list(sess.pending_shape)}, got {list(grad.shape)}"
             )
+        if self.trunk.busy == GROUP:
+            if sess.name in self.trunk.group_grads:
+                raise WireError(
+                    ErrorCode.OUT_OF_ORDER, f"{sess.name}: backward for step {sess.pending_step} sent twice"
+                )
+            t = time.perf_counter()
+            results = self.trunk.backward_group(sess.name, grad)
+            if results is not None:
+                self.metrics.write(
+                    "backward", clients=sorted(results), round=msg.header.round, compute_s=time.perf_counter() - t
+                )
+                self._send_gradients(results)
+            return
         t = time.perf_counter()
         grad_in = self.trunk.backward(sess.name, grad)
         compute = time.perf_counter() - t
@@ -289,7 +304,81 @@ class Server:
         self.metrics.write("backward", client=sess.name, round=h.round, step=h.step, compute_s=compute)
         self._drain()
 
+    def _send_gradients(self, results: dict[str, torch.Tensor]) -> None:
+        """Return a finished batch's activation gradients to its members."""
+        by_name = {s.name: s for s in self.sessions.values()}
+        for name, grad_in in results.items():
+            sess = by_name.get(name)
+            if sess is None or sess.stage != Stage.AWAIT_BACKWARD:
+                continue
+            sess.stage, sess.pending_shape = Stage.READY, None
+            header = Header(MsgType.GRADIENT, sess.session_id, self.round, sess.pending_step)
+            self._reply(sess.identity, encode(header, compress("grad", grad_in, self.compression)))
+        self._drain()
+
+    def _release(self, name: str) -> None:
+        """A client left: drop its pending step; finish a batch it was part of."""
+        results = self.trunk.abort(name)
+        if results:
+            results.pop(name, None)
+            self._send_gradients(results)
+
+    def _take_batch(self) -> list[tuple[Session, Message, torch.Tensor, torch.Tensor]]:
+        """Queued training forwards of distinct clients, up to server.max_batch rows in all."""
+        taken, rows, keep = [], 0, collections.deque()
+        while self.queue:
+            ident, msg = self.queue.popleft()
+            sess = self.sessions.get(ident)
+            if sess is None:
+                continue
+            train = bool(msg.header.meta.get("train", True))
+            act, mask = self._check_activations(msg)
+            fits = rows + mask.shape[0] <= self.cfg.server.max_batch
+            if train and fits and all(s is not sess for s, *_ in taken):
+                taken.append((sess, msg, act, mask))
+                rows += mask.shape[0]
+            else:
+                keep.append((ident, msg))
+        self.queue = keep
+        return taken
+
+    def _run_batch(self, batch) -> None:
+        t = time.perf_counter()
+        outs = self.trunk.forward_group([(s.name, act, mask) for s, _, act, mask in batch])
+        compute = time.perf_counter() - t
+        for sess, msg, _, _ in batch:
+            sess.queued = False
+            out = outs[sess.name]
+            sess.stage, sess.pending_shape, sess.pending_step = Stage.AWAIT_BACKWARD, tuple(out.shape), msg.header.step
+            h = msg.header
+            self._reply(
+                sess.identity,
+                encode(
+                    Header(MsgType.ACTIVATIONS, sess.session_id, h.round, h.step),
+                    compress("act", out, self.compression),
+                ),
+            )
+        self.metrics.write(
+            "forward",
+            clients=[s.name for s, *_ in batch],
+            round=self.round,
+            train=True,
+            compute_s=compute,
+            batched=len(batch),
+        )
+
     def _drain(self) -> None:
+        if self.cfg.server.batch_clients and self.trunk.busy is None and len(self.queue) > 1:
+            try:
+                batch = self._take_batch()
+            except WireError as err:  # cannot happen: queued messages were validated on arrival
+                log.error("queued message no longer valid: %s", err)
+                batch = []
+            if len(batch) > 1:
+                self._run_batch(batch)
+            elif batch:
+                sess, msg, act, mask = batch[0]
+                self.queue.appendleft((sess.identity, msg))
         while self.queue and self.trunk.busy is None:
             ident, msg = self.queue.popleft()
             sess = self.sessions.get(ident)
@@ -323,7 +412,7 @@ class Server:
         self._reply(sess.identity, encode(Header(MsgType.HEARTBEAT, sess.session_id, self.round)))
 
     def _bye(self, sess: Session, msg: Message) -> None:
-        self.trunk.abort(sess.name)
+        self._release(sess.name)
         sess.stage = Stage.DONE
         self.gone.add(sess.name)
         self.metrics.write(
@@ -338,7 +427,7 @@ class Server:
             if sess.stage != Stage.DONE and now - sess.last_seen > self.cfg.transport.timeout_s:
                 log.warning("%s silent for %.0f s: dropped", sess.name, now - sess.last_seen)
                 self.metrics.write("dropped", client=sess.name, round=self.round)
-                self.trunk.abort(sess.name)
+                self._release(sess.name)
                 self._unqueue(ident)
                 del self.sessions[ident]
                 self.gone.add(sess.name)

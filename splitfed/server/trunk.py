@@ -9,12 +9,14 @@ forward and saved back after its optimizer step; each client has its own optimiz
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from splitfed.aggregation import weighted_mean
 from splitfed.models import SplitPart, get_adapter_state, set_adapter_state
 from splitfed.training import LocalTrunk, OptimConfig
 
 SHARED = "shared"
+GROUP = "<group>"  # `busy` while a cross-client batch waits for its members' gradients
 
 
 class TrunkService:
@@ -27,7 +29,9 @@ class TrunkService:
         initial = get_adapter_state(trunk)
         self.states = {n: {k: v.clone() for k, v in initial.items()} for n in names}
         self._loaded: str | None = names[0]
-        self.busy: str | None = None  # client whose backward is pending
+        self.busy: str | None = None  # client whose backward is pending, or GROUP
+        self.group: dict[str, tuple[int, int, int]] = {}  # client -> (row start, row end, tokens)
+        self.group_grads: dict[str, torch.Tensor] = {}
 
     def _key(self, client: str) -> str:
         return SHARED if self.mode == "shared" else client
@@ -51,6 +55,8 @@ class TrunkService:
         return out
 
     def backward(self, client: str, grad: torch.Tensor) -> torch.Tensor:
+        if self.busy == GROUP:
+            raise RuntimeError(f"{client} is in a batch: use backward_group")
         if self.busy != client:
             raise RuntimeError(f"no pending forward for {client}")
         key = self._key(client)
@@ -61,11 +67,65 @@ class TrunkService:
         self.states[key] = get_adapter_state(self.trunk)
         return grad_in
 
-    def abort(self, client: str) -> None:
-        """Forget a pending step (its client went away)."""
+    def forward_group(self, items: list[tuple[str, torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Shared mode: several clients' activations through the trunk as one batch.
+
+        Shorter sequences are padded on the right with masked positions, which no real token
+        attends to, so each client's outputs (and later its activation gradient) are what it
+        would get alone with the same weights.  The trunk takes one optimizer step for the
+        whole group once every member's gradient is in (`backward_group`).
+        """
+        if self.mode != "shared":
+            raise ValueError("cross-client batching needs server.mode = 'shared' (one trunk adapter)")
+        if self.busy is not None:
+            raise RuntimeError(f"trunk busy with {self.busy}")
+        width = max(mask.shape[1] for _, _, mask in items)
+        acts, masks, row = [], [], 0
+        for client, act, mask in items:
+            b, t = mask.shape
+            acts.append(F.pad(act, (0, 0, 0, width - t)))
+            masks.append(F.pad(mask, (0, width - t)))
+            self.group[client] = (row, row + b, t)
+            row += b
+        self._load(SHARED)
+        out = self.links[SHARED].forward(torch.cat(acts), torch.cat(masks))
+        self.busy, self.group_grads = GROUP, {}
+        return {c: out[r0:r1, :t] for c, (r0, r1, t) in self.group.items()}
+
+    def backward_group(self, client: str, grad: torch.Tensor | None) -> dict[str, torch.Tensor] | None:
+        """Collect `client`'s gradient (None: it left, contributes zero); when all are in, run
+        one backward + step and return each member's activation gradient."""
+        if client not in self.group:
+            raise RuntimeError(f"{client} is not in the pending batch")
+        r0, r1, t = self.group[client]
+        self.group_grads[client] = grad
+        if len(self.group_grads) < len(self.group):
+            return None
+        link = self.links[SHARED]
+        if all(g is None for g in self.group_grads.values()):  # everyone left: no step at all
+            link._pending, self.group, self.group_grads, self.busy = None, {}, {}, None
+            return {}
+        out = link._pending[1]
+        full = torch.zeros_like(out)
+        for c, (a, b, n) in self.group.items():
+            if self.group_grads[c] is not None:
+                full[a:b, :n] = self.group_grads[c]
+        try:
+            grad_in = link.backward(full)
+        finally:
+            members, self.group, self.group_grads, self.busy = self.group, {}, {}, None
+        self.states[SHARED] = get_adapter_state(self.trunk)
+        return {c: grad_in[a:b, :n] for c, (a, b, n) in members.items()}
+
+    def abort(self, client: str) -> dict[str, torch.Tensor] | None:
+        """Forget a client's pending step (it went away).  If it was in a batch, the others'
+        gradients may now be complete: they are returned."""
         if self.busy == client:
             self.links[self._key(client)]._pending = None
             self.busy = None
+        elif self.busy == GROUP and client in self.group:
+            return self.backward_group(client, None)
+        return None
 
     def average(self, weights: dict[str, int]) -> None:
         """per_client mode: every client adapter becomes the weighted mean of the participants'."""

@@ -92,3 +92,16 @@ def test_launch_local_runs_server_and_clients_as_processes(tmp_path):
     # a failing process makes the launcher fail
     bad = subprocess.run([*cmd, "--set", "model.cut=[2, 28]"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "invalid cut" in bad.stdout
+
+
+def test_cross_client_batching_run(make_run):
+    run = make_run(clients=3, server__batch_clients=True, training__rounds=2, training__local_steps=6)
+    server = run.server()
+    clients = [run.client(k) for k in range(3)]
+    for k, c in enumerate(clients):
+        assert run.wait(c) == 0, run.log(f"client-{k}") + run.log("server")
+    assert run.wait(server) == 0, run.log("server")
+    forwards = [m for m in run.metrics("server") if m["event"] == "forward" and m.get("train")]
+    assert any(m.get("batched", 1) > 1 for m in forwards), "no step was batched across clients"
+    steps = sum(1 for k in range(3) for m in run.metrics(f"client-{k}") if m["event"] == "step")
+    assert steps == 3 * 2 * 6

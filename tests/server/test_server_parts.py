@@ -73,3 +73,82 @@ def test_trunk_service_per_client_adapters_are_separate_then_averaged():
     for k in s0:
         torch.testing.assert_close(svc.states["client-1"][k], (s0[k] + 3 * s1[k]) / 4)
     assert all(torch.equal(v, svc.states["client-0"][k]) for k, v in get_adapter_state(trunk).items())
+
+
+def _shared_trunk():
+    from splitfed_testing import tiny_model
+
+    from splitfed.models import LoraSpec, add_lora, split_model
+    from splitfed.server.trunk import TrunkService
+    from splitfed.training import OptimConfig
+
+    trunk = split_model(tiny_model("llama"), (1, 3)).trunk
+    add_lora(trunk, LoraSpec(r=2), seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in trunk.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    # a vanishing learning rate keeps the weights equal between the solo and the batched pass
+    return trunk, TrunkService(trunk, mode="shared", clients=["a", "b"], optim=OptimConfig(lr=1e-12))
+
+
+def _lora_grads(trunk):
+    return {n: p.grad.clone() for n, p in trunk.named_parameters() if "lora_" in n}
+
+
+def test_cross_client_batch_keeps_per_client_results_exact():
+    g = torch.Generator().manual_seed(1)
+    act_a, mask_a = torch.randn(2, 5, 32, generator=g), torch.ones(2, 5, dtype=torch.long)
+    mask_a[1, :2] = 0  # left padding
+    act_b, mask_b = torch.randn(3, 7, 32, generator=g), torch.ones(3, 7, dtype=torch.long)
+    mask_b[2, 4:] = 0  # right padding, and a longer sequence than a's
+    grad_a = torch.randn(2, 5, 32, generator=g) * mask_a.unsqueeze(-1)
+    grad_b = torch.randn(3, 7, 32, generator=g) * mask_b.unsqueeze(-1)
+
+    trunk, svc = _shared_trunk()
+    out_a = svc.forward("a", act_a, mask_a, train=True)
+    gin_a = svc.backward("a", grad_a)
+    pg_a = _lora_grads(trunk)
+    out_b = svc.forward("b", act_b, mask_b, train=True)
+    gin_b = svc.backward("b", grad_b)
+    pg_b = _lora_grads(trunk)
+
+    outs = svc.forward_group([("a", act_a, mask_a), ("b", act_b, mask_b)])
+    with pytest.raises(RuntimeError, match="busy"):
+        svc.forward("a", act_a, mask_a, train=True)
+    assert svc.backward_group("b", grad_b) is None  # waits for a
+    res = svc.backward_group("a", grad_a)
+    keep_a, keep_b = mask_a.bool(), mask_b.bool()
+    torch.testing.assert_close(outs["a"][keep_a], out_a[keep_a], atol=1e-5, rtol=0)
+    torch.testing.assert_close(outs["b"][keep_b], out_b[keep_b], atol=1e-5, rtol=0)
+    torch.testing.assert_close(res["a"], gin_a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(res["b"], gin_b, atol=1e-5, rtol=0)
+    for n, grad in _lora_grads(trunk).items():  # one step on the sum of the clients' gradients
+        torch.testing.assert_close(grad, pg_a[n] + pg_b[n], atol=1e-5, rtol=1e-4)
+    assert svc.busy is None and not svc.group
+
+
+def test_batch_member_leaving_releases_the_others():
+    trunk, svc = _shared_trunk()
+    mask = torch.ones(2, 4, dtype=torch.long)
+    svc.forward_group([("a", torch.randn(2, 4, 32), mask), ("b", torch.randn(2, 4, 32), mask)])
+    assert svc.backward_group("a", torch.ones(2, 4, 32)) is None
+    res = svc.abort("b")
+    assert set(res) == {"a", "b"} and svc.busy is None
+    svc.forward_group([("a", torch.randn(2, 4, 32), mask), ("b", torch.randn(2, 4, 32), mask)])
+    assert svc.abort("a") is None and svc.abort("b") == {} and svc.busy is None  # nobody left: no step
+
+
+def test_per_client_mode_refuses_batching():
+    from splitfed_testing import tiny_model
+
+    from splitfed.models import LoraSpec, add_lora, split_model
+    from splitfed.server.trunk import TrunkService
+    from splitfed.training import OptimConfig
+
+    trunk = split_model(tiny_model("llama"), (1, 3)).trunk
+    add_lora(trunk, LoraSpec(r=2), seed=0)
+    svc = TrunkService(trunk, mode="per_client", clients=["a", "b"], optim=OptimConfig())
+    with pytest.raises(ValueError, match="needs server.mode = 'shared'"):
+        svc.forward_group([("a", torch.zeros(1, 2, 32), torch.ones(1, 2, dtype=torch.long))])
