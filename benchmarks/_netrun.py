@@ -38,7 +38,7 @@ def start_server(cfg: RunConfig, root: Path) -> subprocess.Popen:
     path.write_text(dump_toml(cfg))
     log = open(root / "server.log", "wb")  # noqa: SIM115 (owned by the process)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "splitfed.cli.main", "server", "--config", str(path)],
+        [sys.executable, "-m", "splitfed.cli.main", "server", "--no-progress", "--config", str(path)],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

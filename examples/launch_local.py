@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         )
         threading.Thread(target=stream, args=(name, procs[name]), daemon=True).start()
 
-    spawn("server", ["server"])
+    spawn("server", ["server", "--no-progress"])
     for k in range(cfg.data.clients):
         spawn(f"client-{k}", ["client", "--client-id", str(k), "--no-progress"])
 

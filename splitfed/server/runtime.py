@@ -73,7 +73,16 @@ def client_adapter_spec(cfg: RunConfig, checkpoint: Path) -> ClientAdapterSpec:
 
 
 class Server:
-    def __init__(self, cfg: RunConfig, *, resume: bool = False, insecure: bool = False, endpoint: str | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        resume: bool = False,
+        insecure: bool = False,
+        endpoint: str | None = None,
+        on_step=None,
+    ):
+        """`on_step(round, n_steps)` is called after every finished trunk step (for progress bars)."""
         from splitfed.models import add_lora, load_part, prepare
 
         if cfg.server.batch_clients and cfg.server.mode != "shared":
@@ -81,6 +90,7 @@ class Server:
                 "server.batch_clients needs server.mode = 'shared' (per-client adapters cannot share a batch)"
             )
         self.cfg = cfg
+        self.on_step = on_step or (lambda rnd, n: None)
         self.run_dir = Path(cfg.run.dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = MetricsWriter(self.run_dir / "metrics" / "server.jsonl")
@@ -285,6 +295,7 @@ class Server:
             t = time.perf_counter()
             results = self.trunk.backward_group(sess.name, grad)
             if results is not None:
+                self.on_step(self.round, len(results))
                 self.metrics.write(
                     "backward", clients=sorted(results), round=msg.header.round, compute_s=time.perf_counter() - t
                 )
@@ -302,6 +313,7 @@ class Server:
             ),
         )
         self.metrics.write("backward", client=sess.name, round=h.round, step=h.step, compute_s=compute)
+        self.on_step(self.round, 1)
         self._drain()
 
     def _send_gradients(self, results: dict[str, torch.Tensor]) -> None:

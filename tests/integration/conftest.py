@@ -64,7 +64,7 @@ class Run:
         return p
 
     def server(self, *extra: str) -> subprocess.Popen:
-        return self._spawn(["server", "--config", str(self.config_path), *extra], "server.log")
+        return self._spawn(["server", "--no-progress", "--config", str(self.config_path), *extra], "server.log")
 
     def client(self, k: int, *extra: str) -> subprocess.Popen:
         return self._spawn(
