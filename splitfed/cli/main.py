@@ -104,17 +104,29 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_server(args) -> int:
+    from tqdm import tqdm
+
     from splitfed.server.runtime import Server
 
     _setup_logging(True)
     cfg = _load_run_config(args)
-    server = Server(cfg, resume=args.resume, insecure=args.insecure)
-    print(
+    total = cfg.training.rounds * cfg.training.local_steps * cfg.data.clients
+    bar = tqdm(total=total, desc="trunk steps", unit="step", file=sys.stdout, mininterval=1.0, disable=args.no_progress)
+
+    def on_step(rnd: int, n: int) -> None:
+        bar.update(n)
+        bar.set_postfix(round=rnd)
+
+    server = Server(cfg, resume=args.resume, insecure=args.insecure, on_step=on_step)
+    bar.write(
         f"server listening on {server.endpoint} ({'INSECURE plaintext' if args.insecure else 'CURVE'}), "
         f"mode {cfg.server.mode}, rounds {server.round}..{cfg.training.rounds - 1}",
-        flush=True,
+        file=sys.stdout,
     )
-    rc = server.serve()
+    try:
+        rc = server.serve()
+    finally:
+        bar.close()
     print(f"server done; merged adapter: {server.run_dir / 'adapter'}", flush=True)
     return rc
 
