@@ -388,11 +388,11 @@ class AggregationSection(_Section):
 
     _key: ClassVar[str] = "aggregation"
 
-    secure: bool = _opt(False, "Secure aggregation (SecAgg+); not available yet.")
-
-    def _check(self) -> None:
-        if self.secure:
-            raise _key_error("aggregation.secure", "secure aggregation is not available yet (planned); set it to false")
+    secure: bool = _opt(False, "Secure aggregation (SecAgg+): the server learns only the sum of the client updates.")
+    clip: float = _opt(1.0, "Secure aggregation: each (weighted) adapter value is clipped to [-clip, clip].", gt=0)
+    bits: int = _opt(24, "Secure aggregation: quantisation levels per value are 2**bits.", ge=1, lt=32)
+    threshold: int = _opt(0, "Secure aggregation: clients needed to finish a round; 0 = a strict majority.", ge=0)
+    stage_timeout_s: float = _opt(60.0, "Secure aggregation: clients silent this long in a stage drop out.", gt=0)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ checkpoint).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,9 @@ class Connection:
         self.max_bytes = int(cfg.transport.max_message_mb * 1024 * 1024)
         self.traffic = Traffic()
 
-    def request(self, header: Header, tensors=None, *, expect: MsgType, step: int | None = None) -> Message:
+    def request(
+        self, header: Header, tensors=None, *, expect: MsgType | frozenset[MsgType], step: int | None = None
+    ) -> Message:
         frames = encode(header, tensors)
         t0 = time.perf_counter()
         self.traffic.bytes_out += sum(len(memoryview(f).cast("B")) for f in frames)
@@ -82,7 +85,8 @@ class Connection:
                 if code in (ErrorCode.UNKNOWN_CLIENT.value, ErrorCode.OUT_OF_ORDER.value):
                     raise ServerLost(f"server lost our session ({code}: {detail})")
                 raise ServerRefused(f"server refused {header.type.value}: {code}: {detail}")
-            if msg.type == expect and (step is None or msg.header.step == step):
+            expected = expect if isinstance(expect, frozenset) else frozenset({expect})
+            if msg.type in expected and (step is None or msg.header.step == step):
                 self.traffic.transport_s += time.perf_counter() - t0
                 return msg
             # heartbeat replies and stale answers are dropped
@@ -169,6 +173,56 @@ class Client:
                 mine = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(role + "/")}
                 set_adapter_state(part, mine)
 
+    def _send_update(self, conn: Connection, rnd: int, update: dict[str, torch.Tensor], loss: float) -> Message:
+        """Plain: send the adapter.  Secure: announce readiness, then answer the SecAgg+ stages;
+        either way the round's aggregate comes back as ROUND_RESULT."""
+        if not self.cfg.aggregation.secure:
+            h = Header(MsgType.UPDATE, conn.session, rnd, 0, {"loss": loss})
+            return conn.request(h, update, expect=MsgType.ROUND_RESULT)
+        import numpy as np
+
+        from splitfed.aggregation.secure import SecureRoundClient, flatten
+        from splitfed.transport import identity_keys, load_signing_key
+
+        either = frozenset({MsgType.SECAGG, MsgType.ROUND_RESULT})
+        keys_dir = self.cfg.transport.keys_dir
+        secure = SecureRoundClient(
+            self.client_id,
+            signing_key=load_signing_key(keys_dir, self.name),
+            identity_keys=identity_keys(keys_dir),
+            rng=np.random.default_rng(),
+        )
+        vector = flatten(update, sorted(update))
+        msg = conn.request(Header(MsgType.UPDATE, conn.session, rnd, 0, {"loss": loss, "secure": True}), expect=either)
+        while msg.type == MsgType.SECAGG:
+            payload = msg.tensors.get("payload")
+            if payload is None or payload.dtype != torch.uint8:
+                raise ServerRefused("secagg message without a uint8 'payload'")
+            data = payload.numpy().tobytes()
+            if secure.machine is None:
+                reply = secure.start(msg.header.meta, data, vector)
+                if secure.report.clipped:
+                    log.warning(
+                        "%s: %d of %d adapter values were outside [-clip, clip] and clipped",
+                        self.name,
+                        secure.report.clipped,
+                        secure.report.total,
+                    )
+                self.metrics.write(
+                    "secagg_quantized", round=rnd, clipped=secure.report.clipped, total=secure.report.total
+                )
+            else:
+                reply = secure.handle(data)
+            frames_meta = {"stage": secure.machine.stage.name.lower()}
+            tensor = {"payload": torch.frombuffer(bytearray(reply), dtype=torch.uint8)}
+            if os.environ.get("SPLITFED_TEST_CRASH_AFTER") == "masked_input" and secure.machine.stage.name == "UNMASK":
+                conn.sock.send(encode(Header(MsgType.SECAGG, conn.session, rnd, 0, frames_meta), tensor))
+                time.sleep(0.5)  # test hook: the masked input leaves, then the process dies without a word
+                os._exit(3)
+            msg = conn.request(Header(MsgType.SECAGG, conn.session, rnd, 0, frames_meta), tensor, expect=either)
+        self.metrics.write("secagg", round=rnd, stage=None if secure.machine is None else secure.machine.stage.name)
+        return msg
+
     def _keep_update(self, rnd: int, update: dict[str, torch.Tensor]) -> None:
         """The client's own copy of what it sent for aggregation (its disk, for audit)."""
         from safetensors.torch import save_file
@@ -236,10 +290,9 @@ class Client:
                         if progress is not None:
                             progress(rnd, step, res.loss)
                     self.losses.extend(losses)
-                    h = Header(MsgType.UPDATE, conn.session, rnd, 0, {"loss": sum(losses) / len(losses)})
                     update = self.adapter_state()
                     self._keep_update(rnd, update)
-                    result = conn.request(h, update, expect=MsgType.ROUND_RESULT)
+                    result = self._send_update(conn, rnd, update, sum(losses) / len(losses))
                     self.load_adapter_state(result.tensors)
                     self.metrics.write(
                         "round",

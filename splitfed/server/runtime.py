@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -108,6 +109,18 @@ class Server:
         optim = OptimConfig(lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
         self.trunk = TrunkService(self.trunk_part, mode=cfg.server.mode, clients=self.clients, optim=optim)
         self.client_spec = client_adapter_spec(cfg, ckpt_dir)
+        self.secure, self.secure_round, self.secure_missing = None, None, []
+        if cfg.aggregation.secure:
+            from crypto.secagg import check_capacity
+            from splitfed.aggregation.secure import SecureParams
+            from splitfed.transport import identity_keys
+
+            a = cfg.aggregation
+            self.secure = SecureParams(a.clip, a.bits, a.threshold, a.stage_timeout_s)
+            check_capacity(cfg.data.clients, bits=a.bits, modulus_bits=self.secure.modulus_bits)
+            self.secure.threshold_for(cfg.data.clients)
+            self.identity_keys = identity_keys(cfg.transport.keys_dir)
+            self.secure_length = sum(math.prod(s) for s in self.client_spec.shapes.values())
         self.aggregator: Aggregator = FedAvg()
         self.client_state: dict[str, torch.Tensor] = {}
         self.round = 0
@@ -194,6 +207,7 @@ class Server:
                 MsgType.BACKWARD: self._backward,
                 MsgType.UPDATE: self._update,
                 MsgType.HEARTBEAT: self._heartbeat,
+                MsgType.SECAGG: self._secagg,
                 MsgType.BYE: self._bye,
             }[msg.type](sess, msg)
         except WireError as err:
@@ -408,7 +422,12 @@ class Server:
         self.queue = collections.deque((i, m) for i, m in self.queue if i != ident)
 
     def _update(self, sess: Session, msg: Message) -> None:
-        self.client_spec.check(msg.tensors)
+        if self.secure is None:
+            self.client_spec.check(msg.tensors)
+        elif msg.tensors or msg.header.meta.get("secure") is not True:
+            raise WireError(ErrorCode.OUT_OF_ORDER, "this run uses secure aggregation: send no plaintext adapter")
+        elif self.secure_round is not None:
+            raise WireError(ErrorCode.OUT_OF_ORDER, f"round {self.round}'s secure aggregation has already started")
         r = msg.header.round
         sess.stage = Stage.AWAIT_ROUND
         if r != self.round or self.done:
@@ -448,6 +467,9 @@ class Server:
     def _maybe_close_round(self) -> None:
         if self.done:
             return
+        if self.secure_round is not None:
+            self._secure_tick()
+            return
         live = {s.name for s in self.sessions.values() if s.stage != Stage.DONE}
         expected = set(self.clients)
         waiting_for = (expected & live) - set(self.updates)
@@ -466,16 +488,102 @@ class Server:
         self._close_round(missing)
 
     def _close_round(self, missing: list[str]) -> None:
+        if self.secure is not None:
+            self._start_secure_round(missing)
+            return
+        self.client_state = self.aggregator.aggregate(self.updates)
+        self._finish_round(missing)
+
+    # ------------------------------------------------------------------ secure aggregation
+    def _start_secure_round(self, missing: list[str]) -> None:
+        from splitfed.aggregation.secure import SecureRoundServer
+
+        by_name = {s.name: s for s in self.sessions.values()}
+        participants = {by_name[n].client_id: cnt for n, (_, cnt) in self.updates.items() if n in by_name}
+        self.secure_missing = missing
+        try:
+            self.secure_round = SecureRoundServer(
+                participants, vector_length=self.secure_length, params=self.secure, identity_keys=self.identity_keys
+            )
+        except ValueError as exc:  # too few clients for a strict majority, or capacity
+            log.error("round %d: secure aggregation cannot start: %s; keeping the previous aggregate", self.round, exc)
+            self.metrics.write("secagg_abort", round=self.round, reason=str(exc))
+            self._finish_round(missing, aggregated=False)
+            return
+        self.metrics.write("secagg_start", round=self.round, clients=sorted(participants))
+        for cid, (meta, payload) in self.secure_round.start().items():
+            self._send_secagg(cid, payload, {"stage": "config", **meta})
+
+    def _send_secagg(self, client_id: int, payload: bytes, meta: dict) -> None:
+        sess = next(
+            (s for s in self.sessions.values() if s.client_id == client_id and s.stage == Stage.AWAIT_ROUND), None
+        )
+        if sess is None:
+            return  # gone: the protocol counts it as dropped
+        frames = encode(
+            Header(MsgType.SECAGG, sess.session_id, self.round, 0, meta),
+            {"payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)},
+        )
+        self._reply(sess.identity, frames)
+
+    def _secagg(self, sess: Session, msg: Message) -> None:
+        from crypto.secagg import ProtocolError
+
+        if self.secure_round is None:
+            raise WireError(ErrorCode.OUT_OF_ORDER, "no secure aggregation in progress")
+        payload = msg.tensors.get("payload")
+        if payload is None or payload.dtype != torch.uint8 or payload.dim() != 1 or len(msg.tensors) != 1:
+            raise WireError(ErrorCode.BAD_TENSOR, "secagg message needs exactly one 1-D uint8 tensor 'payload'")
+        try:
+            self.secure_round.receive(sess.client_id, payload.numpy().tobytes())
+        except ProtocolError as exc:
+            raise WireError(ErrorCode.MALFORMED, f"secure aggregation: {exc}") from None
+
+    def _secure_tick(self) -> None:
+        from crypto.secagg import AggregateResult, SecAggAbort
+        from splitfed.aggregation.secure import unflatten
+
+        alive = {s.client_id for s in self.sessions.values() if s.stage == Stage.AWAIT_ROUND}
+        stage = self.secure_round.stage.name.lower()
+        try:
+            out = self.secure_round.poll(alive)
+        except SecAggAbort as exc:
+            log.error("round %d: secure aggregation aborted: %s; keeping the previous aggregate", self.round, exc)
+            self.metrics.write("secagg_abort", round=self.round, reason=str(exc))
+            self._finish_round(self.secure_missing, aggregated=False)
+            return
+        if out is None:
+            return
+        if isinstance(out, AggregateResult):
+            keys = sorted(self.client_spec.shapes)
+            self.client_state = unflatten(self.secure_round.average(out), self.client_spec.shapes, keys)
+            names = {s.client_id: s.name for s in self.sessions.values()}
+            self.metrics.write(
+                "secagg_done", round=self.round, survivors=sorted(out.survivors), dropped=sorted(out.dropped)
+            )
+            dropped = [names.get(c, f"client-{c}") for c in out.dropped]
+            self._finish_round(sorted(set(self.secure_missing) | set(dropped)))
+            return
+        self.metrics.write("secagg_stage", round=self.round, closed=stage, next=sorted(out))
+        for cid, payload in out.items():
+            self._send_secagg(cid, payload, {"stage": self.secure_round.stage.name.lower()})
+
+    def _finish_round(self, missing: list[str], *, aggregated: bool = True) -> None:
         r = self.round
         weights = {name: n for name, (_, n) in self.updates.items()}
-        self.client_state = self.aggregator.aggregate(self.updates)
+        self.secure_round = None
         self.trunk.average(weights)
         save_checkpoint(
             self.checkpoint_dir,
             ServerCheckpoint(r, self.config_hash, self.trunk.states, self.trunk.optimizer_states(), self.client_state),
         )
         self.metrics.write(
-            "round", round=r, participants=sorted(self.updates), missing=missing, losses=dict(self.update_losses)
+            "round",
+            round=r,
+            participants=sorted(self.updates),
+            missing=missing,
+            losses=dict(self.update_losses),
+            aggregated=aggregated,
         )
         log.info("round %d closed with %d client(s)", r, len(self.updates))
         self.updates, self.update_losses = {}, {}

@@ -20,7 +20,7 @@ class Stage(enum.Enum):
 ALLOWED: dict[Stage, frozenset[MsgType]] = {
     Stage.READY: frozenset({MsgType.FORWARD, MsgType.UPDATE, MsgType.HEARTBEAT, MsgType.BYE}),
     Stage.AWAIT_BACKWARD: frozenset({MsgType.BACKWARD, MsgType.HEARTBEAT, MsgType.BYE}),
-    Stage.AWAIT_ROUND: frozenset({MsgType.HEARTBEAT, MsgType.BYE}),
+    Stage.AWAIT_ROUND: frozenset({MsgType.SECAGG, MsgType.HEARTBEAT, MsgType.BYE}),
     Stage.DONE: frozenset(),
 }
 

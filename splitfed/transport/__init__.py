@@ -1,6 +1,14 @@
 """ZeroMQ transport: ROUTER on the server, DEALER per client, CURVE keys and allow-list."""
 
-from splitfed.transport.keys import allowed_clients, client_name, generate_keys, load_keypair, load_public
+from splitfed.transport.keys import (
+    allowed_clients,
+    client_name,
+    generate_keys,
+    identity_keys,
+    load_keypair,
+    load_public,
+    load_signing_key,
+)
 from splitfed.transport.sockets import INSECURE_WARNING, ClientSocket, Incoming, ServerSocket
 
 __all__ = [
@@ -11,6 +19,8 @@ __all__ = [
     "allowed_clients",
     "client_name",
     "generate_keys",
+    "identity_keys",
+    "load_signing_key",
     "load_keypair",
     "load_public",
 ]

@@ -5,6 +5,8 @@ Layout of a keys directory::
     server.key  server.key_secret          the server's pair
     client-K.key  client-K.key_secret      client K's pair (give it only to client K)
     allowed/client-K.key                   public keys the server accepts (its allow-list)
+    client-K.sign_secret                   client K's Ed25519 identity key (secure aggregation)
+    identity/client-K.pub                  every client's Ed25519 public key (all parties get these)
 """
 
 from __future__ import annotations
@@ -43,7 +45,40 @@ def generate_keys(keys_dir: str | os.PathLike, n_clients: int, *, overwrite: boo
         os.chmod(public, 0o644)
         if name != "server":
             shutil.copy(public, allowed / Path(public).name)
+    _generate_identities(root, n_clients)
     return root
+
+
+def _generate_identities(root: Path, n_clients: int) -> None:
+    """Ed25519 identity keys that sign secure-aggregation key advertisements."""
+    from crypto.sign import generate_signing_key_pair
+
+    identity = root / "identity"
+    if identity.exists():
+        shutil.rmtree(identity)
+    identity.mkdir()
+    for k in range(n_clients):
+        pair = generate_signing_key_pair()
+        secret = root / f"{client_name(k)}.sign_secret"
+        secret.write_text(pair.private.hex() + "\n")
+        os.chmod(secret, 0o600)
+        (identity / f"{client_name(k)}.pub").write_text(pair.public.hex() + "\n")
+
+
+def load_signing_key(keys_dir: str | os.PathLike, name: str) -> bytes:
+    """Client `name`'s Ed25519 private key."""
+    path = Path(keys_dir) / f"{name}.sign_secret"
+    if not path.is_file():
+        raise KeyFileError(f"no identity key at {path}; run `splitfed keys generate --dir {keys_dir} --force`")
+    return bytes.fromhex(path.read_text().strip())
+
+
+def identity_keys(keys_dir: str | os.PathLike) -> dict[int, bytes]:
+    """client id -> Ed25519 public key, for every client in ``identity/``."""
+    folder = Path(keys_dir) / "identity"
+    if not folder.is_dir():
+        raise KeyFileError(f"no identity keys in {folder}; run `splitfed keys generate --dir {keys_dir} --force`")
+    return {int(p.stem.split("-", 1)[1]): bytes.fromhex(p.read_text().strip()) for p in sorted(folder.glob("*.pub"))}
 
 
 def load_keypair(keys_dir: str | os.PathLike, name: str) -> tuple[bytes, bytes]:

@@ -23,6 +23,7 @@ class MsgType(enum.Enum):
     GRADIENT = "gradient"  # server -> client: d loss / d activations at the first cut
     UPDATE = "update"  # client -> server: client adapter after the round's local steps
     ROUND_RESULT = "round_result"  # server -> client: aggregated client adapter, next round
+    SECAGG = "secagg"  # either way: one secure-aggregation protocol message (bytes in a uint8 frame)
     HEARTBEAT = "heartbeat"  # either way: still here
     ERROR = "error"  # either way: what was wrong with the last message
     BYE = "bye"  # client -> server: leaving

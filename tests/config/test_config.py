@@ -235,10 +235,8 @@ def test_round_trip_property(rounds, lr, cut, clients, compression, run_dir):
         ),
         ("[transport]\nendpoint = 'http://x:1'\n", r"^transport\.endpoint: expected a string starting with 'tcp://'"),
         # features that are not there yet
-        (
-            "[aggregation]\nsecure = true\n",
-            r"^aggregation\.secure: secure aggregation is not available yet \(planned\); set it to false$",
-        ),
+        ("[aggregation]\nsecure = true\nbits = 32\n", r"^aggregation\.bits: expected an integer"),
+        ("[aggregation]\nclip = 0\n", r"^aggregation\.clip: expected a number > 0"),
         ("[privacy]\nenabled = true\n", r"^privacy\.enabled: .*not available yet \(planned\); set it to false$"),
     ],
 )
@@ -304,7 +302,7 @@ def test_with_overrides_applies_related_keys_together():
         ({"training": 1}, r"'training' is a table, not a key"),
         ({"training.rounds": 0}, r"^training\.rounds: expected an integer >= 1, got 0$"),
         ({"lora.bottom.r": True}, r"^lora\.bottom\.r: expected an integer >= 1, got true \(boolean\)$"),
-        ({"aggregation.secure": True}, r"^aggregation\.secure: secure aggregation is not available yet"),
+        ({"aggregation.stage_timeout_s": -1.0}, r"^aggregation\.stage_timeout_s: expected a number > 0"),
     ],
 )
 def test_with_overrides_errors(overrides, message):
