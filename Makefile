@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/networked.py
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/server_throughput.py
+	$(BIN)/python benchmarks/secagg.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
