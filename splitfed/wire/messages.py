@@ -24,6 +24,9 @@ class MsgType(enum.Enum):
     UPDATE = "update"  # client -> server: client adapter after the round's local steps
     ROUND_RESULT = "round_result"  # server -> client: aggregated client adapter, next round
     SECAGG = "secagg"  # either way: one secure-aggregation protocol message (bytes in a uint8 frame)
+    RAG_CONTEXT = "rag_context"  # querier -> party: CKKS public context (cached by key id) / ack
+    RAG_SCORE = "rag_score"  # querier -> party: encrypted query; party -> querier: encrypted scores
+    RAG_FETCH = "rag_fetch"  # querier -> party: row indices (<= k); party -> querier: those documents
     HEARTBEAT = "heartbeat"  # either way: still here
     ERROR = "error"  # either way: what was wrong with the last message
     BYE = "bye"  # client -> server: leaving

@@ -1,0 +1,183 @@
+"""A data party: answers encrypted scoring requests over its private vector store.
+
+Protocol (ZeroMQ ROUTER, CURVE; JSON header + raw frames from `splitfed.wire`):
+
+- ``rag_context``: the querier's CKKS *public* context (no secret key; refused otherwise),
+  cached by key id so it travels once per session;
+- ``rag_score``: an encrypted query -> encrypted scores of every stored vector (the party
+  never sees the query or the scores in the clear);
+- ``rag_fetch``: at most ``k`` row indices -> those documents' texts, the only plaintext a
+  party ever reveals.
+
+Every request is validated; a bad one gets an ``error`` reply and the party keeps serving.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+
+import numpy as np
+import torch
+
+from splitfed.rag.store import VectorStore
+from splitfed.transport import ServerSocket
+from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, decode, encode
+from splitfed.wire.codec import error_frames
+
+log = logging.getLogger("splitfed.rag.party")
+
+
+def _bytes_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _payload(msg: Message, name: str) -> bytes:
+    t = msg.tensors.get(name)
+    if t is None or t.dtype != torch.uint8 or t.dim() != 1:
+        raise WireError(ErrorCode.BAD_TENSOR, f"expected a 1-D uint8 tensor {name!r}")
+    return t.numpy().tobytes()
+
+
+class Party:
+    def __init__(
+        self,
+        store: VectorStore,
+        *,
+        name: str,
+        endpoint: str,
+        keys_dir=None,
+        insecure: bool = False,
+        max_message_mb: float = 128.0,
+        k_max: int = 10,
+        noise_std: float = 0.0,
+        rng: np.random.Generator | None = None,
+        max_contexts: int = 4,
+    ):
+        self.store, self.name, self.k_max = store, name, k_max
+        self.noise_std, self.rng = noise_std, rng or np.random.default_rng()
+        self.max_bytes = int(max_message_mb * 1024 * 1024)
+        self.scorers: collections.OrderedDict[str, object] = collections.OrderedDict()
+        self.max_contexts = max_contexts
+        self.socket = ServerSocket(endpoint, keys_dir=keys_dir, insecure=insecure)
+        self.endpoint = self.socket.endpoint
+        self.served = 0
+
+    def serve(self, *, max_seconds: float | None = None, max_queries: int | None = None) -> int:
+        t0 = time.monotonic()
+        try:
+            while max_seconds is None or time.monotonic() - t0 < max_seconds:
+                inc = self.socket.recv(500)
+                if inc is None:
+                    continue
+                self._handle(inc.identity, inc.frames)
+                if max_queries is not None and self.served >= max_queries:
+                    break
+        finally:
+            self.socket.close()
+        return 0
+
+    def _handle(self, ident: bytes, frames: list) -> None:
+        try:
+            msg = decode(frames, max_bytes=self.max_bytes)
+            handler = {
+                MsgType.RAG_CONTEXT: self._context,
+                MsgType.RAG_SCORE: self._score,
+                MsgType.RAG_FETCH: self._fetch,
+                MsgType.HEARTBEAT: lambda m: encode(Header(MsgType.HEARTBEAT)),
+            }.get(msg.type)
+            if handler is None:
+                raise WireError(
+                    ErrorCode.UNKNOWN_TYPE, f"a party answers rag_context, rag_score, rag_fetch; got {msg.type.value}"
+                )
+            self.socket.send(ident, handler(msg))
+        except WireError as err:
+            log.warning("%s: rejected request: %s", self.name, err)
+            self.socket.send(ident, error_frames(err.code, err.detail, step=_step(frames)))
+        except Exception as exc:  # never let one request take the party down
+            log.exception("%s: request failed", self.name)
+            self.socket.send(ident, error_frames(ErrorCode.SERVER, f"{type(exc).__name__}: {exc}", step=_step(frames)))
+
+    def _context(self, msg: Message) -> list:
+        from crypto.he import HEError
+
+        data = _payload(msg, "context")
+        try:
+            scorer = make_scorer(
+                data, self.store.embeddings, max_bytes=self.max_bytes, noise_std=self.noise_std, rng=self.rng
+            )
+        except HEError as exc:
+            raise WireError(ErrorCode.BAD_TENSOR, f"public context refused: {exc}") from None
+        key_id = scorer_key_id(scorer)
+        self.scorers[key_id] = scorer
+        self.scorers.move_to_end(key_id)
+        while len(self.scorers) > self.max_contexts:
+            self.scorers.popitem(last=False)
+        meta = {"key_id": key_id, "rows": len(self.store.docs)}
+        return encode(Header(MsgType.RAG_CONTEXT, step=msg.header.step, meta=meta))
+
+    def _score(self, msg: Message) -> list:
+        from crypto.he import HEError
+
+        key_id = msg.header.meta.get("key_id")
+        scorer = self.scorers.get(key_id) if isinstance(key_id, str) else None
+        if scorer is None:
+            raise WireError(ErrorCode.OUT_OF_ORDER, f"unknown key id {key_id!r}: send rag_context first")
+        try:
+            cts = score(scorer, _payload(msg, "query"))
+        except HEError as exc:
+            raise WireError(ErrorCode.BAD_TENSOR, f"encrypted query refused: {exc}") from None
+        self.served += 1
+        tensors = {f"scores.{i}": _bytes_tensor(c) for i, c in enumerate(cts)}
+        meta = {"key_id": key_id, "rows": len(self.store.docs)}
+        return encode(Header(MsgType.RAG_SCORE, step=msg.header.step, meta=meta), tensors)
+
+    def _fetch(self, msg: Message) -> list:
+        rows = msg.header.meta.get("rows")
+        n = len(self.store.docs)
+        if (
+            not isinstance(rows, list)
+            or not 1 <= len(rows) <= self.k_max
+            or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < n for r in rows)
+            or len(set(rows)) != len(rows)
+        ):
+            raise WireError(
+                ErrorCode.MALFORMED, f"rows: expected 1..{self.k_max} distinct integers in [0, {n}), got {rows!r}"
+            )
+        docs = [
+            {
+                "row": r,
+                "doc_id": self.store.docs[r].doc_id,
+                "title": self.store.docs[r].title,
+                "text": self.store.docs[r].text,
+            }
+            for r in rows
+        ]
+        return encode(Header(MsgType.RAG_FETCH, step=msg.header.step, meta={"docs": docs}))
+
+
+def _step(frames: list) -> int:
+    """The request id of a possibly malformed request, so the error reply can be matched."""
+    from splitfed.wire import decode_header
+
+    try:
+        return decode_header(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0]).step
+    except Exception:
+        return 0
+
+
+# --- the narrow seam to crypto.he -------------------------------------------------------------
+def make_scorer(context_bytes: bytes, matrix: np.ndarray, *, max_bytes: int, noise_std: float, rng):
+    from crypto.he import EncryptedScorer, PublicContext
+
+    ctx = PublicContext.from_bytes(context_bytes, max_bytes=max_bytes)
+    return EncryptedScorer(ctx, matrix, noise_std=noise_std, rng=rng)
+
+
+def scorer_key_id(scorer) -> str:
+    return scorer.public_ctx.key_id
+
+
+def score(scorer, query: bytes) -> list[bytes]:
+    return scorer.score(query)

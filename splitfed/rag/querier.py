@@ -1,0 +1,200 @@
+"""The querier: encrypts the query embedding, asks every party concurrently, takes the global top-k.
+
+The CKKS secret key never leaves this process.  Parties get the public context once per
+session, score the encrypted query against their own stores, and return encrypted scores;
+the querier decrypts, merges, and fetches the texts of exactly the k winning documents.
+A party that times out or answers garbage is left out with a warning, and the result says
+which parties contributed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import zmq
+
+from splitfed.transport import ClientSocket
+from splitfed.wire import Header, Message, MsgType, WireError, decode, encode
+
+log = logging.getLogger("splitfed.rag.querier")
+
+
+@dataclass(frozen=True)
+class PartyAddress:
+    name: str
+    endpoint: str
+    keys_dir: Path | None = None  # holds the party's public key (server.key) and the querier's pair (client-0)
+
+
+@dataclass(frozen=True)
+class Hit:
+    party: str
+    row: int
+    score: float
+    doc_id: str = ""
+    title: str = ""
+    text: str = ""
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    contributed: list[str]
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    bytes_out: int = 0
+    bytes_in: int = 0
+
+
+def _u8(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+class Querier:
+    def __init__(
+        self,
+        parties: list[PartyAddress],
+        *,
+        embedder=None,
+        timeout_s: float = 30.0,
+        insecure: bool = False,
+        secret=None,
+        max_message_mb: float = 256.0,
+    ):
+        from crypto.he import SecretContext
+
+        if not parties:
+            raise ValueError("need at least one party")
+        self.embedder = embedder
+        self.timeout_s = timeout_s
+        self.max_bytes = int(max_message_mb * 1024 * 1024)
+        self.secret = secret or SecretContext.create()
+        self.public = self.secret.public_bytes
+        self.socks = {
+            p.name: ClientSocket(p.endpoint, keys_dir=p.keys_dir, name="client-0", insecure=insecure) for p in parties
+        }
+        self.key_ok: dict[str, int] = {}  # party -> rows, once it has our public context
+        self._req = 0
+
+    def close(self) -> None:
+        for s in self.socks.values():
+            s.close()
+
+    def _request_id(self) -> int:
+        self._req += 1
+        return self._req
+
+    def _ask(self, req: int, requests: dict[str, list], expect: MsgType, stats: SearchResult) -> dict[str, Message]:
+        """Send one request per party, gather replies until the timeout; failures go to stats.failed."""
+        poller = zmq.Poller()
+        owner = {}
+        for name, frames in requests.items():
+            stats.bytes_out += sum(len(memoryview(f).cast("B")) for f in frames)
+            self.socks[name].send(frames)
+            poller.register(self.socks[name].sock, zmq.POLLIN)
+            owner[self.socks[name].sock] = name
+        replies: dict[str, Message] = {}
+        deadline = time.monotonic() + self.timeout_s
+        pending = set(requests)
+        while pending and time.monotonic() < deadline:
+            for sock, _ in poller.poll(int(max(1, (deadline - time.monotonic()) * 1000))):
+                name = owner[sock]
+                frames = sock.recv_multipart(copy=False)
+                stats.bytes_in += sum(len(f.buffer) for f in frames)
+                try:
+                    msg = decode(frames, max_bytes=self.max_bytes)
+                except WireError as err:
+                    stats.failed[name] = f"garbage reply ({err})"
+                    pending.discard(name)
+                    continue
+                if msg.header.step != req:
+                    continue  # a late answer to an earlier request
+                pending.discard(name)
+                if msg.type == MsgType.ERROR:
+                    stats.failed[name] = f"{msg.header.meta.get('code')}: {msg.header.meta.get('detail')}"
+                elif msg.type != expect:
+                    stats.failed[name] = f"expected {expect.value}, got {msg.type.value}"
+                else:
+                    replies[name] = msg
+        for name in pending:
+            stats.failed[name] = f"no reply within {self.timeout_s:.0f} s"
+            self.socks[name].reconnect()  # drop whatever it may still send
+            self.key_ok.pop(name, None)
+        for name, why in stats.failed.items():
+            log.warning("party %s left out: %s", name, why)
+        return replies
+
+    def search_vector(self, vector: np.ndarray, *, k: int = 5) -> SearchResult:
+        from crypto.he import HEError, decrypt_scores, encrypt_query
+
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        stats = SearchResult(hits=[], contributed=[])
+        t = time.perf_counter()
+        new = [n for n in self.socks if n not in self.key_ok]
+        if new:
+            req = self._request_id()
+            ctx = {n: encode(Header(MsgType.RAG_CONTEXT, step=req), {"context": _u8(self.public)}) for n in new}
+            for name, msg in self._ask(req, ctx, MsgType.RAG_CONTEXT, stats).items():
+                self.key_ok[name] = int(msg.header.meta.get("rows", 0))
+        stats.seconds["context"] = time.perf_counter() - t
+        live = [n for n in self.socks if n in self.key_ok and n not in stats.failed]
+        t = time.perf_counter()
+        query = encrypt_query(self.secret, np.asarray(vector, dtype=np.float64))
+        stats.seconds["encrypt"] = time.perf_counter() - t
+        t = time.perf_counter()
+        key_id = self.secret.key_id
+        req = self._request_id()
+        reqs = {
+            n: encode(Header(MsgType.RAG_SCORE, step=req, meta={"key_id": key_id}), {"query": _u8(query)}) for n in live
+        }
+        replies = self._ask(req, reqs, MsgType.RAG_SCORE, stats)
+        stats.seconds["score"] = time.perf_counter() - t
+        t = time.perf_counter()
+        candidates: list[tuple[float, str, int]] = []
+        for name, msg in replies.items():
+            rows = msg.header.meta.get("rows")
+            cts = [
+                msg.tensors[f"scores.{i}"].numpy().tobytes()
+                for i in range(len(msg.tensors))
+                if f"scores.{i}" in msg.tensors
+            ]
+            try:
+                scores = decrypt_scores(self.secret, cts, rows)
+            except (HEError, ValueError, TypeError) as exc:
+                stats.failed[name] = f"undecryptable scores ({exc})"
+                log.warning("party %s left out: %s", name, stats.failed[name])
+                continue
+            stats.contributed.append(name)
+            top = np.argsort(-scores)[:k]
+            candidates += [(float(scores[i]), name, int(i)) for i in top]
+        stats.seconds["decrypt"] = time.perf_counter() - t
+        candidates.sort(key=lambda c: -c[0])
+        winners = candidates[:k]
+        t = time.perf_counter()
+        by_party: dict[str, list[int]] = {}
+        for _, name, row in winners:
+            by_party.setdefault(name, []).append(row)
+        req = self._request_id()
+        reqs = {n: encode(Header(MsgType.RAG_FETCH, step=req, meta={"rows": rows})) for n, rows in by_party.items()}
+        docs = {}
+        for name, msg in self._ask(req, reqs, MsgType.RAG_FETCH, stats).items():
+            for d in msg.header.meta.get("docs", []):
+                docs[(name, d["row"])] = d
+        stats.seconds["fetch"] = time.perf_counter() - t
+        for score, name, row in winners:
+            d = docs.get((name, row), {})
+            stats.hits.append(Hit(name, row, score, d.get("doc_id", ""), d.get("title", ""), d.get("text", "")))
+        return stats
+
+    def search(self, text: str, *, k: int = 5) -> SearchResult:
+        if self.embedder is None:
+            from splitfed.rag.embedder import Embedder
+
+            self.embedder = Embedder()
+        return self.search_vector(self.embedder.embed([text])[0], k=k)

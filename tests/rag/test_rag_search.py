@@ -1,0 +1,147 @@
+"""Encrypted federated search with real party processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from splitfed.rag.corpus import Document, load_news, split_round_robin
+from splitfed.rag.querier import PartyAddress, Querier
+from splitfed.rag.store import StoreError, VectorStore
+from splitfed.transport import ClientSocket, ServerSocket, generate_keys
+from splitfed.wire import Header, MsgType, decode, encode
+
+DIM = 384
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def random_store(n: int, rng) -> VectorStore:
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return VectorStore(v, [Document(f"d{i}", f"title {i}", f"text {i}") for i in range(n)])
+
+
+@pytest.fixture
+def parties(tmp_path):
+    rng = np.random.default_rng(0)
+    procs, addrs, stores = [], [], []
+    for k, n in enumerate((150, 240, 90)):  # not multiples of any block size
+        store = random_store(n, rng)
+        store.save(tmp_path / f"p{k}")
+        keys = tmp_path / "keys" / f"p{k}"
+        generate_keys(keys, 1)
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        cfg = tmp_path / f"p{k}.toml"
+        cfg.write_text(
+            f'name = "p{k}"\nindex = "{tmp_path / f"p{k}"}"\nendpoint = "{endpoint}"\nkeys_dir = "{keys}"\nk_max = 10\n'
+        )
+        log = open(tmp_path / f"p{k}.log", "wb")  # noqa: SIM115
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "splitfed.cli.main", "rag", "party", "--config", str(cfg)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        addrs.append(PartyAddress(f"p{k}", endpoint, keys))
+        stores.append(store)
+    yield addrs, stores, rng, tmp_path
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_encrypted_global_top_k_equals_plaintext(parties):
+    addrs, stores, rng, _ = parties
+    q = Querier(addrs, timeout_s=120.0)
+    try:
+        for _ in range(3):
+            v = rng.standard_normal(DIM)
+            v /= np.linalg.norm(v)
+            res = q.search_vector(v, k=10)
+            allv = [(float(s.embeddings[i] @ v), f"p{k}", i) for k, s in enumerate(stores) for i in range(len(s.docs))]
+            want = sorted(allv, key=lambda t: -t[0])[:10]
+            assert [(h.party, h.row) for h in res.hits] == [(p, i) for _, p, i in want]
+            for h, (s, _, _) in zip(res.hits, want, strict=True):
+                assert abs(h.score - s) < 1e-3
+            assert sorted(res.contributed) == ["p0", "p1", "p2"] and not res.failed
+            assert all(h.title == f"title {h.row}" for h in res.hits)
+    finally:
+        q.close()
+
+
+def test_a_silent_party_does_not_block_the_answer(parties, tmp_path):
+    addrs, stores, rng, _ = parties
+    keys = tmp_path / "keys" / "silent"
+    generate_keys(keys, 1)
+    silent = ServerSocket(f"tcp://127.0.0.1:{free_port()}", keys_dir=keys)  # accepts, never answers
+    q = Querier([*addrs, PartyAddress("silent", silent.endpoint, keys)], timeout_s=20.0)
+    try:
+        t = time.monotonic()
+        res = q.search_vector(stores[0].embeddings[3].astype(np.float64), k=3)
+        assert time.monotonic() - t < 60
+        assert "silent" in res.failed and "no reply" in res.failed["silent"]
+        assert sorted(res.contributed) == ["p0", "p1", "p2"]
+        assert (res.hits[0].party, res.hits[0].row) == ("p0", 3)
+    finally:
+        q.close()
+        silent.close()
+
+
+def test_bad_requests_get_errors_and_the_party_keeps_serving(parties):
+    addrs, stores, rng, _ = parties
+    a = addrs[0]
+    sock = ClientSocket(a.endpoint, keys_dir=a.keys_dir, name="client-0")
+
+    def ask(frames):
+        sock.send(frames)
+        reply = sock.recv(60000)
+        assert reply is not None
+        return decode(reply, max_bytes=1 << 28)
+
+    def u8(b):
+        return torch.frombuffer(bytearray(b), dtype=torch.uint8)
+
+    r = ask(encode(Header(MsgType.RAG_SCORE, meta={"key_id": "nope"}), {"query": u8(b"x" * 10)}))
+    assert r.type == MsgType.ERROR and "unknown key id" in r.header.meta["detail"]
+    r = ask(encode(Header(MsgType.RAG_CONTEXT), {"context": u8(b"definitely not a context")}))
+    assert r.type == MsgType.ERROR and r.header.meta["code"] == "bad_tensor"
+    r = ask(encode(Header(MsgType.RAG_FETCH, meta={"rows": list(range(11))})))
+    assert r.type == MsgType.ERROR and "1..10 distinct integers" in r.header.meta["detail"]
+    r = ask(encode(Header(MsgType.FORWARD)))
+    assert r.type == MsgType.ERROR and r.header.meta["code"] == "unknown_type"
+    # a garbage ciphertext under a valid context
+    q = Querier([a], timeout_s=120.0)
+    try:
+        q.search_vector(stores[0].embeddings[0].astype(np.float64), k=1)  # sends the context
+        r = ask(encode(Header(MsgType.RAG_SCORE, meta={"key_id": q.secret.key_id}), {"query": u8(b"\x00" * 1000)}))
+        assert r.type == MsgType.ERROR and r.header.meta["code"] == "bad_tensor"
+        res = q.search_vector(stores[0].embeddings[7].astype(np.float64), k=1)  # still serving
+        assert (res.hits[0].party, res.hits[0].row) == ("p0", 7)
+    finally:
+        q.close()
+        sock.close()
+
+
+def test_news_corpus_and_store_round_trip(tmp_path):
+    docs = load_news()
+    assert len(docs) > 3500 and all(d.text and d.title for d in docs[:100])
+    parts = split_round_robin(docs[:10], 3)
+    assert [len(p) for p in parts] == [4, 3, 3] and sum(parts, []) != docs[:10]
+    store = random_store(5, np.random.default_rng(1))
+    store.save(tmp_path / "s")
+    back = VectorStore.load(tmp_path / "s")
+    assert np.array_equal(back.embeddings, store.embeddings) and back.docs == store.docs
+    with pytest.raises(StoreError, match="no index here"):
+        VectorStore.load(tmp_path / "missing")
