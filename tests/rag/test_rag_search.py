@@ -145,3 +145,24 @@ def test_news_corpus_and_store_round_trip(tmp_path):
     assert np.array_equal(back.embeddings, store.embeddings) and back.docs == store.docs
     with pytest.raises(StoreError, match="no index here"):
         VectorStore.load(tmp_path / "missing")
+
+
+def test_cli_query_lists_contributing_parties(parties, capsys):
+    from splitfed.cli.main import main
+
+    addrs, _, _, tmp_path = parties
+    cfg = tmp_path / "parties.toml"
+    cfg.write_text(
+        "timeout_s = 120.0\n"
+        + "".join(
+            f'[[party]]\nname = "{a.name}"\nendpoint = "{a.endpoint}"\nkeys_dir = "{a.keys_dir}"\n' for a in addrs
+        )
+    )
+    assert main(["rag", "query", "Who won the election?", "--parties", str(cfg), "-k", "3", "--no-generate"]) == 0
+    out = capsys.readouterr().out
+    assert "parties that contributed:" in out and all(a.name in out for a in addrs)
+    assert out.count("title ") == 3
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[party]]\nname = 'x'\n")
+    assert main(["rag", "query", "q", "--parties", str(bad)]) == 2
+    assert "party[0].endpoint: required key missing" in capsys.readouterr().err
