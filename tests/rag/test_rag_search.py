@@ -166,3 +166,41 @@ def test_cli_query_lists_contributing_parties(parties, capsys):
     bad.write_text("[[party]]\nname = 'x'\n")
     assert main(["rag", "query", "q", "--parties", str(bad)]) == 2
     assert "party[0].endpoint: required key missing" in capsys.readouterr().err
+
+
+def test_a_party_answering_garbage_is_left_out(parties, tmp_path):
+    import threading
+
+    addrs, stores, _, _ = parties
+    keys = tmp_path / "keys" / "liar"
+    generate_keys(keys, 1)
+    liar = ServerSocket(f"tcp://127.0.0.1:{free_port()}", keys_dir=keys)
+    stop = threading.Event()
+
+    def serve():  # acknowledges the context, then answers every query with junk "scores"
+        while not stop.is_set():
+            inc = liar.recv(200)
+            if inc is None:
+                continue
+            msg = decode(inc.frames, max_bytes=1 << 28)
+            junk = {"scores.0": torch.frombuffer(bytearray(b"HES\x01" + b"\x07" * 500), dtype=torch.uint8)}
+            if msg.type == MsgType.RAG_CONTEXT:
+                liar.send(
+                    inc.identity,
+                    encode(Header(MsgType.RAG_CONTEXT, step=msg.header.step, meta={"key_id": "x", "rows": 5})),
+                )
+            else:
+                liar.send(inc.identity, encode(Header(MsgType.RAG_SCORE, step=msg.header.step, meta={"rows": 5}), junk))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    q = Querier([*addrs, PartyAddress("liar", liar.endpoint, keys)], timeout_s=60.0)
+    try:
+        res = q.search_vector(stores[1].embeddings[4].astype(np.float64), k=2)
+        assert "liar" in res.failed and "undecryptable" in res.failed["liar"]
+        assert "liar" not in res.contributed and (res.hits[0].party, res.hits[0].row) == ("p1", 4)
+    finally:
+        q.close()
+        stop.set()
+        t.join()
+        liar.close()
