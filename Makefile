@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/server_throughput.py
 	$(BIN)/python benchmarks/secagg.py
+	$(BIN)/python benchmarks/he_search.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

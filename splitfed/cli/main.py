@@ -163,13 +163,28 @@ def _cmd_rag_index(args) -> int:
     from splitfed.rag.corpus import load_news, split_round_robin
     from splitfed.rag.embedder import Embedder
     from splitfed.rag.store import build_store
+    from splitfed.transport import generate_keys
 
     docs = load_news(limit=args.docs)
     embedder = Embedder()
+    entries = []
     with tqdm(total=len(docs), desc="embedding", unit="doc", file=sys.stdout, mininterval=1.0) as bar:
         for k, part in enumerate(split_round_robin(docs, args.parties)):
             out = build_store(part, embedder, progress=bar.update).save(args.out / f"party-{k}")
-            bar.write(f"party-{k}: {len(part)} documents -> {out}", file=sys.stdout)
+            keys = args.out / "keys" / f"party-{k}"
+            if not (keys / "server.key_secret").exists():
+                generate_keys(keys, 1)  # server pair = the party; client-0 = the querier
+            endpoint = f"tcp://127.0.0.1:{args.base_port + k}"
+            (args.out / f"party-{k}.toml").write_text(
+                f'name = "party-{k}"\nindex = "{out}"\nendpoint = "{endpoint}"\nkeys_dir = "{keys}"\n'
+                "noise_std = 0.0\nk_max = 10\n"
+            )
+            entries.append(f'[[party]]\nname = "party-{k}"\nendpoint = "{endpoint}"\nkeys_dir = "{keys}"\n')
+            bar.write(
+                f"party-{k}: {len(part)} documents -> {out}, config {args.out / f'party-{k}.toml'}", file=sys.stdout
+            )
+    (args.out / "parties.toml").write_text("timeout_s = 30.0\n" + "".join(entries))
+    print(f"querier config: {args.out / 'parties.toml'}")
     return 0
 
 
@@ -295,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("rag"), help="output directory (party-K/ for each party)")
     p.add_argument("--parties", type=int, default=3)
     p.add_argument("--docs", type=int, default=None, help="use only the first N articles")
+    p.add_argument("--base-port", type=int, default=6000, help="party K listens on 127.0.0.1:base+K (default 6000)")
     p.set_defaults(func=_cmd_rag_index)
     p = rsub.add_parser("party", help="serve encrypted scoring over one party's store (ZeroMQ, CURVE)")
     p.add_argument("--config", type=Path, required=True, help="party TOML (name, index, endpoint, keys_dir, ...)")
