@@ -214,12 +214,11 @@ def _cmd_rag_party(args) -> int:
 
 def _cmd_rag_query(args) -> int:
     from splitfed.rag.config import load_querier_config
-    from splitfed.rag.querier import PartyAddress, Querier
+    from splitfed.rag.querier import Querier
 
     _setup_logging(False)
     cfg = load_querier_config(args.parties)
-    parties = [PartyAddress(p.name, p.endpoint, p.keys_dir or None) for p in cfg.parties]
-    querier = Querier(parties, timeout_s=cfg.timeout_s, insecure=args.insecure)
+    querier = Querier(list(cfg.parties), timeout_s=cfg.timeout_s, insecure=args.insecure)
     try:
         res = querier.search(args.question, k=args.k)
     finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,8 +39,6 @@ class Traffic:
     bytes_out: int = 0
     bytes_in: int = 0
     transport_s: float = 0.0
-    compute_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 class Connection:

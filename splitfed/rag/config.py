@@ -39,15 +39,17 @@ class PartyConfig:
 
 
 @dataclass(frozen=True)
-class PartyEntry:
+class PartyAddress:
+    """Where the querier reaches one party."""
+
     name: str
     endpoint: str
-    keys_dir: str = ""
+    keys_dir: str | os.PathLike | None = None  # the party's public key (server.key) + the querier's pair (client-0)
 
 
 @dataclass(frozen=True)
 class QuerierConfig:
-    parties: tuple[PartyEntry, ...]
+    parties: tuple[PartyAddress, ...]
     timeout_s: float = 30.0
 
 
@@ -73,7 +75,8 @@ def _build(cls, raw: dict, where: str):
                 raise ConfigError(f"{where}.{name}: required key missing")
             continue
         v = raw[name]
-        want = {"str": str, "float": (int, float), "int": int}.get(str(f.type))
+        kind = str(f.type).split(" ", 1)[0]  # "str | os.PathLike | None" is given as a string in TOML
+        want = {"str": str, "float": (int, float), "int": int}.get(kind)
         if want is not None and (not isinstance(v, want) or isinstance(v, bool)):
             raise ConfigError(f"{where}.{name}: expected {f.type}, got {v!r}")
         values[name] = float(v) if f.type == "float" else v
@@ -99,7 +102,7 @@ def load_querier_config(path: str | os.PathLike) -> QuerierConfig:
         raise ConfigError(f"{path}: unknown key(s) {sorted(raw)} (known: timeout_s, [[party]])")
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
         raise ConfigError(f"timeout_s: expected a number > 0, got {timeout!r}")
-    parties = tuple(_build(PartyEntry, e, f"party[{i}]") for i, e in enumerate(entries))
+    parties = tuple(_build(PartyAddress, e, f"party[{i}]") for i, e in enumerate(entries))
     if len({p.name for p in parties}) != len(parties):
         raise ConfigError(f"{path}: party names must be distinct")
     return QuerierConfig(parties, float(timeout))

@@ -12,23 +12,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import zmq
 
+from splitfed.rag.config import PartyAddress
 from splitfed.transport import ClientSocket
 from splitfed.wire import Header, Message, MsgType, WireError, decode, encode
 
 log = logging.getLogger("splitfed.rag.querier")
-
-
-@dataclass(frozen=True)
-class PartyAddress:
-    name: str
-    endpoint: str
-    keys_dir: Path | None = None  # holds the party's public key (server.key) and the querier's pair (client-0)
 
 
 @dataclass(frozen=True)

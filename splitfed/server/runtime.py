@@ -273,7 +273,6 @@ class Server:
         act, mask = self._check_activations(msg)  # validate before queueing
         if self.trunk.busy is not None:
             self.queue.append((sess.identity, msg))
-            sess.queued = True
             return
         self._run_forward(sess, msg, act, mask)
 
@@ -373,7 +372,6 @@ class Server:
         outs = self.trunk.forward_group([(s.name, act, mask) for s, _, act, mask in batch])
         compute = time.perf_counter() - t
         for sess, msg, _, _ in batch:
-            sess.queued = False
             out = outs[sess.name]
             sess.stage, sess.pending_shape, sess.pending_step = Stage.AWAIT_BACKWARD, tuple(out.shape), msg.header.step
             h = msg.header
@@ -410,7 +408,6 @@ class Server:
             sess = self.sessions.get(ident)
             if sess is None:
                 continue
-            sess.queued = False
             try:
                 act, mask = self._check_activations(msg)
                 self._run_forward(sess, msg, act, mask)

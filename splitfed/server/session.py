@@ -36,7 +36,6 @@ class Session:
     last_seen: float = field(default_factory=time.monotonic)
     pending_shape: tuple[int, ...] | None = None  # shape of the activations awaiting a gradient
     pending_step: int = -1
-    queued: bool = False  # a FORWARD of this client waits for the trunk
     bytes_in: int = 0
     bytes_out: int = 0
 
