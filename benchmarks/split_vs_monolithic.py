@@ -18,11 +18,13 @@ import sys
 import time
 import warnings
 
+from splitfed.cli.options import add_cut_option
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--cut", type=int, nargs=2, default=(2, 28), metavar=("A", "B"))
+    add_cut_option(p)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per mode (default 5)")

@@ -17,18 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+from splitfed.cli.options import add_cut_option
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="named model (smollm2-135m, tiny-llama, tiny-gpt2)")
-    p.add_argument(
-        "--cut",
-        type=int,
-        nargs=2,
-        default=(2, 28),
-        metavar=("A", "B"),
-        help="bottom = layers [0,A), trunk = [A,B), top = [B,n) (default: 2 28)",
-    )
+    add_cut_option(p)
     p.add_argument("--steps", type=int, default=60, help="training steps (default: 60)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=128, help="tokens per example (default: 128)")

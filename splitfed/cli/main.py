@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from splitfed import __version__
+from splitfed.cli.options import add_cut_option
 
 
 def _cmd_models_list(args) -> int:
@@ -160,31 +161,15 @@ def _cmd_client(args) -> int:
 def _cmd_rag_index(args) -> int:
     from tqdm import tqdm
 
-    from splitfed.rag.corpus import load_news, split_round_robin
-    from splitfed.rag.embedder import Embedder
-    from splitfed.rag.store import build_store
-    from splitfed.transport import generate_keys
+    from splitfed.rag.corpus import load_news
+    from splitfed.rag.index import build_index
 
     docs = load_news(limit=args.docs)
-    embedder = Embedder()
-    entries = []
     with tqdm(total=len(docs), desc="embedding", unit="doc", file=sys.stdout, mininterval=1.0) as bar:
-        for k, part in enumerate(split_round_robin(docs, args.parties)):
-            out = build_store(part, embedder, progress=bar.update).save(args.out / f"party-{k}")
-            keys = args.out / "keys" / f"party-{k}"
-            if not (keys / "server.key_secret").exists():
-                generate_keys(keys, 1)  # server pair = the party; client-0 = the querier
-            endpoint = f"tcp://127.0.0.1:{args.base_port + k}"
-            (args.out / f"party-{k}.toml").write_text(
-                f'name = "party-{k}"\nindex = "{out}"\nendpoint = "{endpoint}"\nkeys_dir = "{keys}"\n'
-                "noise_std = 0.0\nk_max = 10\n"
-            )
-            entries.append(f'[[party]]\nname = "party-{k}"\nendpoint = "{endpoint}"\nkeys_dir = "{keys}"\n')
-            bar.write(
-                f"party-{k}: {len(part)} documents -> {out}, config {args.out / f'party-{k}.toml'}", file=sys.stdout
-            )
-    (args.out / "parties.toml").write_text("timeout_s = 30.0\n" + "".join(entries))
-    print(f"querier config: {args.out / 'parties.toml'}")
+        result = build_index(args.out, parties=args.parties, docs=docs, base_port=args.base_port, progress=bar.update)
+    for p in result.parties:
+        print(f"{p.config.name}: {p.documents} documents -> {p.config.index}, config {p.config_path}")
+    print(f"querier config: {result.querier_path}")
     return 0
 
 
@@ -265,14 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("split-info", help="show what each part of a cut holds and what crosses the cuts")
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument(
-        "--cut",
-        type=int,
-        nargs=2,
-        default=(2, 28),
-        metavar=("A", "B"),
-        help="bottom = layers [0,A), trunk = [A,B), top = [B,n)",
-    )
+    add_cut_option(p)
     p.add_argument("--rank", type=int, default=8, help="LoRA rank used for the parameter count")
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=_cmd_split_info)

@@ -13,6 +13,7 @@ from splitfed.models.lora import (
     get_adapter_state,
     peft_config_for,
     set_adapter_state,
+    set_lora,
     with_adapter_name,
 )
 from splitfed.models.parts import Bottom, SplitPart, Top, TopOutput, Trunk, position_ids_from_mask
@@ -60,6 +61,7 @@ __all__ = [
     "position_ids_from_mask",
     "prepare",
     "set_adapter_state",
+    "set_lora",
     "split_model",
     "validate_cut",
     "verify_split",
@@ -69,14 +71,5 @@ __all__ = [
 
 def apply_lora(split: SplitModel, config: SplitLoraConfig, *, seed: int = 0) -> dict[str, list[str]]:
     """Add each part's LoRA adapter (`config.bottom/trunk/top`); returns adapted module names per part."""
-    adapted = {}
-    for i, (role, part) in enumerate(split.parts.items()):
-        spec = config.for_role(role)
-        if spec is None:
-            part.lora_spec = None
-            for p in part.parameters():
-                p.requires_grad_(False)
-            adapted[role] = []
-        else:
-            adapted[role] = add_lora(part, spec, seed=seed + i)
-    return adapted
+    parts = split.parts.items()
+    return {role: set_lora(part, config.for_role(role), seed=seed + i) for i, (role, part) in enumerate(parts)}

@@ -1,5 +1,8 @@
 """LoRA adapters (PEFT) on each part, their state, and export as one standard PEFT adapter.
 
+The LoRA settings themselves (`LoraSpec` for one part, `SplitLoraConfig` for all three) are
+defined once, in `splitfed.config`, and re-exported here.
+
 Adapter state dicts are keyed by **full-model names** with the adapter name removed, e.g.
 ``model.layers.3.self_attn.q_proj.lora_A.weight``: the same keys a saved PEFT adapter uses
 (minus the ``base_model.model.`` prefix).  A part's state can therefore cross a process
@@ -13,58 +16,17 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from splitfed.config.schema import LoraSpec, SplitLoraConfig
 from splitfed.models.parts import SplitPart
 
 ADAPTER = "default"
 _LORA_MARK = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.|$)")
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """LoRA hyper-parameters for one part.
-
-    `target_modules` are module-name suffixes (``q_proj``); ``None`` takes PEFT's default
-    for the architecture (q/v projections for Llama, ``c_attn`` for GPT-2).
-    """
-
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] | None = None
-
-    def __post_init__(self):
-        if not (isinstance(self.r, int) and self.r >= 1):
-            raise ValueError(f"LoRA rank r must be a positive integer, got {self.r!r}")
-        if not self.alpha > 0:
-            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
-        if self.target_modules is not None:
-            if isinstance(self.target_modules, str) or not self.target_modules:
-                raise ValueError(
-                    f"target_modules must be a non-empty list of module names, got {self.target_modules!r}"
-                )
-            object.__setattr__(self, "target_modules", tuple(self.target_modules))
-
-
-@dataclass(frozen=True)
-class SplitLoraConfig:
-    """One `LoraSpec` per part; ``None`` leaves that part without an adapter."""
-
-    bottom: LoraSpec | None = field(default_factory=LoraSpec)
-    trunk: LoraSpec | None = field(default_factory=LoraSpec)
-    top: LoraSpec | None = field(default_factory=LoraSpec)
-
-    def for_role(self, role: str) -> LoraSpec | None:
-        if role not in ("bottom", "trunk", "top"):
-            raise ValueError(f"role must be bottom, trunk or top, got {role!r}")
-        return getattr(self, role)
 
 
 def default_targets(model_type: str) -> tuple[str, ...]:
@@ -91,6 +53,18 @@ def _matches(full_name: str, targets: tuple[str, ...]) -> bool:
     return any(full_name == t or full_name.endswith("." + t) for t in targets)
 
 
+def set_lora(part: SplitPart, spec: LoraSpec | None, *, seed: int | None = None) -> list[str]:
+    """Give `part` the LoRA adapter `spec` (see `add_lora`), or none: ``None`` freezes every parameter.
+
+    Sets `part.lora_spec` and returns the full-model names of the adapted modules.
+    """
+    if spec is None:
+        part.lora_spec = None
+        part.requires_grad_(False)
+        return []
+    return add_lora(part, spec, seed=seed)
+
+
 def add_lora(part: SplitPart, spec: LoraSpec, *, seed: int | None = None) -> list[str]:
     """Inject a LoRA adapter into `part` in place and freeze everything else.
 
@@ -106,9 +80,7 @@ def add_lora(part: SplitPart, spec: LoraSpec, *, seed: int | None = None) -> lis
     local = [n for n, m in part.named_modules() if n and _matches(part.full_name(n), targets)]
     if not local:
         if not len(part.layers):
-            part.lora_spec = None
-            _freeze_base(part)
-            return []
+            return set_lora(part, None)
         leaves = sorted({part.full_name(n).rsplit(".", 1)[-1] for n, _ in part.named_modules() if n})
         raise ValueError(
             f"{part.role}: no module matches LoRA target_modules={list(targets)}; "
@@ -185,8 +157,7 @@ class PartAdapter:
 
     @classmethod
     def of(cls, part: SplitPart) -> PartAdapter | None:
-        spec = getattr(part, "lora_spec", None)
-        return None if spec is None else cls(spec, get_adapter_state(part))
+        return None if part.lora_spec is None else cls(part.lora_spec, get_adapter_state(part))
 
 
 def _modules_of(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
@@ -277,6 +248,7 @@ __all__ = [
     "SplitLoraConfig",
     "PartAdapter",
     "add_lora",
+    "set_lora",
     "adapted_modules",
     "adapter_parameters",
     "get_adapter_state",

@@ -17,6 +17,7 @@ from torch import nn
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from splitfed.config.schema import LoraSpec
 from splitfed.models.layout import Layout
 
 
@@ -55,9 +56,14 @@ def _layer_types(config, num_layers: int) -> list[str]:
 
 
 class SplitPart(nn.Module):
-    """Common machinery: a run of transformer blocks plus the context they need."""
+    """Common machinery: a run of transformer blocks plus the context they need.
+
+    `lora_spec` is the part's LoRA adapter, ``None`` without one; `splitfed.models.set_lora`
+    sets it.
+    """
 
     role: str = "part"
+    lora_spec: LoraSpec | None
 
     def __init__(self, config, layout: Layout, layers: dict[int, nn.Module], rotary: nn.Module | None):
         super().__init__()
@@ -70,6 +76,7 @@ class SplitPart(nn.Module):
         if rotary is not None and layout.rotary:
             self._prefixes["rotary"] = layout.rotary
         self._layer_types = _layer_types(config, layout.num_layers)
+        self.lora_spec = None
 
     @property
     def layer_range(self) -> tuple[int, int]:

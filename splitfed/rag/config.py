@@ -1,5 +1,8 @@
 """TOML configuration of a RAG party and of the querier's list of parties.
 
+Both are config classes of `splitfed.config` (typed, validated, errors name the key); the
+files ``splitfed rag index`` writes are ``dump_toml`` of them.
+
 party.toml::
 
     name = "party-0"
@@ -21,88 +24,64 @@ parties.toml (querier)::
 from __future__ import annotations
 
 import os
-import tomllib
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
+from typing import ClassVar
 
-from splitfed.config import ConfigError
-
-
-@dataclass(frozen=True)
-class PartyConfig:
-    name: str
-    index: str
-    endpoint: str
-    keys_dir: str = ""
-    noise_std: float = 0.0
-    k_max: int = 10
+from splitfed.config.fields import _key_error, _opt, _req, _Section
+from splitfed.config.schema import ENDPOINT
+from splitfed.config.toml import load_toml
 
 
 @dataclass(frozen=True)
-class PartyAddress:
+class PartyConfig(_Section):
+    """One data party: its vector store, where it listens, and its mitigations."""
+
+    name: str = _req("Party name, as the querier lists it.", nonempty=True)
+    index: str = _req("Vector store directory (built by `splitfed rag index`).", nonempty=True, path=True)
+    endpoint: str = _req("Address to listen on (tcp://host:port or ipc://path).", **ENDPOINT)
+    keys_dir: str = _opt(
+        "", 'CURVE keys: server.key* is the party\'s pair, allowed/ the queriers; "" for none.', path=True
+    )
+    noise_std: float = _opt(0.0, "Gaussian noise added to the encrypted scores (mitigation).", ge=0)
+    k_max: int = _opt(10, "Most documents one fetch may ask for.", ge=1)
+
+
+@dataclass(frozen=True)
+class PartyAddress(_Section):
     """Where the querier reaches one party."""
 
-    name: str
-    endpoint: str
-    keys_dir: str | os.PathLike | None = None  # the party's public key (server.key) + the querier's pair (client-0)
+    _key: ClassVar[str] = "party"
+
+    name: str = _req("Party name.", nonempty=True)
+    endpoint: str = _req("The party's address (tcp://host:port or ipc://path).", **ENDPOINT)
+    keys_dir: str | None = _opt(
+        None,
+        "The party's public key (server.key) and the querier's pair (client-0).",
+        path=True,
+        expected="a directory (string)",
+    )
 
 
 @dataclass(frozen=True)
-class QuerierConfig:
-    parties: tuple[PartyAddress, ...]
-    timeout_s: float = 30.0
+class QuerierConfig(_Section):
+    """The querier: the parties it asks and how long it waits for each."""
 
+    parties: tuple[PartyAddress, ...] = _req(
+        "[[party]]: one table per party.", toml="party", expected="at least one [[party]] table", check=bool
+    )
+    timeout_s: float = _opt(30.0, "Seconds to wait for a party before leaving it out.", gt=0)
 
-def _read(path: str | os.PathLike) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        return tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
-
-
-def _build(cls, raw: dict, where: str):
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown} (known: {', '.join(known)})")
-    values = {}
-    for name, f in known.items():
-        if name not in raw:
-            if not hasattr(cls, name):
-                raise ConfigError(f"{where}.{name}: required key missing")
-            continue
-        v = raw[name]
-        kind = str(f.type).split(" ", 1)[0]  # "str | os.PathLike | None" is given as a string in TOML
-        want = {"str": str, "float": (int, float), "int": int}.get(kind)
-        if want is not None and (not isinstance(v, want) or isinstance(v, bool)):
-            raise ConfigError(f"{where}.{name}: expected {f.type}, got {v!r}")
-        values[name] = float(v) if f.type == "float" else v
-    return cls(**values)
+    def _check(self) -> None:
+        names = [p.name for p in self.parties]
+        if len(set(names)) != len(names):
+            raise _key_error("party", f"expected distinct party names, got {names}")
 
 
 def load_party_config(path: str | os.PathLike) -> PartyConfig:
-    cfg = _build(PartyConfig, _read(path), "party")
-    if not cfg.endpoint.startswith(("tcp://", "ipc://")):
-        raise ConfigError(f"party.endpoint: expected tcp://host:port or ipc://path, got {cfg.endpoint!r}")
-    if cfg.noise_std < 0 or cfg.k_max < 1:
-        raise ConfigError(f"party: noise_std must be >= 0 and k_max >= 1, got {cfg.noise_std}, {cfg.k_max}")
-    return cfg
+    """Read and validate a party's TOML file; errors are `ConfigError` naming the file and key."""
+    return load_toml(PartyConfig, path)
 
 
 def load_querier_config(path: str | os.PathLike) -> QuerierConfig:
-    raw = _read(path)
-    entries = raw.pop("party", None)
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"{path}: expected at least one [[party]] table")
-    timeout = raw.pop("timeout_s", 30.0)
-    if raw:
-        raise ConfigError(f"{path}: unknown key(s) {sorted(raw)} (known: timeout_s, [[party]])")
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-        raise ConfigError(f"timeout_s: expected a number > 0, got {timeout!r}")
-    parties = tuple(_build(PartyAddress, e, f"party[{i}]") for i, e in enumerate(entries))
-    if len({p.name for p in parties}) != len(parties):
-        raise ConfigError(f"{path}: party names must be distinct")
-    return QuerierConfig(parties, float(timeout))
+    """Read and validate the querier's TOML file; errors are `ConfigError` naming the file and key."""
+    return load_toml(QuerierConfig, path)

@@ -1,0 +1,286 @@
+"""The run configuration: one config class per TOML table, gathered in `RunConfig`.
+
+Every table and every key is optional; a missing one takes the default shown by
+``dump_toml(RunConfig(), comments=True)`` and in ``examples/run.toml``.  `LoraSpec` and
+`SplitLoraConfig` are also what `splitfed.models` takes to add LoRA adapters to the parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from splitfed.config.fields import _key_error, _opt, _plain, _Section, _sub
+from splitfed.config.tables import _override
+
+ModelName = Literal["smollm2-135m", "tiny-llama", "tiny-gpt2"]
+Dataset = Literal["drugreviews"]
+Partition = Literal["iid", "dirichlet"]
+PaddingSide = Literal["left", "right"]
+ServerMode = Literal["shared", "per_client"]
+Compression = Literal["fp32", "fp16", "bf16", "int8"]
+
+#: Dotted keys left out of `RunConfig.hash`: local paths and addresses that may differ
+#: between the server and its clients without changing what is trained.
+HASH_EXCLUDED: tuple[str, ...] = ("run.dir", "model.cache_dir", "transport.keys_dir", "transport.endpoint")
+
+#: Checks of a ZeroMQ endpoint field (``_opt(default, help, **ENDPOINT)``).
+ENDPOINT: Mapping[str, Any] = {
+    "expected": "a string starting with 'tcp://' or 'ipc://'",
+    "check": lambda s: s.startswith(("tcp://", "ipc://")) and len(s) > len("tcp://"),
+}
+
+
+@dataclass(frozen=True)
+class RunSection(_Section):
+    """[run]: where the run writes its outputs and how it is seeded."""
+
+    _key: ClassVar[str] = "run"
+
+    dir: str = _opt("runs/demo", "Run directory: metrics, checkpoints and the exported adapter.", nonempty=True)
+    seed: int = _opt(0, "Seed for data partitioning, LoRA initialisation and shuffling.", ge=0)
+
+
+@dataclass(frozen=True)
+class ModelSection(_Section):
+    """[model]: the base model and where it is cut."""
+
+    _key: ClassVar[str] = "model"
+
+    name: ModelName = _opt(
+        "smollm2-135m", "Base model: smollm2-135m (real), tiny-llama or tiny-gpt2 (random, for tests)."
+    )
+    cut: tuple[int, int] = _opt(
+        (2, 28),
+        "Cut points [a, b]: clients hold layers [0, a) and [b, n), the server [a, b).",
+        expected="two integers [a, b] with 0 <= a < b",
+        check=lambda c: 0 <= c[0] < c[1],
+    )
+    cache_dir: str = _opt("", 'Model cache directory; "" uses the default cache.')
+
+
+@dataclass(frozen=True)
+class LoraSpec(_Section):
+    """LoRA hyper-parameters of one part.
+
+    `target_modules` are module-name suffixes (``q_proj``); ``()`` takes PEFT's default for
+    the architecture (q/v projections for Llama, ``c_attn`` for GPT-2), and ``None`` is read
+    as ``()``.  Built in code, its errors state the rule (``LoRA rank r must be a positive
+    integer, got 0``); `LoraPart`, read from a config table, names the dotted key instead.
+    """
+
+    _rules: ClassVar[Mapping[str, str]] = {
+        "r": "LoRA rank r must be a positive integer",
+        "alpha": "LoRA alpha must be > 0",
+        "dropout": "LoRA dropout must be in [0, 1)",
+        "target_modules": "LoRA target_modules must be a non-empty list of module names (or None: the default)",
+    }
+
+    r: int = _opt(8, "LoRA rank.", ge=1)
+    alpha: float = _opt(16.0, "LoRA alpha (the update is scaled by alpha / r).", gt=0)
+    dropout: float = _opt(0.0, "Dropout on the LoRA input.", ge=0, lt=1)
+    target_modules: tuple[str, ...] | None = _opt(
+        (), "Module-name suffixes to adapt (e.g. q_proj); [] takes the architecture's default.", none=()
+    )
+
+
+@dataclass(frozen=True)
+class _Switch(_Section):
+    enabled: bool = _opt(True, "Train a LoRA adapter on this part (false: the part stays frozen).")
+
+
+@dataclass(frozen=True)
+class LoraPart(LoraSpec, _Switch):
+    """[lora.bottom], [lora.trunk] or [lora.top]: the LoRA adapter of one part.
+
+    A `LoraSpec` that can be switched off.  Dataclass fields follow the reversed MRO, so
+    `enabled` comes first, then the `LoraSpec` fields.  Errors name the dotted key.
+    """
+
+    _key: ClassVar[str] = "lora.<part>"
+    _rules: ClassVar[Mapping[str, str]] = {}
+
+    def to_spec(self) -> LoraSpec | None:
+        """The `LoraSpec` of this part, or ``None`` when disabled."""
+        if not self.enabled:
+            return None
+        return LoraSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LoraSpec)})
+
+
+@dataclass(frozen=True)
+class SplitLoraConfig(_Section):
+    """One `LoraSpec` per part; ``None`` leaves that part without an adapter (frozen)."""
+
+    bottom: LoraSpec | None = _sub(LoraSpec, "Adapter of the client's bottom part.")
+    trunk: LoraSpec | None = _sub(LoraSpec, "Adapter of the server's trunk.")
+    top: LoraSpec | None = _sub(LoraSpec, "Adapter of the client's top part.")
+
+    def for_role(self, role: str) -> LoraSpec | None:
+        if role not in ("bottom", "trunk", "top"):
+            raise ValueError(f"role must be bottom, trunk or top, got {role!r}")
+        return getattr(self, role)
+
+
+@dataclass(frozen=True)
+class LoraSection(_Section):
+    """[lora]: one adapter per part (bottom and top on the clients, trunk on the server)."""
+
+    _key: ClassVar[str] = "lora"
+
+    bottom: LoraPart = _sub(
+        LoraPart, "[lora.bottom]: adapter of the client's bottom part (embeddings and first layers)."
+    )
+    trunk: LoraPart = _sub(LoraPart, "[lora.trunk]: adapter of the server's trunk (middle layers).")
+    top: LoraPart = _sub(LoraPart, "[lora.top]: adapter of the client's top part (last layers and LM head).")
+
+    def to_split_lora(self) -> SplitLoraConfig:
+        """A `SplitLoraConfig`; a disabled part gets ``None``."""
+        return SplitLoraConfig(bottom=self.bottom.to_spec(), trunk=self.trunk.to_spec(), top=self.top.to_spec())
+
+
+@dataclass(frozen=True)
+class DataSection(_Section):
+    """[data]: the data set and how it is split between clients."""
+
+    _key: ClassVar[str] = "data"
+
+    dataset: Dataset = _opt("drugreviews", "Data set (only drugreviews for now).")
+    clients: int = _opt(3, "Number of clients.", ge=1)
+    partition: Partition = _opt("dirichlet", "How examples are split between clients: iid or dirichlet (non-IID).")
+    alpha: float = _opt(0.5, "Dirichlet concentration (smaller = more skewed); used by partition = dirichlet.", gt=0)
+    max_length: int = _opt(128, "Tokens per example (longer examples are truncated).", ge=8)
+    batch_size: int = _opt(4, "Examples per client step.", ge=1)
+    eval_examples: int = _opt(48, "Held-out examples per evaluation (0 = no held-out evaluation).", ge=0)
+    padding_side: PaddingSide = _opt("right", "Pad on the left or the right.")
+
+
+@dataclass(frozen=True)
+class TrainingSection(_Section):
+    """[training]: rounds and optimiser."""
+
+    _key: ClassVar[str] = "training"
+
+    rounds: int = _opt(3, "Federated rounds.", ge=1)
+    local_steps: int = _opt(10, "Steps each client trains per round.", ge=1)
+    lr: float = _opt(1e-3, "Learning rate (AdamW).", gt=0)
+    weight_decay: float = _opt(0.0, "AdamW weight decay.", ge=0)
+
+
+@dataclass(frozen=True)
+class ServerSection(_Section):
+    """[server]: how the server runs the trunk for its clients."""
+
+    _key: ClassVar[str] = "server"
+
+    mode: ServerMode = _opt(
+        "shared",
+        "shared: one trunk adapter for all clients (SFL-V2); per_client: one per client, averaged each round (SFL-V1).",
+    )
+    batch_clients: bool = _opt(False, "Run waiting clients' activations through the trunk as one batch.")
+    round_deadline_s: float = _opt(300.0, "Seconds per round; clients that miss it are left out of that round.", gt=0)
+    max_batch: int = _opt(64, "Largest batch a client may send.", ge=1)
+    max_seq: int = _opt(2048, "Longest sequence a client may send.", ge=1)
+
+
+@dataclass(frozen=True)
+class TransportSection(_Section):
+    """[transport]: the ZeroMQ link between clients and server."""
+
+    _key: ClassVar[str] = "transport"
+
+    endpoint: str = _opt("tcp://127.0.0.1:5555", "Server address (tcp://host:port or ipc://path).", **ENDPOINT)
+    keys_dir: str = _opt("keys", "Directory of CURVE key files (see `splitfed keys generate`).", nonempty=True)
+    insecure: bool = _opt(False, "Plaintext transport, no CURVE encryption; only honoured with an explicit flag.")
+    compression: Compression = _opt("fp32", "Encoding of activations and gradients: fp32, fp16, bf16 or int8.")
+    heartbeat_s: float = _opt(2.0, "Seconds between heartbeats.", gt=0)
+    timeout_s: float = _opt(60.0, "Seconds of silence after which a peer is considered gone.", gt=0)
+    max_message_mb: float = _opt(256.0, "Largest message accepted, in MB.", gt=0)
+
+    def _check(self) -> None:
+        if not self.timeout_s > self.heartbeat_s:
+            raise _key_error(
+                "transport.timeout_s",
+                f"expected a number > transport.heartbeat_s ({self.heartbeat_s!r}), got {self.timeout_s!r}",
+            )
+
+
+@dataclass(frozen=True)
+class AggregationSection(_Section):
+    """[aggregation]: how client adapters are combined."""
+
+    _key: ClassVar[str] = "aggregation"
+
+    secure: bool = _opt(False, "Secure aggregation (SecAgg+): the server learns only the sum of the client updates.")
+    clip: float = _opt(1.0, "Secure aggregation: each (weighted) adapter value is clipped to [-clip, clip].", gt=0)
+    bits: int = _opt(24, "Secure aggregation: quantisation levels per value are 2**bits.", ge=1, lt=32)
+    threshold: int = _opt(0, "Secure aggregation: clients needed to finish a round; 0 = a strict majority.", ge=0)
+    stage_timeout_s: float = _opt(60.0, "Secure aggregation: clients silent this long in a stage drop out.", gt=0)
+
+    def threshold_for(self, n: int) -> int:
+        """Clients needed to finish a secure-aggregation round of `n`: `threshold`, or a strict majority if 0."""
+        t = self.threshold or n // 2 + 1
+        if not n // 2 + 1 <= t <= n:
+            raise ValueError(
+                f"aggregation.threshold must be a strict majority of the {n} clients in the round "
+                f"({n // 2 + 1}..{n}), got {t}"
+            )
+        return t
+
+
+@dataclass(frozen=True)
+class PrivacySection(_Section):
+    """[privacy]: differential privacy."""
+
+    _key: ClassVar[str] = "privacy"
+
+    enabled: bool = _opt(False, "Local differential privacy on cut activations; not available yet.")
+
+    def _check(self) -> None:
+        if self.enabled:
+            raise _key_error(
+                "privacy.enabled",
+                "local differential privacy on cut activations is not available yet (planned); set it to false",
+            )
+
+
+@dataclass(frozen=True)
+class RunConfig(_Section):
+    """The whole configuration of a run: one section per TOML table."""
+
+    run: RunSection = _sub(RunSection, "Run directory and seed.")
+    model: ModelSection = _sub(ModelSection, "Base model and cut.")
+    lora: LoraSection = _sub(LoraSection, "LoRA adapters per part.")
+    data: DataSection = _sub(DataSection, "Data set and partition.")
+    training: TrainingSection = _sub(TrainingSection, "Rounds and optimiser.")
+    server: ServerSection = _sub(ServerSection, "Server behaviour.")
+    transport: TransportSection = _sub(TransportSection, "ZeroMQ transport.")
+    aggregation: AggregationSection = _sub(AggregationSection, "Aggregation.")
+    privacy: PrivacySection = _sub(PrivacySection, "Differential privacy.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain TOML-compatible values (nested dicts, lists, str, int, float, bool)."""
+        return _plain(self)
+
+    def with_overrides(self, **dotted: Any) -> RunConfig:
+        """A new, validated config with dotted keys replaced: ``with_overrides(**{"training.rounds": 1})``.
+
+        All overrides are applied together, so related keys (``transport.heartbeat_s`` and
+        ``transport.timeout_s``) may be changed in one call.
+        """
+        return _override(self, dotted)
+
+    def hash(self) -> str:
+        """sha256 (hex) of the canonical JSON of `to_dict`, without the local keys in `HASH_EXCLUDED`.
+
+        The server compares it with its clients' to refuse one started with a different config.
+        """
+        data = self.to_dict()
+        for key in HASH_EXCLUDED:
+            section, name = key.split(".")
+            data[section].pop(name, None)
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        return hashlib.sha256(text.encode()).hexdigest()
