@@ -16,28 +16,14 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
 
 import numpy as np
-import torch
 
 from splitfed.rag.store import VectorStore
-from splitfed.transport import ServerSocket
-from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, decode, encode
-from splitfed.wire.codec import error_frames
+from splitfed.transport import Incoming, RequestLoop, ServerSocket
+from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, bytes_tensor, encode, tensor_bytes
 
 log = logging.getLogger("splitfed.rag.party")
-
-
-def _bytes_tensor(data: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-
-
-def _payload(msg: Message, name: str) -> bytes:
-    t = msg.tensors.get(name)
-    if t is None or t.dtype != torch.uint8 or t.dim() != 1:
-        raise WireError(ErrorCode.BAD_TENSOR, f"expected a 1-D uint8 tensor {name!r}")
-    return t.numpy().tobytes()
 
 
 class Party:
@@ -65,44 +51,34 @@ class Party:
         self.served = 0
 
     def serve(self, *, max_seconds: float | None = None, max_queries: int | None = None) -> int:
-        t0 = time.monotonic()
+        loop = RequestLoop(self.socket, self._dispatch, max_bytes=self.max_bytes, log=log)
         try:
-            while max_seconds is None or time.monotonic() - t0 < max_seconds:
-                inc = self.socket.recv(500)
-                if inc is None:
-                    continue
-                self._handle(inc.identity, inc.frames)
-                if max_queries is not None and self.served >= max_queries:
-                    break
+            loop.run(
+                poll_ms=500,
+                tick=lambda: max_queries is not None and self.served >= max_queries,
+                max_seconds=max_seconds,
+            )
         finally:
             self.socket.close()
         return 0
 
-    def _handle(self, ident: bytes, frames: list) -> None:
-        try:
-            msg = decode(frames, max_bytes=self.max_bytes)
-            handler = {
-                MsgType.RAG_CONTEXT: self._context,
-                MsgType.RAG_SCORE: self._score,
-                MsgType.RAG_FETCH: self._fetch,
-                MsgType.HEARTBEAT: lambda m: encode(Header(MsgType.HEARTBEAT)),
-            }.get(msg.type)
-            if handler is None:
-                raise WireError(
-                    ErrorCode.UNKNOWN_TYPE, f"a party answers rag_context, rag_score, rag_fetch; got {msg.type.value}"
-                )
-            self.socket.send(ident, handler(msg))
-        except WireError as err:
-            log.warning("%s: rejected request: %s", self.name, err)
-            self.socket.send(ident, error_frames(err.code, err.detail, step=_step(frames)))
-        except Exception as exc:  # never let one request take the party down
-            log.exception("%s: request failed", self.name)
-            self.socket.send(ident, error_frames(ErrorCode.SERVER, f"{type(exc).__name__}: {exc}", step=_step(frames)))
+    def _dispatch(self, inc: Incoming, msg: Message) -> None:
+        handler = {
+            MsgType.RAG_CONTEXT: self._context,
+            MsgType.RAG_SCORE: self._score,
+            MsgType.RAG_FETCH: self._fetch,
+            MsgType.HEARTBEAT: lambda m: encode(Header(MsgType.HEARTBEAT)),
+        }.get(msg.type)
+        if handler is None:
+            raise WireError(
+                ErrorCode.UNKNOWN_TYPE, f"a party answers rag_context, rag_score, rag_fetch; got {msg.type.value}"
+            )
+        self.socket.send(inc.identity, handler(msg))
 
     def _context(self, msg: Message) -> list:
         from crypto.he import HEError
 
-        data = _payload(msg, "context")
+        data = tensor_bytes(msg.tensors, "context")
         try:
             scorer = make_scorer(
                 data, self.store.embeddings, max_bytes=self.max_bytes, noise_std=self.noise_std, rng=self.rng
@@ -125,11 +101,11 @@ class Party:
         if scorer is None:
             raise WireError(ErrorCode.OUT_OF_ORDER, f"unknown key id {key_id!r}: send rag_context first")
         try:
-            cts = score(scorer, _payload(msg, "query"))
+            cts = score(scorer, tensor_bytes(msg.tensors, "query"))
         except HEError as exc:
             raise WireError(ErrorCode.BAD_TENSOR, f"encrypted query refused: {exc}") from None
         self.served += 1
-        tensors = {f"scores.{i}": _bytes_tensor(c) for i, c in enumerate(cts)}
+        tensors = {f"scores.{i}": bytes_tensor(c) for i, c in enumerate(cts)}
         meta = {"key_id": key_id, "rows": len(self.store.docs)}
         return encode(Header(MsgType.RAG_SCORE, step=msg.header.step, meta=meta), tensors)
 
@@ -155,16 +131,6 @@ class Party:
             for r in rows
         ]
         return encode(Header(MsgType.RAG_FETCH, step=msg.header.step, meta={"docs": docs}))
-
-
-def _step(frames: list) -> int:
-    """The request id of a possibly malformed request, so the error reply can be matched."""
-    from splitfed.wire import decode_header
-
-    try:
-        return decode_header(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0]).step
-    except Exception:
-        return 0
 
 
 # --- the narrow seam to crypto.he -------------------------------------------------------------

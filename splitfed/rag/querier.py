@@ -14,12 +14,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 import zmq
 
 from splitfed.rag.config import PartyAddress
 from splitfed.transport import ClientSocket
-from splitfed.wire import Header, Message, MsgType, WireError, decode, encode
+from splitfed.wire import Header, Message, MsgType, WireError, bytes_tensor, decode, encode
 
 log = logging.getLogger("splitfed.rag.querier")
 
@@ -42,10 +41,6 @@ class SearchResult:
     seconds: dict[str, float] = field(default_factory=dict)
     bytes_out: int = 0
     bytes_in: int = 0
-
-
-def _u8(data: bytes) -> torch.Tensor:
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 class Querier:
@@ -132,7 +127,9 @@ class Querier:
         new = [n for n in self.socks if n not in self.key_ok]
         if new:
             req = self._request_id()
-            ctx = {n: encode(Header(MsgType.RAG_CONTEXT, step=req), {"context": _u8(self.public)}) for n in new}
+            ctx = {
+                n: encode(Header(MsgType.RAG_CONTEXT, step=req), {"context": bytes_tensor(self.public)}) for n in new
+            }
             for name, msg in self._ask(req, ctx, MsgType.RAG_CONTEXT, stats).items():
                 self.key_ok[name] = int(msg.header.meta.get("rows", 0))
         stats.seconds["context"] = time.perf_counter() - t
@@ -144,7 +141,8 @@ class Querier:
         key_id = self.secret.key_id
         req = self._request_id()
         reqs = {
-            n: encode(Header(MsgType.RAG_SCORE, step=req, meta={"key_id": key_id}), {"query": _u8(query)}) for n in live
+            n: encode(Header(MsgType.RAG_SCORE, step=req, meta={"key_id": key_id}), {"query": bytes_tensor(query)})
+            for n in live
         }
         replies = self._ask(req, reqs, MsgType.RAG_SCORE, stats)
         stats.seconds["score"] = time.perf_counter() - t

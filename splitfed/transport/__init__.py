@@ -9,12 +9,14 @@ from splitfed.transport.keys import (
     load_public,
     load_signing_key,
 )
+from splitfed.transport.service import RequestLoop, request_step
 from splitfed.transport.sockets import INSECURE_WARNING, ClientSocket, Incoming, ServerSocket
 
 __all__ = [
     "INSECURE_WARNING",
     "ClientSocket",
     "Incoming",
+    "RequestLoop",
     "ServerSocket",
     "allowed_clients",
     "client_name",
@@ -23,4 +25,5 @@ __all__ = [
     "load_signing_key",
     "load_keypair",
     "load_public",
+    "request_step",
 ]

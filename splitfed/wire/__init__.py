@@ -3,6 +3,7 @@
 from splitfed.wire.codec import WIRE_DTYPES, Message, decode, decode_header, encode, error_frames
 from splitfed.wire.compression import COMPRESSIONS, compress, decompress, wire_names
 from splitfed.wire.messages import PROTOCOL_VERSION, ErrorCode, Header, MsgType, TensorSpec, WireError
+from splitfed.wire.payload import bytes_tensor, tensor_bytes
 
 __all__ = [
     "COMPRESSIONS",
@@ -14,11 +15,13 @@ __all__ = [
     "MsgType",
     "TensorSpec",
     "WireError",
+    "bytes_tensor",
     "compress",
     "decode",
     "decode_header",
     "decompress",
     "encode",
     "error_frames",
+    "tensor_bytes",
     "wire_names",
 ]
