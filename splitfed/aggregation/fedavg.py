@@ -1,19 +1,14 @@
-"""Weighted FedAvg of adapter state dicts."""
+"""Plain FedAvg: clients send their adapters in the clear; the server takes the weighted mean."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
 
 import torch
 
-State = Mapping[str, torch.Tensor]
-
-
-class Aggregator(Protocol):
-    """Combines the clients' adapter states of one round into one state."""
-
-    def aggregate(self, updates: Mapping[str, tuple[State, int]]) -> dict[str, torch.Tensor]: ...
+from splitfed.aggregation.base import ClientUpdate, Outbox, Request, RoundOutcome, State
+from splitfed.aggregation.layout import AdapterLayout
+from splitfed.wire import ErrorCode, Message, MsgType, WireError
 
 
 def weighted_mean(updates: Mapping[str, tuple[State, int]]) -> dict[str, torch.Tensor]:
@@ -37,7 +32,33 @@ def weighted_mean(updates: Mapping[str, tuple[State, int]]) -> dict[str, torch.T
 
 
 class FedAvg:
-    """Plain (non-secure) federated averaging weighted by sample count."""
+    """Server side of plain federated averaging weighted by sample count (an `Aggregator`)."""
+
+    def __init__(self, layout: AdapterLayout | None = None):
+        self.layout = layout
+        self._outcome: RoundOutcome | None = None
 
     def aggregate(self, updates: Mapping[str, tuple[State, int]]) -> dict[str, torch.Tensor]:
         return weighted_mean(updates)
+
+    def accept(self, msg: Message) -> State:
+        if self.layout is not None:
+            self.layout.check(msg.tensors)
+        return dict(msg.tensors)
+
+    def start(self, rnd: int, updates: Mapping[str, ClientUpdate], send: Outbox) -> None:
+        self._outcome = RoundOutcome(self.aggregate({name: (u.state, u.n_samples) for name, u in updates.items()}))
+
+    def receive(self, client: str, msg: Message) -> None:
+        raise WireError(ErrorCode.OUT_OF_ORDER, "no secure aggregation in progress")
+
+    def poll(self, alive: set[str]) -> RoundOutcome | None:
+        out, self._outcome = self._outcome, None
+        return out
+
+
+class PlainUpload:
+    """Client side of plain FedAvg (an `Uploader`): the adapter goes in the UPDATE message."""
+
+    def upload(self, request: Request, rnd: int, update: State, loss: float) -> Message:
+        return request(MsgType.UPDATE, {"loss": loss}, update, frozenset({MsgType.ROUND_RESULT}))

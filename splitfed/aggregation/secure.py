@@ -1,4 +1,4 @@
-"""Secure aggregation of client adapters: `crypto.secagg` (SecAgg+) driven over the run's transport.
+"""Secure aggregation of client adapters: `crypto.secagg` (SecAgg+) carried in SECAGG messages.
 
 The server learns only the sum of the round's client updates.  FedAvg needs a weighted
 mean, so each client sends ``w_k * x_k`` with ``w_k = n_k / sum(n)`` over the round's
@@ -6,23 +6,27 @@ participants (sample counts are public: clients state them when they join).  If 
 drop out after their masked input is in, the server divides by the survivors' total
 weight, so the result is the weighted mean of exactly the inputs in the sum.
 
-Both sides are transport-agnostic here: they take and return protocol bytes; the server
-and client runtimes carry them in ``MsgType.SECAGG`` messages.
+On the wire every SECAGG message carries the protocol stage it belongs to (a
+`crypto.secagg.Stage` name) and one uint8 ``payload``; the server's first message also
+carries the client's weight.  Clip and bits are not sent: both sides read them from the
+run configuration, whose hash the server checked when the client joined.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
 
 from crypto.secagg import (
-    QuantizeReport,
+    AggregateResult,
+    ProtocolError,
     RoundConfig,
+    SecAggAbort,
     SecAggClient,
     SecAggServer,
     Stage,
@@ -32,153 +36,203 @@ from crypto.secagg import (
     encode,
     quantize,
 )
+from splitfed.aggregation.base import ClientUpdate, Outbox, Request, RoundOutcome, State
+from splitfed.aggregation.layout import AdapterLayout
+from splitfed.config import AggregationSection
+from splitfed.wire import ErrorCode, Message, MsgType, WireError, bytes_tensor, tensor_bytes
+
+log = logging.getLogger("splitfed.aggregation")
+
+MODULUS_BITS = 32  # masked vectors travel as uint32
+_EITHER = frozenset({MsgType.SECAGG, MsgType.ROUND_RESULT})
 
 
-def flatten(state: Mapping[str, torch.Tensor], keys: list[str]) -> np.ndarray:
-    """Adapter tensors, in `keys` order, as one float64 vector."""
-    return np.concatenate([state[k].detach().reshape(-1).double().numpy() for k in keys])
+def wire_stage(meta: Mapping[str, Any]) -> Stage:
+    """The protocol stage a SECAGG message names.  Raises `WireError`."""
+    name = meta.get("stage")
+    if not isinstance(name, str) or name not in Stage.__members__:
+        raise WireError(ErrorCode.MALFORMED, f"secagg 'stage': expected one of {list(Stage.__members__)}, got {name!r}")
+    return Stage[name]
 
 
-def unflatten(vector: np.ndarray, shapes: Mapping[str, tuple[int, ...]], keys: list[str]) -> dict[str, torch.Tensor]:
-    out, i = {}, 0
-    for k in keys:
-        n = int(np.prod(shapes[k]))
-        out[k] = torch.from_numpy(np.ascontiguousarray(vector[i : i + n])).float().reshape(shapes[k])
-        i += n
-    if i != vector.size:
-        raise ValueError(f"vector has {vector.size} values, the adapter needs {i}")
-    return out
-
-
-@dataclass(frozen=True)
-class SecureParams:
-    clip: float
-    bits: int
-    threshold: int  # 0 = strict majority of the round's participants
-    stage_timeout_s: float
-    modulus_bits: int = 32  # masked vectors travel as uint32
-
-    def threshold_for(self, n: int) -> int:
-        t = self.threshold or n // 2 + 1
-        if not n // 2 + 1 <= t <= n:
-            raise ValueError(
-                f"aggregation.threshold must be a strict majority of the {n} clients in the round "
-                f"({n // 2 + 1}..{n}), got {t}"
-            )
-        return t
-
-
-class SecureRoundServer:
-    """Server side of one secure round: feeds client bytes to `SecAggServer`, closes stages."""
+class SecureAggregator:
+    """Server side (an `Aggregator`): one SecAgg+ round per training round."""
 
     def __init__(
         self,
-        participants: Mapping[int, int],
+        params: AggregationSection,
+        layout: AdapterLayout,
         *,
-        vector_length: int,
-        params: SecureParams,
         identity_keys: Mapping[int, bytes],
+        n_clients: int,
+        metrics,
     ):
-        n = len(participants)
-        check_capacity(n, bits=params.bits, modulus_bits=params.modulus_bits)
-        self.params = params
-        self.counts = dict(participants)
-        total = sum(participants.values())
-        self.weights = {cid: c / total for cid, c in participants.items()}
-        self.config = RoundConfig.create(
-            sorted(participants),
-            threshold=params.threshold_for(n),
-            vector_length=vector_length,
-            modulus_bits=params.modulus_bits,
-        )
-        self.server = SecAggServer(self.config, identity_keys={c: identity_keys[c] for c in participants})
+        check_capacity(n_clients, bits=params.bits, modulus_bits=MODULUS_BITS)
+        params.threshold_for(n_clients)
+        self.params, self.layout, self.identity_keys, self.metrics = params, layout, identity_keys, metrics
+        self._reset()
+
+    def _reset(self) -> None:
+        self.server: SecAggServer | None = None
+        self.rnd = -1
+        self.ids: dict[str, int] = {}  # participant name -> client id
+        self.weights: dict[int, float] = {}
+        self.send: Outbox | None = None
+        self.stage_started = 0.0
+        self._outcome: RoundOutcome | None = None
+
+    def accept(self, msg: Message) -> State:
+        if msg.tensors or msg.header.meta.get("secure") is not True:
+            raise WireError(ErrorCode.OUT_OF_ORDER, "this run uses secure aggregation: send no plaintext adapter")
+        if self.server is not None:
+            raise WireError(ErrorCode.OUT_OF_ORDER, f"round {self.rnd}'s secure aggregation has already started")
+        return {}
+
+    def start(self, rnd: int, updates: Mapping[str, ClientUpdate], send: Outbox) -> None:
+        self.rnd, self.send = rnd, send
+        self.ids = {name: u.client_id for name, u in updates.items()}
+        counts = {u.client_id: u.n_samples for u in updates.values()}
+        total = sum(counts.values())
+        try:
+            check_capacity(len(counts), bits=self.params.bits, modulus_bits=MODULUS_BITS)
+            config = RoundConfig.create(
+                sorted(counts),
+                threshold=self.params.threshold_for(len(counts)),
+                vector_length=self.layout.size,
+                modulus_bits=MODULUS_BITS,
+            )
+            self.server = SecAggServer(config, identity_keys={c: self.identity_keys[c] for c in counts})
+        except ValueError as exc:  # too few clients for a strict majority, or capacity
+            self._abort(f"cannot start: {exc}", str(exc))
+            return
+        self.weights = {cid: n / total for cid, n in counts.items()}
         self.stage_started = time.monotonic()
+        self.metrics.write("secagg_start", round=rnd, clients=sorted(counts))
+        payload = encode(config)
+        for name, cid in self.ids.items():
+            self._send(name, payload, weight=self.weights[cid])
 
-    @property
-    def stage(self) -> Stage:
-        return self.server.stage
+    def _send(self, name: str, payload: bytes, **meta: Any) -> None:
+        self.send(name, {"stage": self.server.stage.name, **meta}, {"payload": bytes_tensor(payload)})
 
-    def start(self) -> dict[int, tuple[dict, bytes]]:
-        """The first message to each participant: the round configuration and its weight."""
-        cfg = encode(self.config)
-        return {
-            cid: ({"weight": w, "clip": self.params.clip, "bits": self.params.bits}, cfg)
-            for cid, w in self.weights.items()
-        }
+    def receive(self, client: str, msg: Message) -> None:
+        if self.server is None:
+            raise WireError(ErrorCode.OUT_OF_ORDER, "no secure aggregation in progress")
+        if client not in self.ids:
+            raise WireError(ErrorCode.OUT_OF_ORDER, f"{client} is not a participant of round {self.rnd}")
+        stage = wire_stage(msg.header.meta)
+        if stage is not self.server.stage:
+            raise WireError(
+                ErrorCode.OUT_OF_ORDER, f"secagg: expected stage {self.server.stage.name}, got {stage.name}"
+            )
+        payload = tensor_bytes(msg.tensors, "payload", only=True)
+        cid = self.ids[client]
+        try:
+            message = decode(payload)
+            if getattr(message, "sender", cid) != cid:
+                raise ProtocolError(f"message from client {cid} claims sender {message.sender}")
+            self.server.receive(message)
+        except ProtocolError as exc:
+            raise WireError(ErrorCode.MALFORMED, f"secure aggregation: {exc}") from None
 
-    def receive(self, client_id: int, payload: bytes) -> None:
-        """Raises `crypto.secagg.ProtocolError` for a bad message (state unchanged)."""
-        msg = decode(payload)
-        if getattr(msg, "sender", client_id) != client_id:
-            from crypto.secagg import ProtocolError
-
-            raise ProtocolError(f"message from client {client_id} claims sender {msg.sender}")
-        self.server.receive(msg)
-
-    def poll(self, alive: set[int]):
-        """Close the stage when everyone expected has answered, left, or timed out.
-
-        Returns None (keep waiting), ``{client_id: bytes}`` for the next stage, or the
-        finished `AggregateResult`.  Raises `crypto.secagg.SecAggAbort` below threshold.
-        """
-        waiting = (set(self.server.expected) - set(self.server.received)) & alive
-        late = time.monotonic() - self.stage_started > self.params.stage_timeout_s
-        if waiting and not late:
+    def poll(self, alive: set[str]) -> RoundOutcome | None:
+        if self._outcome is not None or self.server is None:
+            out = self._outcome
+            self._reset()
+            return out
+        alive_ids = {self.ids[n] for n in alive if n in self.ids}
+        waiting = (set(self.server.expected) - set(self.server.received)) & alive_ids
+        if waiting and time.monotonic() - self.stage_started <= self.params.stage_timeout_s:
             return None
         self.stage_started = time.monotonic()
-        if self.server.stage is Stage.UNMASK:
-            return self.server.finish()
-        return {cid: encode(m) for cid, m in self.server.finish_stage().items()}
+        closed = self.server.stage
+        try:
+            if closed is Stage.UNMASK:
+                return self._finish(self.server.finish())
+            nxt = self.server.finish_stage()
+        except SecAggAbort as exc:
+            self._abort(f"aborted: {exc}", str(exc))
+            out = self._outcome
+            self._reset()
+            return out
+        self.metrics.write("secagg_stage", round=self.rnd, closed=closed.name.lower(), next=sorted(nxt))
+        names = {cid: name for name, cid in self.ids.items()}
+        for cid, message in nxt.items():
+            self._send(names[cid], encode(message))
+        return None
 
-    def average(self, result) -> np.ndarray:
-        """FedAvg of the survivors' inputs from the unmasked sum."""
+    def _finish(self, result: AggregateResult) -> RoundOutcome:
         survivors = list(result.survivors)
         total = dequantize_sum(
-            result.sum_mod,
-            len(survivors),
-            clip=self.params.clip,
-            bits=self.params.bits,
-            modulus_bits=self.params.modulus_bits,
+            result.sum_mod, len(survivors), clip=self.params.clip, bits=self.params.bits, modulus_bits=MODULUS_BITS
         )
-        return total / sum(self.weights[c] for c in survivors)
+        state = self.layout.unflatten(total / sum(self.weights[c] for c in survivors))
+        self.metrics.write("secagg_done", round=self.rnd, survivors=sorted(survivors), dropped=sorted(result.dropped))
+        names = {cid: name for name, cid in self.ids.items()}
+        self._reset()
+        return RoundOutcome(state, dropped=tuple(names.get(c, f"client-{c}") for c in result.dropped))
+
+    def _abort(self, what: str, reason: str) -> None:
+        log.error("round %d: secure aggregation %s; keeping the previous aggregate", self.rnd, what)
+        self.metrics.write("secagg_abort", round=self.rnd, reason=reason)
+        self.server, self._outcome = None, RoundOutcome(None)
 
 
-class SecureRoundClient:
-    """Client side of one secure round: quantises ``w_k * x_k`` and answers the server's stages."""
+class SecureUpload:
+    """Client side (an `Uploader`): announce the update, then answer the server's SecAgg+ stages."""
 
     def __init__(
         self,
         client_id: int,
+        params: AggregationSection,
         *,
         signing_key: bytes,
         identity_keys: Mapping[int, bytes],
-        rng: np.random.Generator,
+        metrics=None,
+        rng: np.random.Generator | None = None,
         randbytes=os.urandom,
     ):
-        self.client_id = client_id
+        self.client_id, self.params, self.metrics = client_id, params, metrics
         self.signing_key, self.identity_keys = signing_key, dict(identity_keys)
-        self.rng, self.randbytes = rng, randbytes
+        self.rng, self.randbytes = rng or np.random.default_rng(), randbytes
         self.machine: SecAggClient | None = None
-        self.report: QuantizeReport | None = None
 
-    def start(self, meta: Mapping, payload: bytes, vector: np.ndarray) -> bytes:
-        """Handle the server's round configuration; returns the key advertisement."""
+    def upload(self, request: Request, rnd: int, update: State, loss: float) -> Message:
+        vector = AdapterLayout.of(update).flatten(update)
+        self.machine = None
+        msg = request(MsgType.UPDATE, {"loss": loss, "secure": True}, None, _EITHER)
+        while msg.type == MsgType.SECAGG:
+            stage = wire_stage(msg.header.meta)
+            payload = tensor_bytes(msg.tensors, "payload")
+            if self.machine is None:
+                reply = self.begin(rnd, stage, msg.header.meta, payload, vector)
+            else:
+                reply = self.answer(stage, payload)
+            msg = request(MsgType.SECAGG, {"stage": stage.name}, {"payload": bytes_tensor(reply)}, _EITHER)
+        self._record("secagg", round=rnd, stage=None if self.machine is None else self.machine.stage.name)
+        return msg
+
+    def begin(self, rnd: int, stage: Stage, meta: Mapping[str, Any], payload: bytes, vector: np.ndarray) -> bytes:
+        """The server's round configuration and this client's weight -> the key advertisement."""
         config = decode(payload)
-        if not isinstance(config, RoundConfig):
-            from crypto.secagg import ProtocolError
-
-            raise ProtocolError(f"expected the round configuration first, got {type(config).__name__}")
+        if stage is not Stage.ADVERTISE_KEYS or not isinstance(config, RoundConfig):
+            raise ProtocolError(f"expected the round configuration first, got {type(config).__name__} ({stage.name})")
         if config.vector_length != vector.size:
-            from crypto.secagg import ProtocolError
-
             raise ProtocolError(f"round expects {config.vector_length} values, this client has {vector.size}")
-        ints, self.report = quantize(
-            float(meta["weight"]) * vector,
-            clip=float(meta["clip"]),
-            bits=int(meta["bits"]),
-            modulus_bits=config.modulus_bits,
-            rng=self.rng,
+        weight = meta.get("weight")
+        if not isinstance(weight, float) or not 0.0 < weight <= 1.0:
+            raise ProtocolError(f"weight: expected a number in (0, 1], got {weight!r}")
+        ints, report = quantize(
+            weight * vector, clip=self.params.clip, bits=self.params.bits, modulus_bits=MODULUS_BITS, rng=self.rng
         )
+        if report.clipped:
+            log.warning(
+                "client-%d: %d of %d adapter values were outside [-clip, clip] and clipped",
+                self.client_id,
+                report.clipped,
+                report.total,
+            )
+        self._record("secagg_quantized", round=rnd, clipped=report.clipped, total=report.total)
         self.machine = SecAggClient(
             config,
             self.client_id,
@@ -189,9 +243,12 @@ class SecureRoundClient:
         )
         return encode(self.machine.advertise())
 
-    def handle(self, payload: bytes) -> bytes:
-        return encode(self.machine.handle(decode(payload)))
+    def _record(self, event: str, **fields: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.write(event, **fields)
 
-    @property
-    def stage(self) -> Stage | None:
-        return None if self.machine is None else self.machine.stage
+    def answer(self, stage: Stage, payload: bytes) -> bytes:
+        """The reply to the server's message for `stage`."""
+        if stage is not self.machine.stage:
+            raise ProtocolError(f"server sent stage {stage.name}, this client is in {self.machine.stage.name}")
+        return encode(self.machine.handle(decode(payload)))

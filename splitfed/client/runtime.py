@@ -10,16 +10,17 @@ checkpoint).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from splitfed.aggregation import Uploader, client_uploader
 from splitfed.client.data import client_examples, eval_examples, pad_id, round_batches
 from splitfed.config import RunConfig
 from splitfed.metrics import MetricsWriter
+from splitfed.models.client_adapter import client_adapter_state, load_client_adapter_state
 from splitfed.transport import ClientSocket, client_name
 from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, compress, decode, decompress, encode
 
@@ -121,8 +122,17 @@ class RemoteTrunk:
 
 
 class Client:
-    def __init__(self, cfg: RunConfig, client_id: int, *, insecure: bool = False, endpoint: str | None = None):
-        from splitfed.models import add_lora, load_client_parts, load_tokenizer, prepare
+    def __init__(
+        self,
+        cfg: RunConfig,
+        client_id: int,
+        *,
+        insecure: bool = False,
+        endpoint: str | None = None,
+        uploader: Uploader | None = None,
+    ):
+        """`uploader` hands each round's adapter to the aggregation (default: the one the run configures)."""
+        from splitfed.models import load_client_parts, load_tokenizer, prepare, set_lora
         from splitfed.training import OptimConfig
 
         if not 0 <= client_id < cfg.data.clients:
@@ -133,93 +143,38 @@ class Client:
         torch.manual_seed(cfg.run.seed)
         ckpt = prepare(cfg.model.name, cache_dir=cfg.model.cache_dir or None)
         self.bottom, self.top = load_client_parts(ckpt, tuple(cfg.model.cut))
+        self.parts = {"bottom": self.bottom, "top": self.top}
         lora = cfg.lora.to_split_lora()
-        for seed_offset, (role, part) in ((0, ("bottom", self.bottom)), (2, ("top", self.top))):
-            spec = lora.for_role(role)
-            if spec is not None:
-                add_lora(part, spec, seed=cfg.run.seed + seed_offset)  # same seeds as apply_lora in-process
-            else:
-                for p in part.parameters():
-                    p.requires_grad_(False)
-                part.lora_spec = None
+        for seed_offset, (role, part) in zip((0, 2), self.parts.items(), strict=True):
+            set_lora(part, lora.for_role(role), seed=cfg.run.seed + seed_offset)  # the seeds apply_lora gives them
         self.tokenizer = load_tokenizer(ckpt)
         self.pad = pad_id(self.tokenizer)
         self.examples = client_examples(cfg, client_id, self.tokenizer)
         self.eval_set = eval_examples(cfg, self.tokenizer)
         self.optim = OptimConfig(lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
+        self.uploader = uploader or client_uploader(cfg, client_id, metrics=self.metrics)
         self.insecure, self.endpoint = insecure, endpoint
         self.losses: list[float] = []
         self.metrics.write("start", client=self.name, n_samples=len(self.examples), eval_examples=len(self.eval_set))
 
-    # adapter state <-> wire (names prefixed with the part)
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        from splitfed.models import get_adapter_state
-
-        out = {}
-        for role, part in (("bottom", self.bottom), ("top", self.top)):
-            if getattr(part, "lora_spec", None) is not None:
-                out.update({f"{role}/{k}": v for k, v in get_adapter_state(part).items()})
-        return out
+        """The client adapter as it goes on the wire (``bottom/...`` and ``top/...`` keys)."""
+        return client_adapter_state(self.parts)
 
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
-        from splitfed.models import set_adapter_state
-
-        if not state:
-            return
-        for role, part in (("bottom", self.bottom), ("top", self.top)):
-            if getattr(part, "lora_spec", None) is not None:
-                mine = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(role + "/")}
-                set_adapter_state(part, mine)
+        load_client_adapter_state(self.parts, state)
 
     def _send_update(self, conn: Connection, rnd: int, update: dict[str, torch.Tensor], loss: float) -> Message:
-        """Plain: send the adapter.  Secure: announce readiness, then answer the SecAgg+ stages;
-        either way the round's aggregate comes back as ROUND_RESULT."""
-        if not self.cfg.aggregation.secure:
-            h = Header(MsgType.UPDATE, conn.session, rnd, 0, {"loss": loss})
-            return conn.request(h, update, expect=MsgType.ROUND_RESULT)
-        import numpy as np
+        """Hand the round's adapter to the aggregation; the round's aggregate comes back as ROUND_RESULT."""
+        from crypto.secagg import ProtocolError
 
-        from splitfed.aggregation.secure import SecureRoundClient, flatten
-        from splitfed.transport import identity_keys, load_signing_key
+        def request(mtype: MsgType, meta: dict, tensors, expect: frozenset[MsgType]) -> Message:
+            return conn.request(Header(mtype, conn.session, rnd, 0, meta), tensors, expect=expect)
 
-        either = frozenset({MsgType.SECAGG, MsgType.ROUND_RESULT})
-        keys_dir = self.cfg.transport.keys_dir
-        secure = SecureRoundClient(
-            self.client_id,
-            signing_key=load_signing_key(keys_dir, self.name),
-            identity_keys=identity_keys(keys_dir),
-            rng=np.random.default_rng(),
-        )
-        vector = flatten(update, sorted(update))
-        msg = conn.request(Header(MsgType.UPDATE, conn.session, rnd, 0, {"loss": loss, "secure": True}), expect=either)
-        while msg.type == MsgType.SECAGG:
-            payload = msg.tensors.get("payload")
-            if payload is None or payload.dtype != torch.uint8:
-                raise ServerRefused("secagg message without a uint8 'payload'")
-            data = payload.numpy().tobytes()
-            if secure.machine is None:
-                reply = secure.start(msg.header.meta, data, vector)
-                if secure.report.clipped:
-                    log.warning(
-                        "%s: %d of %d adapter values were outside [-clip, clip] and clipped",
-                        self.name,
-                        secure.report.clipped,
-                        secure.report.total,
-                    )
-                self.metrics.write(
-                    "secagg_quantized", round=rnd, clipped=secure.report.clipped, total=secure.report.total
-                )
-            else:
-                reply = secure.handle(data)
-            frames_meta = {"stage": secure.machine.stage.name.lower()}
-            tensor = {"payload": torch.frombuffer(bytearray(reply), dtype=torch.uint8)}
-            if os.environ.get("SPLITFED_TEST_CRASH_AFTER") == "masked_input" and secure.machine.stage.name == "UNMASK":
-                conn.sock.send(encode(Header(MsgType.SECAGG, conn.session, rnd, 0, frames_meta), tensor))
-                time.sleep(0.5)  # test hook: the masked input leaves, then the process dies without a word
-                os._exit(3)
-            msg = conn.request(Header(MsgType.SECAGG, conn.session, rnd, 0, frames_meta), tensor, expect=either)
-        self.metrics.write("secagg", round=rnd, stage=None if secure.machine is None else secure.machine.stage.name)
-        return msg
+        try:
+            return self.uploader.upload(request, rnd, update, loss)
+        except (WireError, ProtocolError) as exc:
+            raise ServerRefused(f"aggregation failed: {exc}") from exc
 
     def _keep_update(self, rnd: int, update: dict[str, torch.Tensor]) -> None:
         """The client's own copy of what it sent for aggregation (its disk, for audit)."""

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from splitfed.aggregation import weighted_mean
+from splitfed.config import RunConfig
 from splitfed.models import SplitPart, get_adapter_state, set_adapter_state
 from splitfed.training import LocalTrunk, OptimConfig
 
@@ -153,3 +154,13 @@ class TrunkService:
             self.links[key].optimizer.load_state_dict(sd)
         self._loaded = None
         self._load(next(iter(self.states)))
+
+
+def load_trunk(cfg: RunConfig, model_dir, *, clients: list[str]) -> TrunkService:
+    """The run's trunk (only its own tensors are read) with its LoRA adapter(s) and optimizer(s)."""
+    from splitfed.models import load_part, set_lora
+
+    part = load_part(model_dir, "trunk", tuple(cfg.model.cut))
+    set_lora(part, cfg.lora.to_split_lora().trunk, seed=cfg.run.seed + 1)  # the seed apply_lora gives the trunk
+    optim = OptimConfig(lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
+    return TrunkService(part, mode=cfg.server.mode, clients=clients, optim=optim)

@@ -55,11 +55,13 @@ class Run:
         return Path(self.cfg.run.dir)
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+        return self.spawn([sys.executable, "-m", "splitfed.cli.main", *args], log_name)
+
+    def spawn(self, argv: list[str], log_name: str) -> subprocess.Popen:
+        """Any command as a process of this run, its output in ``<root>/<log_name>``."""
         log = open(self.root / log_name, "ab")  # noqa: SIM115 (owned by the process)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        p = subprocess.Popen(
-            [sys.executable, "-m", "splitfed.cli.main", *args], stdout=log, stderr=subprocess.STDOUT, env=env
-        )
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs.append(p)
         return p
 

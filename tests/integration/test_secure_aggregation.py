@@ -3,7 +3,8 @@ client that dies between masked input and unmask."""
 
 from __future__ import annotations
 
-import os
+import sys
+from pathlib import Path
 
 import torch
 
@@ -56,11 +57,8 @@ def test_secure_round_survives_a_client_dying_after_its_masked_input(make_run):
     )
     server = run.server()
     c0, c1 = run.client(0), run.client(1)
-    os.environ["SPLITFED_TEST_CRASH_AFTER"] = "masked_input"  # inherited by the victim's process only
-    try:
-        c2 = run.client(2)
-    finally:
-        del os.environ["SPLITFED_TEST_CRASH_AFTER"]
+    victim = Path(__file__).with_name("crashing_client.py")  # dies once its masked input is in
+    c2 = run.spawn([sys.executable, str(victim), str(run.config_path), "2"], "client-2.log")
     assert run.wait(c2) == 3, run.log("client-2")  # died right after its masked input left
     for k, c in ((0, c0), (1, c1)):
         assert run.wait(c) == 0, run.log(f"client-{k}") + run.log("server")
