@@ -73,3 +73,26 @@ def padded_batch(padding: str, *, batch=3, length=10, vocab=128, seed=0):
 
 
 ARCHS = ["llama", "gpt2", "qwen2", "mistral"]
+
+
+DIM = 384  # MiniLM's embedding width
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def random_store(n: int, rng):
+    """A vector store of `n` random unit vectors (no embedder needed)."""
+    import numpy as np
+
+    from splitfed.rag.corpus import Document
+    from splitfed.rag.store import VectorStore
+
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return VectorStore(v, [Document(f"d{i}", f"title {i}", f"text {i}") for i in range(n)])

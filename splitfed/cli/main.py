@@ -154,6 +154,8 @@ def _cmd_client(args) -> int:
     if "ppl_before" in summary and "ppl_after" in summary:
         parts.append(f"held-out perplexity {summary['ppl_before']:.2f} -> {summary['ppl_after']:.2f}")
     parts.append(f"sent {summary['bytes_out'] / 1e6:.1f} MB, received {summary['bytes_in'] / 1e6:.1f} MB")
+    if "stopped" in summary:
+        parts.append(f"stopped early: {summary['stopped']}")
     print("; ".join(parts), flush=True)
     return 0
 
@@ -176,19 +178,10 @@ def _cmd_rag_index(args) -> int:
 def _cmd_rag_party(args) -> int:
     from splitfed.rag.config import load_party_config
     from splitfed.rag.party import Party
-    from splitfed.rag.store import VectorStore
 
     _setup_logging(True)
     cfg = load_party_config(args.config)
-    party = Party(
-        VectorStore.load(cfg.index),
-        name=cfg.name,
-        endpoint=cfg.endpoint,
-        keys_dir=cfg.keys_dir or None,
-        insecure=args.insecure,
-        noise_std=cfg.noise_std,
-        k_max=cfg.k_max,
-    )
+    party = Party.from_config(cfg, insecure=args.insecure)
     print(
         f"{cfg.name}: {len(party.store.docs)} documents, listening on {party.endpoint} "
         f"({'INSECURE plaintext' if args.insecure else 'CURVE'})",
@@ -232,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples:\n  splitfed keys generate --dir keys --clients 3\n"
         "  splitfed server --config examples/run.toml\n  splitfed client --config examples/run.toml --client-id 0\n"
         "  splitfed models prepare smollm2-135m\n  splitfed split-info --cut 2 28\n"
-        "  splitfed data partition --clients 3 --alpha 0.5",
+        "  splitfed data partition --clients 3 --alpha 0.5\n"
+        "  splitfed privacy epsilon --noise-multiplier 1.1 --sample-rate 0.004267 --steps 2000 --delta 1e-5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"splitfed {__version__}")
@@ -303,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-generate", action="store_true", help="only retrieve")
     p.add_argument("--insecure", action="store_true")
     p.set_defaults(func=_cmd_rag_query)
+
+    from splitfed.cli.privacy import register as register_privacy
+
+    register_privacy(sub)
 
     data = sub.add_parser("data", help="inspect the bundled drug-review data")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)

@@ -47,3 +47,9 @@ def round_batches(cfg: RunConfig, examples: list[Example], client_id: int, rnd: 
             if len(out) == cfg.training.local_steps:
                 break
     return out
+
+
+def releases_per_round(cfg: RunConfig, n_examples: int) -> int:
+    """The most times one example is in `round_batches` of a round: once per pass over the data."""
+    per_pass = max(1, n_examples // cfg.data.batch_size) if n_examples >= cfg.data.batch_size else 1
+    return -(-cfg.training.local_steps // per_pass)

@@ -9,6 +9,7 @@ checkpoint).
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from dataclasses import dataclass
@@ -17,10 +18,12 @@ from pathlib import Path
 import torch
 
 from splitfed.aggregation import Uploader, client_uploader
-from splitfed.client.data import client_examples, eval_examples, pad_id, round_batches
+from splitfed.client.data import client_examples, eval_examples, pad_id, releases_per_round, round_batches
+from splitfed.client.privacy import ClientPrivacy
 from splitfed.config import RunConfig
 from splitfed.metrics import MetricsWriter
 from splitfed.models.client_adapter import client_adapter_state, load_client_adapter_state
+from splitfed.privacy.ledger import finite
 from splitfed.transport import ClientSocket, client_name
 from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, compress, decode, decompress, encode
 
@@ -153,6 +156,10 @@ class Client:
         self.eval_set = eval_examples(cfg, self.tokenizer)
         self.optim = OptimConfig(lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
         self.uploader = uploader or client_uploader(cfg, client_id, metrics=self.metrics)
+        self.privacy = (
+            ClientPrivacy(cfg, client_id, self.name, n_examples=len(self.examples)) if cfg.privacy.enabled else None
+        )
+        self.stepper = None  # built at the first connection, kept across reconnects (optimizer state)
         self.insecure, self.endpoint = insecure, endpoint
         self.losses: list[float] = []
         self.metrics.write("start", client=self.name, n_samples=len(self.examples), eval_examples=len(self.eval_set))
@@ -164,7 +171,7 @@ class Client:
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
         load_client_adapter_state(self.parts, state)
 
-    def _send_update(self, conn: Connection, rnd: int, update: dict[str, torch.Tensor], loss: float) -> Message:
+    def _send_update(self, conn: Connection, rnd: int, update: dict[str, torch.Tensor], loss: float | None) -> Message:
         """Hand the round's adapter to the aggregation; the round's aggregate comes back as ROUND_RESULT."""
         from crypto.secagg import ProtocolError
 
@@ -195,10 +202,95 @@ class Client:
         conn.session = msg.header.session
         return msg
 
+    def _stepper(self, link: RemoteTrunk):
+        """The client half of a step (plain, or with this client's privacy mechanisms) over `link`."""
+        if self.stepper is None:
+            from splitfed.training import ClientStep
+
+            if self.privacy is None:
+                self.stepper = ClientStep(self.bottom, self.top, link, self.optim)
+            else:
+                self.stepper = self.privacy.stepper(self.bottom, self.top, link, self.optim, len(self.examples))
+        self.stepper.link = link
+        return self.stepper
+
+    def _round_batches(self, rnd: int) -> tuple[list[dict | None], int]:
+        """The round's batches (None: an empty Poisson batch) and how often its most-used example is sent."""
+        if self.privacy is None or self.privacy.dpsgd is None:
+            return (
+                round_batches(self.cfg, self.examples, self.client_id, rnd, self.pad),
+                releases_per_round(self.cfg, len(self.examples)),
+            )
+        from splitfed.data import collate
+
+        plan = self.privacy.poisson_round(len(self.examples))
+        counts = collections.Counter(i for idx in plan for i in idx)
+        pad_side = self.cfg.data.padding_side
+        batches = [
+            collate([self.examples[i] for i in idx], pad_token_id=self.pad, padding_side=pad_side) if idx else None
+            for idx in plan
+        ]
+        return batches, max(counts.values(), default=0)
+
+    def _budget_stop(self, rnd: int, releases: int) -> str | None:
+        """Record what round `rnd` will release; a reason to stop if that would exceed the budget."""
+        if self.privacy is None:
+            return None
+        entries = self.privacy.round_entries(rnd, releases)
+        over = self.privacy.over_budget(entries)
+        if over is not None:
+            budget = self.cfg.privacy.max_epsilon
+            reason = f"privacy budget: round {rnd} would bring epsilon to {over:.3g} > privacy.max_epsilon = {budget:g}"
+            log.warning("%s stops participating: %s", self.name, reason)
+            self.metrics.write("budget_stop", round=rnd, epsilon=finite(over), max_epsilon=budget)
+            return reason
+        self.privacy.ledger.append(entries)
+        return None
+
+    def _train_round(self, conn: Connection, link: RemoteTrunk, stepper, rnd: int, batches, progress) -> Message:
+        """The round's local steps through the server, then the update; returns ROUND_RESULT."""
+        link.round = rnd
+        losses = []
+        for step, batch in enumerate(batches):
+            link.step, link.train = step, True
+            b0, i0, t0 = conn.traffic.bytes_out, conn.traffic.bytes_in, time.perf_counter()
+            res = stepper.step(batch) if batch is not None else stepper.empty_step()
+            if batch is not None:  # an empty Poisson batch has no loss
+                losses.append(res.loss)
+            self.metrics.write(
+                "step",
+                round=rnd,
+                step=step,
+                loss=res.loss,
+                tokens=res.tokens,
+                bytes_out=conn.traffic.bytes_out - b0,
+                bytes_in=conn.traffic.bytes_in - i0,
+                wall_s=time.perf_counter() - t0,
+            )
+            if progress is not None:
+                progress(rnd, step, res.loss)
+        self.losses.extend(losses)
+        update = self.adapter_state()
+        self._keep_update(rnd, update)
+        loss = sum(losses) / len(losses) if losses else None
+        # the training loss is a statistic of the private data: with privacy on it stays here
+        result = self._send_update(conn, rnd, update, None if self.privacy is not None else loss)
+        self.load_adapter_state(result.tensors)
+        self.metrics.write(
+            "round",
+            round=rnd,
+            loss=loss,
+            bytes_out=conn.traffic.bytes_out,
+            bytes_in=conn.traffic.bytes_in,
+            transport_s=conn.traffic.transport_s,
+        )
+        if self.privacy is not None:
+            eps = {k: finite(v) for k, v in self.privacy.spent().items()}
+            self.metrics.write("privacy", round=rnd, delta=self.cfg.privacy.delta, epsilon=eps)
+        return result
+
     def run(self, *, progress=None, max_reconnect_s: float | None = None) -> dict:
         """Train every round; returns a summary (losses, perplexities, bytes)."""
-        from splitfed.training import ClientStep
-
         max_reconnect_s = max_reconnect_s if max_reconnect_s is not None else 10 * self.cfg.transport.timeout_s
         summary: dict = {"client": self.name}
         lost_since: float | None = None
@@ -217,60 +309,25 @@ class Client:
                     raise ServerRefused(f"server runs compression {meta['compression']} / hidden {meta['hidden']}")
                 self.load_adapter_state(welcome.tensors)
                 link = RemoteTrunk(conn, self.cfg.transport.compression, meta["hidden"])
-                stepper = ClientStep(self.bottom, self.top, link, self.optim)
+                stepper = self._stepper(link)
                 rnd, done = meta["round"], meta["done"]
                 if "ppl_before" not in summary and rnd == 0 and self.eval_set:
                     summary["ppl_before"] = self.evaluate(link)
                     self.metrics.write("eval", round=-1, perplexity=summary["ppl_before"])
                 while not done:
-                    link.round = rnd
-                    losses = []
-                    for step, batch in enumerate(round_batches(self.cfg, self.examples, self.client_id, rnd, self.pad)):
-                        link.step, link.train = step, True
-                        b0, i0, t0 = conn.traffic.bytes_out, conn.traffic.bytes_in, time.perf_counter()
-                        res = stepper.step(batch)
-                        losses.append(res.loss)
-                        self.metrics.write(
-                            "step",
-                            round=rnd,
-                            step=step,
-                            loss=res.loss,
-                            tokens=res.tokens,
-                            bytes_out=conn.traffic.bytes_out - b0,
-                            bytes_in=conn.traffic.bytes_in - i0,
-                            wall_s=time.perf_counter() - t0,
-                        )
-                        if progress is not None:
-                            progress(rnd, step, res.loss)
-                    self.losses.extend(losses)
-                    update = self.adapter_state()
-                    self._keep_update(rnd, update)
-                    result = self._send_update(conn, rnd, update, sum(losses) / len(losses))
-                    self.load_adapter_state(result.tensors)
-                    self.metrics.write(
-                        "round",
-                        round=rnd,
-                        loss=sum(losses) / len(losses),
-                        bytes_out=conn.traffic.bytes_out,
-                        bytes_in=conn.traffic.bytes_in,
-                        transport_s=conn.traffic.transport_s,
-                    )
+                    batches, releases = self._round_batches(rnd)
+                    stop = self._budget_stop(rnd, releases)
+                    if stop:
+                        summary["stopped"] = stop
+                        break
+                    result = self._train_round(conn, link, stepper, rnd, batches, progress)
                     rnd, done = result.header.meta["round"], result.header.meta["done"]
                 if self.eval_set:
                     summary["ppl_after"] = self.evaluate(link)
                     self.metrics.write("eval", round=rnd, perplexity=summary["ppl_after"])
                 summary.update(losses=self.losses, bytes_out=conn.traffic.bytes_out, bytes_in=conn.traffic.bytes_in)
-                conn.sock.send(
-                    encode(
-                        Header(
-                            MsgType.BYE,
-                            conn.session,
-                            rnd,
-                            0,
-                            {"bytes_out": conn.traffic.bytes_out, "bytes_in": conn.traffic.bytes_in},
-                        )
-                    )
-                )
+                traffic = {"bytes_out": conn.traffic.bytes_out, "bytes_in": conn.traffic.bytes_in}
+                conn.sock.send(encode(Header(MsgType.BYE, conn.session, rnd, 0, traffic)))
                 time.sleep(0.2)  # let the BYE leave before the socket closes
                 conn.close()
                 self.metrics.write("done", **{k: v for k, v in summary.items() if k != "losses"})

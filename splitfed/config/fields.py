@@ -151,6 +151,8 @@ def _describe(hint: Any, meta: Mapping[str, Any]) -> str:
     base = "an integer" if hint is int else "a number"
     if "ge" in meta and "lt" in meta:
         return f"{base} in [{_num(meta['ge'])}, {_num(meta['lt'])})"
+    if "ge" in meta and "le" in meta:
+        return f"{base} in [{_num(meta['ge'])}, {_num(meta['le'])}]"
     for op, (sym, _) in _BOUNDS.items():
         if op in meta:
             base += f" {sym} {_num(meta[op])}"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from splitfed.config.fields import _key_error, _opt, _plain, _Section, _sub
+from splitfed.config.privacy import PrivacySection
 from splitfed.config.tables import _override
 
 ModelName = Literal["smollm2-135m", "tiny-llama", "tiny-gpt2"]
@@ -229,22 +230,6 @@ class AggregationSection(_Section):
                 f"({n // 2 + 1}..{n}), got {t}"
             )
         return t
-
-
-@dataclass(frozen=True)
-class PrivacySection(_Section):
-    """[privacy]: differential privacy."""
-
-    _key: ClassVar[str] = "privacy"
-
-    enabled: bool = _opt(False, "Local differential privacy on cut activations; not available yet.")
-
-    def _check(self) -> None:
-        if self.enabled:
-            raise _key_error(
-                "privacy.enabled",
-                "local differential privacy on cut activations is not available yet (planned); set it to false",
-            )
 
 
 @dataclass(frozen=True)

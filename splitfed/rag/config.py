@@ -9,8 +9,11 @@ party.toml::
     index = "rag/party-0"          # built by `splitfed rag index`
     endpoint = "tcp://127.0.0.1:6000"
     keys_dir = "rag/keys/party-0"  # CURVE: server.key* is the party's pair, allowed/ the queriers
-    noise_std = 0.0                # Gaussian noise added to the encrypted scores (mitigation)
+    noise_std = 0.0                # Gaussian noise on the encrypted scores (DP mechanism, sensitivity 2)
     k_max = 10                     # most documents one fetch may ask for
+    delta = 1e-5                   # per-querier (epsilon, delta) statements
+    max_epsilon = 0.0              # refuse a querier past this epsilon (0 = no budget; needs noise)
+    ledger_dir = ""                # per-querier ledgers; "" = <index>-ledger
 
 parties.toml (querier)::
 
@@ -42,8 +45,17 @@ class PartyConfig(_Section):
     keys_dir: str = _opt(
         "", 'CURVE keys: server.key* is the party\'s pair, allowed/ the queriers; "" for none.', path=True
     )
-    noise_std: float = _opt(0.0, "Gaussian noise added to the encrypted scores (mitigation).", ge=0)
+    noise_std: float = _opt(0.0, "Gaussian noise added to the encrypted scores (a DP mechanism, per querier).", ge=0)
     k_max: int = _opt(10, "Most documents one fetch may ask for.", ge=1)
+    delta: float = _opt(1e-5, "delta of the per-querier epsilon statements.", gt=0, lt=1)
+    max_epsilon: float = _opt(
+        0.0, "Refuse a querier whose next answer would exceed this epsilon (0 = no budget).", ge=0
+    )
+    ledger_dir: str = _opt("", 'Per-querier privacy ledgers; "" = <index>-ledger next to the index.', path=True)
+
+    def _check(self) -> None:
+        if self.max_epsilon > 0 and self.noise_std == 0:
+            raise _key_error("max_epsilon", "a budget needs noise_std > 0 (noiseless scores have an infinite epsilon)")
 
 
 @dataclass(frozen=True)

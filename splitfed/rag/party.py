@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import collections
 import logging
+from pathlib import Path
 
 import numpy as np
 
+from splitfed.rag.budget import BudgetExceeded, ScoreBudget
+from splitfed.rag.config import PartyConfig
 from splitfed.rag.store import VectorStore
 from splitfed.transport import Incoming, RequestLoop, ServerSocket
 from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, bytes_tensor, encode, tensor_bytes
@@ -40,7 +43,9 @@ class Party:
         noise_std: float = 0.0,
         rng: np.random.Generator | None = None,
         max_contexts: int = 4,
+        budget: ScoreBudget | None = None,
     ):
+        """`budget` accounts the score noise per querier and refuses a querier over its budget."""
         self.store, self.name, self.k_max = store, name, k_max
         self.noise_std, self.rng = noise_std, rng or np.random.default_rng()
         self.max_bytes = int(max_message_mb * 1024 * 1024)
@@ -49,6 +54,27 @@ class Party:
         self.socket = ServerSocket(endpoint, keys_dir=keys_dir, insecure=insecure)
         self.endpoint = self.socket.endpoint
         self.served = 0
+        self.budget = budget
+
+    @classmethod
+    def from_config(cls, cfg: PartyConfig, *, insecure: bool = False) -> Party:
+        """A party as its TOML file describes it, with its per-querier score budget."""
+        budget = ScoreBudget(
+            cfg.ledger_dir or Path(cfg.index).with_name(Path(cfg.index).name + "-ledger"),
+            noise_std=cfg.noise_std,
+            delta=cfg.delta,
+            max_epsilon=cfg.max_epsilon,
+        )
+        return cls(
+            VectorStore.load(cfg.index),
+            name=cfg.name,
+            endpoint=cfg.endpoint,
+            keys_dir=cfg.keys_dir or None,
+            insecure=insecure,
+            noise_std=cfg.noise_std,
+            k_max=cfg.k_max,
+            budget=budget,
+        )
 
     def serve(self, *, max_seconds: float | None = None, max_queries: int | None = None) -> int:
         loop = RequestLoop(self.socket, self._dispatch, max_bytes=self.max_bytes, log=log)
@@ -65,7 +91,7 @@ class Party:
     def _dispatch(self, inc: Incoming, msg: Message) -> None:
         handler = {
             MsgType.RAG_CONTEXT: self._context,
-            MsgType.RAG_SCORE: self._score,
+            MsgType.RAG_SCORE: lambda m: self._score(m, self._querier(inc)),
             MsgType.RAG_FETCH: self._fetch,
             MsgType.HEARTBEAT: lambda m: encode(Header(MsgType.HEARTBEAT)),
         }.get(msg.type)
@@ -93,13 +119,23 @@ class Party:
         meta = {"key_id": key_id, "rows": len(self.store.docs)}
         return encode(Header(MsgType.RAG_CONTEXT, step=msg.header.step, meta=meta))
 
-    def _score(self, msg: Message) -> list:
+    def _querier(self, inc: Incoming) -> str:
+        """Who asks: the allow-list name of the querier's CURVE key (``anonymous`` in plaintext mode)."""
+        return "anonymous" if inc.user is None else self.socket.clients.get(inc.user, inc.user)
+
+    def _score(self, msg: Message, querier: str) -> list:
         from crypto.he import HEError
 
         key_id = msg.header.meta.get("key_id")
         scorer = self.scorers.get(key_id) if isinstance(key_id, str) else None
         if scorer is None:
             raise WireError(ErrorCode.OUT_OF_ORDER, f"unknown key id {key_id!r}: send rag_context first")
+        if self.budget is not None:
+            try:
+                eps = self.budget.charge(querier)
+            except BudgetExceeded as exc:
+                raise WireError(ErrorCode.BUDGET, str(exc)) from None
+            log.info("%s: answered %s, epsilon spent on it %.3g", self.name, querier, eps)
         try:
             cts = score(scorer, tensor_bytes(msg.tensors, "query"))
         except HEError as exc:

@@ -9,6 +9,7 @@ gradient with respect to them is handed back and pushed through the part below w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,11 +61,33 @@ class LocalTrunk:
         return act.grad
 
 
-class ClientStep:
-    """The client's half of a split step: Bottom and Top with their optimizers."""
+Release = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-    def __init__(self, bottom: SplitPart, top: SplitPart, link: TrunkLink, optim: OptimConfig):
+
+def _as_is(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+class ClientStep:
+    """The client's half of a split step: Bottom and Top with their optimizers.
+
+    `release_activations(h, mask)` and `release_gradient(g, mask)` transform what crosses to
+    the server (local DP: clip and noise); the first is applied on the autograd graph, so
+    the Bottom's gradient goes through the clipping.  Both default to sending as is.
+    """
+
+    def __init__(
+        self,
+        bottom: SplitPart,
+        top: SplitPart,
+        link: TrunkLink,
+        optim: OptimConfig,
+        *,
+        release_activations: Release = _as_is,
+        release_gradient: Release = _as_is,
+    ):
         self.bottom, self.top, self.link = bottom, top, link
+        self.release_activations, self.release_gradient = release_activations, release_gradient
         self.optimizers = [
             opt for part in (bottom, top) if (opt := make_optimizer(adapter_parameters(part), optim)) is not None
         ]
@@ -75,13 +98,13 @@ class ClientStep:
         self.top.train()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        h_bottom = self.bottom(ids, mask)
-        act2 = self.link.forward(h_bottom.detach(), mask).requires_grad_(True)  # across both cuts
+        sent = self.release_activations(self.bottom(ids, mask), mask)
+        act2 = self.link.forward(sent.detach(), mask).requires_grad_(True)  # across both cuts
         loss = self.top(act2, mask, labels).loss
         loss.backward()
-        grad1 = self.link.backward(act2.grad)  # back across both cuts
-        if h_bottom.requires_grad:
-            h_bottom.backward(grad1)
+        grad1 = self.link.backward(self.release_gradient(act2.grad, mask))  # back across both cuts
+        if sent.requires_grad:
+            sent.backward(grad1)
         for opt in self.optimizers:
             opt.step()
         return StepResult(loss=loss.item(), tokens=int(mask.sum()))

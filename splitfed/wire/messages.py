@@ -41,6 +41,7 @@ class ErrorCode(enum.Enum):
     OUT_OF_ORDER = "out_of_order"  # message not allowed at the session's current stage
     UNKNOWN_CLIENT = "unknown_client"
     CONFIG_MISMATCH = "config_mismatch"
+    BUDGET = "budget"  # a privacy budget refuses the request
     SERVER = "server"  # the server failed on a valid message
 
 

@@ -237,7 +237,15 @@ def test_round_trip_property(rounds, lr, cut, clients, compression, run_dir):
         # features that are not there yet
         ("[aggregation]\nsecure = true\nbits = 32\n", r"^aggregation\.bits: expected an integer"),
         ("[aggregation]\nclip = 0\n", r"^aggregation\.clip: expected a number > 0"),
-        ("[privacy]\nenabled = true\n", r"^privacy\.enabled: .*not available yet \(planned\); set it to false$"),
+        ("[privacy]\nmax_epsilon = 3\n", r"^privacy\.max_epsilon: a budget needs privacy\.enabled = true$"),
+        (
+            "[privacy.activations]\nenabled = true\n",
+            r"^privacy\.activations\.epsilon: set exactly one of epsilon \(calibrated\) and noise_multiplier",
+        ),
+        (
+            "[privacy.dpsgd]\nsample_rate = 1.5\n",
+            r"^privacy\.dpsgd\.sample_rate: expected a number in \[0, 1\], got 1\.5$",
+        ),
     ],
 )
 def test_error_messages(text, message):

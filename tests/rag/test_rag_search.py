@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -10,26 +9,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from splitfed_testing import DIM, free_port, random_store
 
-from splitfed.rag.corpus import Document, load_news, split_round_robin
+from splitfed.rag.corpus import load_news, split_round_robin
 from splitfed.rag.querier import PartyAddress, Querier
 from splitfed.rag.store import StoreError, VectorStore
 from splitfed.transport import ClientSocket, ServerSocket, generate_keys
 from splitfed.wire import Header, MsgType, decode, encode
-
-DIM = 384
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def random_store(n: int, rng) -> VectorStore:
-    v = rng.standard_normal((n, DIM)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return VectorStore(v, [Document(f"d{i}", f"title {i}", f"text {i}") for i in range(n)])
 
 
 @pytest.fixture

@@ -1,0 +1,64 @@
+"""`splitfed privacy report RUN_DIR`: what a run's ledgers say, per client and party."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+def add_report(psub, *, delta_type, run) -> None:
+    p = psub.add_parser(
+        "report",
+        help="epsilon per client against each party, from a run's privacy ledgers (+ a PNG over rounds)",
+        description="Read RUN_DIR/privacy/*.jsonl and state, per client, the mechanisms used and epsilon at "
+        "delta against the server, the aggregator and in total, and the budget left.",
+    )
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory (run.dir)")
+    p.add_argument("--delta", type=delta_type, default=None, help="delta (default: the run's privacy.delta)")
+    p.add_argument("--plot", type=Path, default=None, help="PNG path (default: RUN_DIR/privacy/epsilon.png)")
+    p.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.set_defaults(func=lambda args: run(args, _report, _report_text))
+
+
+def _report(args) -> dict:
+    from splitfed.privacy.report import plot_epsilon, privacy_report
+
+    try:
+        settings, reports = privacy_report(args.run_dir, delta=args.delta)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+    if not reports:
+        raise ValueError(f"{args.run_dir / 'privacy'}: no client ledgers (*.jsonl)")
+    plot = None
+    if not args.no_plot:
+        path = args.plot or args.run_dir / "privacy" / "epsilon.png"
+        plot = str(plot_epsilon(reports, path, delta=settings["delta"], budget=settings.get("max_epsilon", 0.0)))
+    return {"settings": settings, "clients": [r.to_json() for r in reports], "plot": plot}
+
+
+def _eps(x) -> str:
+    return "inf" if x is None or (isinstance(x, float) and math.isinf(x)) else f"{x:.4g}"
+
+
+def _report_text(r: dict) -> list[str]:
+    s = r["settings"]
+    lines = [
+        f"privacy report: delta {s['delta']:g}, accountant {s['accountant']}, budget "
+        + (f"{s['max_epsilon']:g}" if s.get("max_epsilon") else "none")
+    ]
+    for c in r["clients"]:
+        eps = c["epsilon"]
+        parties = ", ".join(f"{k} {_eps(v)}" for k, v in eps.items() if k != "total")
+        lines.append(f"{c['client']}: epsilon total {_eps(eps['total'])} ({parties}) after rounds {c['rounds']}")
+        if c["budget_left"] is not None:
+            lines.append(f"  budget left: {_eps(c['budget_left'])}")
+        for m in c["mechanisms"]:
+            nm = "no noise" if m["noise_multiplier"] is None else f"noise multiplier {m['noise_multiplier']:.4g}"
+            clip = "" if m["clip"] is None else f", clip {m['clip']:g}"
+            lines.append(f"  {m['mechanism']:<16} -> {m['against']:<10} unit {m['unit']}{clip}, {nm}")
+        if eps["total"] is None:
+            lines.append("  (infinite: a channel above was released without noise)")
+    if r["plot"]:
+        lines.append(f"plot: {r['plot']}")
+    return lines

@@ -1,0 +1,75 @@
+"""[privacy]: local DP on what crosses the cuts, DP-SGD on the client adapters, the budget.
+
+Noise is given either as a per-release target ``epsilon`` (calibrated with the analytic
+Gaussian mechanism at ``privacy.delta``) or directly as ``noise_multiplier`` (sigma over the
+L2 sensitivity); exactly one of the two is set when a mechanism is enabled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from splitfed.config.fields import _key_error, _opt, _Section, _sub
+
+PrivacyUnit = Literal["sequence", "token"]
+AccountantName = Literal["rdp", "prv"]
+
+
+@dataclass(frozen=True)
+class CutNoise(_Section):
+    """[privacy.activations] or [privacy.gradients]: clip each unit, add Gaussian noise, before sending."""
+
+    _key: ClassVar[str] = "privacy.<channel>"
+
+    enabled: bool = _opt(False, "Clip and noise this channel before it leaves the client.")
+    unit: PrivacyUnit = _opt(
+        "sequence", "sequence: one example's valid positions clipped as one vector; token: each position on its own."
+    )
+    clip: float = _opt(1.0, "L2 bound of one unit (sensitivity is 2 * clip: local DP, replace-one).", gt=0)
+    epsilon: float = _opt(0.0, "Target epsilon per release at privacy.delta (analytic Gaussian); 0 = not used.", ge=0)
+    noise_multiplier: float = _opt(0.0, "Noise sigma / (2 * clip), given directly; 0 = not used.", ge=0)
+
+    def _check(self) -> None:
+        if self.enabled and (self.epsilon > 0) == (self.noise_multiplier > 0):
+            raise _key_error(
+                f"{self._key}.epsilon",
+                "set exactly one of epsilon (calibrated) and noise_multiplier (direct) to a number > 0, "
+                f"got epsilon = {self.epsilon!r}, noise_multiplier = {self.noise_multiplier!r}",
+            )
+
+
+@dataclass(frozen=True)
+class DPSGDSection(_Section):
+    """[privacy.dpsgd]: DP-SGD (Opacus) on the client's bottom and top LoRA adapters."""
+
+    _key: ClassVar[str] = "privacy.dpsgd"
+
+    enabled: bool = _opt(False, "Per-example clipping and Gaussian noise on the client adapter updates.")
+    noise_multiplier: float = _opt(1.0, "Noise sigma / max_grad_norm.", gt=0)
+    max_grad_norm: float = _opt(1.0, "Per-example gradient L2 bound over all client LoRA parameters.", gt=0)
+    sample_rate: float = _opt(0.0, "Poisson sampling rate; 0 = data.batch_size / the client's examples.", ge=0, le=1)
+
+
+@dataclass(frozen=True)
+class PrivacySection(_Section):
+    """[privacy]: differential privacy, stated per client in its ledger."""
+
+    _key: ClassVar[str] = "privacy"
+
+    enabled: bool = _opt(False, "Write a privacy ledger per client and apply the mechanisms enabled below.")
+    delta: float = _opt(1e-5, "delta of every (epsilon, delta) statement.", gt=0, lt=1)
+    accountant: AccountantName = _opt("rdp", "Accountant: rdp (Renyi DP) or prv (privacy random variables).")
+    max_epsilon: float = _opt(
+        0.0, "Budget: a client whose next round would exceed this epsilon stops (0 = no budget).", ge=0
+    )
+    secure_noise: bool = _opt(
+        True, "Noise from a ChaCha20 keystream seeded by the OS; false: a torch generator seeded from run.seed."
+    )
+    activations: CutNoise = _sub(CutNoise, "[privacy.activations]: the Bottom's activations sent to the server.")
+    gradients: CutNoise = _sub(CutNoise, "[privacy.gradients]: the gradient the Top returns to the server.")
+    dpsgd: DPSGDSection = _sub(DPSGDSection, "[privacy.dpsgd]: DP-SGD on the client adapters.")
+
+    def _check(self) -> None:
+        if self.max_epsilon > 0 and not self.enabled:
+            raise _key_error("privacy.max_epsilon", "a budget needs privacy.enabled = true")

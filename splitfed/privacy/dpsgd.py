@@ -1,0 +1,257 @@
+"""DP-SGD on the client's adapters (Bottom and Top LoRA together) with Opacus, for split training.
+
+One step, over every trainable parameter the client holds (the LoRA tensors of Bottom and Top):
+
+    per-example gradients (Opacus `GradSampleModule`, "hooks")  ->  one flat L2 norm per example
+    over all of them  ->  clip to `max_grad_norm` (C)  ->  sum  ->  + N(0, (sigma * C)^2), once
+    ->  / expected batch size (q * n)  ->  AdamW (`make_optimizer`), via Opacus' `DPOptimizer`.
+
+Objective.  The loss of one example is its mean next-token loss (labels -100 ignored; 0 for an
+example without targets), the batch loss the mean over the examples.  `ClientStep` instead
+pools all target tokens of the batch (Hugging Face's token mean); the two agree when every
+example has as many targets as the others.  The per-example mean is what DP-SGD needs: each
+example's gradient is that of its own loss, independent of the other examples in the batch.
+
+Scaling.  The server returns d(batch loss)/d(activation): already divided by the batch size B.
+The part wrappers therefore use ``loss_reduction="mean"``: Opacus multiplies what flows back by
+B, so each per-example gradient is that of the example's own loss; `DPOptimizer` ("mean")
+divides the noised sum by q * n, not by the realised (secret) B.
+
+Poisson batches may be empty.  Then no forward runs and the link is not called (the model
+blocks fail on zero rows), but the noise is still added and the optimizer steps, as in Opacus:
+every step the accountant counts is a step taken.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from splitfed.privacy.events import NonPrivateEvent, PrivacyEvent, SampledGaussianEvent
+
+if TYPE_CHECKING:  # the model stack (transformers) loads only when a step is built
+    from splitfed.models import SplitPart
+    from splitfed.training import OptimConfig, StepResult, TrunkLink
+    from splitfed.training.inprocess import Release
+
+IGNORE_INDEX = -100
+_HOOK_ATTRS = ("activations", "max_batch_len")  # what Opacus leaves on a module mid-step
+
+
+def _number(x: object) -> bool:
+    return not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class DPSGDConfig:
+    """DP-SGD knobs; `noise_multiplier` 0 is allowed and gives no privacy (a `NonPrivateEvent`)."""
+
+    noise_multiplier: float  # noise std / max_grad_norm
+    max_grad_norm: float  # C: L2 bound of one example's gradient over all client adapters
+    sample_rate: float  # q: probability that an example joins a (Poisson) batch
+
+    def __post_init__(self) -> None:
+        if not _number(self.noise_multiplier) or self.noise_multiplier < 0:
+            raise ValueError(f"noise_multiplier must be a finite number >= 0, got {self.noise_multiplier!r}")
+        if not _number(self.max_grad_norm) or self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm!r}")
+        if not _number(self.sample_rate) or not 0 < self.sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate!r}")
+
+    def events(self, steps: int) -> tuple[PrivacyEvent, ...]:
+        """What `steps` DP-SGD steps release: () for none."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        if steps == 0:
+            return ()
+        if self.noise_multiplier == 0:
+            return (NonPrivateEvent(count=steps),)
+        return (SampledGaussianEvent(self.noise_multiplier, self.sample_rate, count=steps),)
+
+
+def secure_generator() -> torch.Generator:
+    """A `torch.Generator` seeded from `os.urandom`: nobody can predict or replay its noise.
+
+    The stream itself is Mersenne Twister, not a cryptographic generator; the seed is.
+    """
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+
+
+def poisson_batches(
+    examples: Sequence[object], *, sample_rate: float, steps: int, generator: torch.Generator | np.random.Generator
+) -> list[list[int]]:
+    """Indices of each step's Poisson batch: every example joins independently with probability q.
+
+    Batches vary in size and may be empty (returned as ``[]``); indices are sorted.
+    """
+    if not _number(sample_rate) or not 0 < sample_rate <= 1:
+        raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+    n = len(examples)
+    if isinstance(generator, np.random.Generator):
+        joins = generator.random((steps, n)) < sample_rate  # (steps, n) bool
+    elif isinstance(generator, torch.Generator):
+        joins = (torch.rand((steps, n), generator=generator, dtype=torch.float64) < sample_rate).numpy()
+    else:
+        raise TypeError(f"generator must be a torch.Generator or numpy Generator, got {type(generator).__name__}")
+    return [np.flatnonzero(row).tolist() for row in joins]
+
+
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) logits, (B, T) labels -> (B,) mean next-token loss of each example."""
+    targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]  # (B, T): token t predicts t + 1
+    # (B*T, V) rows: cross_entropy on a (B, V, T) transpose is ~2x slower for a large V
+    flat = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+    return flat.view_as(targets).sum(1) / (targets != IGNORE_INDEX).sum(1).clamp(min=1)  # (B,)
+
+
+class DPClientStep:
+    """`ClientStep` under DP-SGD: Bottom and Top adapters clipped jointly, noised, one AdamW step.
+
+    `n_examples` is the client's dataset size n; batches must be Poisson samples of it at
+    `dp.sample_rate` (see `poisson_batches`) for `events()` to be the privacy spent.  The noise
+    comes from `generator` (default: `secure_generator()`); `secure_mode` turns on Opacus'
+    noise that resists floating-point attacks.  Only LoRA tensors may be trainable.
+    """
+
+    def __init__(
+        self,
+        bottom: SplitPart,
+        top: SplitPart,
+        link: TrunkLink,
+        optim: OptimConfig,
+        dp: DPSGDConfig,
+        *,
+        n_examples: int,
+        generator: torch.Generator | None = None,
+        secure_mode: bool = False,
+        release_activations: Release | None = None,
+        release_gradient: Release | None = None,
+    ):
+        """`release_activations` / `release_gradient`: local DP on what crosses to the server, as in
+        `splitfed.training.ClientStep` (the first on the autograd graph, per example)."""
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
+        from splitfed.models import adapter_parameters
+        from splitfed.training import make_optimizer
+
+        if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
+            raise ValueError(f"n_examples must be an integer >= 1, got {n_examples!r}")
+        self.bottom, self.top, self.link, self.dp = bottom, top, link, dp
+        self.release_activations = release_activations or (lambda x, mask: x)
+        self.release_gradient = release_gradient or (lambda g, mask: g)
+        self.expected_batch_size = dp.sample_rate * n_examples
+        self.steps = 0
+        for part in (bottom, top):
+            lora = {id(p) for p in adapter_parameters(part)}
+            other = [n for n, p in part.named_parameters() if p.requires_grad and id(p) not in lora]
+            if other:
+                raise ValueError(f"{part.role}: only LoRA parameters may be trainable under DP-SGD, got {other[:5]}")
+        self.params = [p for part in (bottom, top) for p in adapter_parameters(part) if p.requires_grad]
+        if not self.params:
+            raise ValueError("no client part has trainable LoRA parameters; call apply_lora first")
+        # "hooks": per-example gradients of the LoRA Linears; frozen Conv1D / RMSNorm get no hook.
+        self._wrappers = [
+            GradSampleModule(part, batch_first=True, loss_reduction="mean", strict=True)
+            for part in (bottom, top)
+            if any(p.requires_grad for p in part.parameters())
+        ]
+        for w in self._wrappers:
+            w.disable_hooks()  # on only inside a step: other forwards (evaluation) stay untouched
+        self.optimizer = DPOptimizer(
+            make_optimizer(self.params, optim),
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            expected_batch_size=self.expected_batch_size,
+            loss_reduction="mean",
+            generator=generator if generator is not None else secure_generator(),
+            secure_mode=secure_mode,
+        )
+
+    def step(self, batch: dict[str, torch.Tensor]) -> StepResult:
+        """One DP-SGD step on a collated batch; a batch of zero rows takes `empty_step`."""
+        from splitfed.training import StepResult
+
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        if ids.shape[0] == 0:
+            return self.empty_step()
+        self.bottom.train()
+        self.top.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._capturing():
+            sent = self.release_activations(self.bottom(ids, mask), mask)  # (B, T, D)
+            act2 = self.link.forward(sent.detach(), mask).requires_grad_(True)  # across both cuts
+            loss = per_example_loss(self.top(act2, mask), labels).mean()
+            loss.backward()  # Top's per-example gradients
+            grad1 = self.link.backward(self.release_gradient(act2.grad, mask))  # d(batch loss)/d(sent)
+            if sent.requires_grad:
+                sent.backward(grad1)  # Bottom's per-example gradients
+        self.optimizer.step()  # clip jointly, sum, noise once, / (q * n), AdamW
+        self.steps += 1
+        return StepResult(loss=loss.item(), tokens=int(mask.sum()))
+
+    def empty_step(self) -> StepResult:
+        """The step of an empty Poisson batch: no forward, no link call; noise-only update.
+
+        Returns loss 0.0 (the sum over no examples) and 0 tokens.
+        """
+        from splitfed.training import StepResult
+
+        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.params:
+            p.grad_sample = p.new_zeros((0, *p.shape))  # what Opacus sees for an empty batch
+        self.optimizer.step()
+        self.steps += 1
+        return StepResult(loss=0.0, tokens=0)
+
+    def events(self) -> tuple[PrivacyEvent, ...]:
+        """The privacy events of the steps taken so far (one `SampledGaussianEvent`, count=steps)."""
+        return self.dp.events(self.steps)
+
+    def close(self) -> None:
+        """Remove Opacus' hooks and per-parameter attributes; the parts are plain modules again."""
+        for w in self._wrappers:
+            w.to_standard_module()
+        self._wrappers = []
+
+    @contextmanager
+    def _capturing(self) -> Iterator[None]:
+        """Per-example capture on for one forward/backward; a failure (say the link) leaves no
+        half-captured activations or counters behind to corrupt the next step."""
+        for w in self._wrappers:
+            w.enable_hooks()
+        try:
+            with warnings.catch_warnings():
+                # The first hooked LoRA Linear of the Bottom sees embeddings that need no
+                # gradient; Opacus only reads the output gradient, so torch's warning is moot.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                yield
+        except BaseException:
+            self._discard_capture()
+            raise
+        finally:
+            for w in self._wrappers:
+                w.disable_hooks()
+
+    def _discard_capture(self) -> None:
+        for part in (self.bottom, self.top):
+            for module in part.modules():
+                for attr in _HOOK_ATTRS:
+                    if attr in module.__dict__:
+                        delattr(module, attr)
+        for p in self.params:
+            p._forward_counter = 0
+            if hasattr(p, "_current_grad_sample"):
+                del p._current_grad_sample
+        self.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,105 @@
+"""What a run's ledgers say: per client, the mechanisms used and epsilon against each party.
+
+``<run.dir>/privacy/<client>.jsonl`` are the ledgers; ``settings.json`` beside them holds the
+run's delta, accountant and budget (written by the clients).  `privacy_report` returns
+values; `plot_epsilon` writes the PNG of epsilon over rounds per client.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from splitfed.privacy.ledger import LedgerEntry, finite, read_ledger, spent
+
+SETTINGS = "settings.json"
+
+
+def write_settings(directory: str | os.PathLike, *, delta: float, accountant: str, max_epsilon: float) -> None:
+    path = Path(directory) / SETTINGS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"delta": delta, "accountant": accountant, "max_epsilon": max_epsilon}))
+    tmp.replace(path)
+
+
+@dataclass
+class ClientReport:
+    client: str
+    mechanisms: list[dict]  # distinct (mechanism, against, unit, clip, noise multiplier)
+    epsilon: dict[str, float]  # party -> epsilon, and "total"
+    rounds: list[int] = field(default_factory=list)
+    total_by_round: list[float] = field(default_factory=list)  # cumulative total epsilon after each round
+    budget_left: float | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "client": self.client,
+            "mechanisms": self.mechanisms,
+            "epsilon": {k: finite(v) for k, v in self.epsilon.items()},
+            "rounds": self.rounds,
+            "total_by_round": [finite(v) for v in self.total_by_round],
+            "budget_left": None if self.budget_left is None else finite(self.budget_left),
+        }
+
+
+def privacy_report(run_dir: str | os.PathLike, *, delta: float | None = None) -> tuple[dict, list[ClientReport]]:
+    """(settings, one report per client ledger).  Raises FileNotFoundError naming what is missing."""
+    root = Path(run_dir) / "privacy"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no privacy ledgers (was the run started with privacy.enabled = true?)")
+    settings = {"delta": 1e-5, "accountant": "rdp", "max_epsilon": 0.0}
+    if (root / SETTINGS).is_file():
+        settings.update(json.loads((root / SETTINGS).read_text()))
+    if delta is not None:
+        settings["delta"] = delta
+    reports = [_client(p.stem, read_ledger(p), settings) for p in sorted(root.glob("*.jsonl"))]
+    return settings, reports
+
+
+def _client(name: str, entries: list[LedgerEntry], settings: dict) -> ClientReport:
+    delta, acc = settings["delta"], settings["accountant"]
+    mechanisms = []
+    for e in entries:
+        row = {"mechanism": e.mechanism, "against": e.against.value, "unit": e.unit, "clip": e.clip}
+        row["noise_multiplier"] = getattr(e.event, "noise_multiplier", None)
+        if row not in mechanisms:
+            mechanisms.append(row)
+    rounds = sorted({e.round for e in entries})
+    by_round = [spent([e for e in entries if e.round <= r], delta, accountant=acc)["total"] for r in rounds]
+    report = ClientReport(name, mechanisms, spent(entries, delta, accountant=acc), rounds, by_round)
+    if settings.get("max_epsilon", 0) > 0:
+        report.budget_left = max(0.0, settings["max_epsilon"] - report.epsilon["total"])
+    return report
+
+
+def plot_epsilon(reports: list[ClientReport], path: str | os.PathLike, *, delta: float, budget: float = 0.0) -> Path:
+    """PNG of the total epsilon after each round, one line per client (infinite values are not drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in reports:
+        pts = [(x, y) for x, y in zip(r.rounds, r.total_by_round, strict=True) if math.isfinite(y)]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", label=r.client)
+        else:
+            ax.plot([], [], label=f"{r.client} (infinite: a channel without noise)")
+    if budget > 0:
+        ax.axhline(budget, linestyle="--", color="gray", label=f"budget {budget:g}")
+        ax.set_ylim(top=max(ax.get_ylim()[1], budget * 1.05))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"epsilon (delta = {delta:g})")
+    ax.set_title("privacy spent per client")
+    ax.legend()
+    out = Path(path)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
