@@ -46,6 +46,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/server_throughput.py
 	$(BIN)/python benchmarks/secagg.py
 	$(BIN)/python benchmarks/he_search.py
+	$(BIN)/python benchmarks/dpsgd.py
+	$(BIN)/python benchmarks/privacy_utility.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -224,7 +224,7 @@ def _ldp_text(r: dict) -> list[str]:
         lines.append(
             f"per example of up to T = {pe['max_length']} positions: epsilon {pe['epsilon']:.4g} at delta "
             f"{pe['delta']:g} (sensitivity 2C sqrt(T) = {pe['sensitivity']:.4g}, noise multiplier "
-            f"{pe['noise_multiplier']:.4g}, RDP over {r['releases']} release(s))"
+            f"{pe['noise_multiplier']:.4g}, exact over {r['releases']} release(s))"
         )
     return lines
 
