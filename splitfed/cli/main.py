@@ -128,7 +128,10 @@ def _cmd_server(args) -> int:
         rc = server.serve()
     finally:
         bar.close()
-    print(f"server done; merged adapter: {server.run_dir / 'adapter'}", flush=True)
+    if server.adapter_path.is_file():
+        print(f"server done; merged adapter: {server.adapter_path.parent}", flush=True)
+    else:
+        print("server stopped before the last round; no adapter exported (resume with --resume)", flush=True)
     return rc
 
 

@@ -172,6 +172,19 @@ class TrainingSection(_Section):
 
 
 @dataclass(frozen=True)
+class PeerLimitsSection(_Section):
+    """[server.limits]: what one peer (one CURVE key) may send before it is ignored for a cool-down."""
+
+    _key: ClassVar[str] = "server.limits"
+
+    max_rate: float = _opt(200.0, "Messages per second a peer may send, sustained (0 = no limit).", ge=0)
+    burst: int = _opt(400, "... plus this many at once.", ge=1)
+    max_errors: int = _opt(100, "Rejected messages allowed within error_window_s (0 = no limit).", ge=0)
+    error_window_s: float = _opt(10.0, "Window of the error budget, in seconds.", gt=0)
+    cooldown_s: float = _opt(30.0, "Seconds a peer over a limit is ignored (its messages dropped unread).", gt=0)
+
+
+@dataclass(frozen=True)
 class ServerSection(_Section):
     """[server]: how the server runs the trunk for its clients."""
 
@@ -185,6 +198,14 @@ class ServerSection(_Section):
     round_deadline_s: float = _opt(300.0, "Seconds per round; clients that miss it are left out of that round.", gt=0)
     max_batch: int = _opt(64, "Largest batch a client may send.", ge=1)
     max_seq: int = _opt(2048, "Longest sequence a client may send.", ge=1)
+    step_timeout_s: float = _opt(
+        120.0, "A client holding a trunk step (forward sent, no backward) longer than this loses it.", gt=0
+    )
+    max_abs_value: float = _opt(
+        1e5, "Largest |value| accepted in activations and gradients (finite but huge values are refused).", gt=0
+    )
+    max_samples: int = _opt(10_000_000, "Largest sample count (FedAvg weight) a client may declare.", ge=1)
+    limits: PeerLimitsSection = _sub(PeerLimitsSection, "[server.limits]: per-peer message rate and error budget.")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import torch
 
 from splitfed.server.session import Session, Stage
 from splitfed.server.trunk import GROUP, TrunkService
+from splitfed.training import NonFiniteError
 from splitfed.wire import ErrorCode, Header, MsgType, WireError, compress, encode
 
 log = logging.getLogger("splitfed.server")
@@ -46,14 +47,15 @@ class TrunkScheduler:
         max_batch: int,
         compression: str,
         reply: Callable[[Session, list], None],
-        reject: Callable[[bytes, WireError], None],
+        reject: Callable[..., None],
         metrics,
         on_step: Callable[[int, int], None],
     ):
         self.trunk, self.batch_clients, self.max_batch, self.compression = trunk, batch_clients, max_batch, compression
         self.reply, self.reject, self.metrics, self.on_step = reply, reject, metrics, on_step
         self.queue: collections.deque[PendingForward] = collections.deque()
-        self.members: dict[str, Session] = {}  # sessions of the pending cross-client batch
+        self.members: dict[str, Session] = {}  # sessions holding the pending step (one, or a batch)
+        self.busy_since = 0.0
 
     # ------------------------------------------------------------------ forward
     def forward(self, fwd: PendingForward) -> None:
@@ -65,18 +67,25 @@ class TrunkScheduler:
     def _run_one(self, fwd: PendingForward) -> None:
         sess, h = fwd.sess, fwd.header
         t = time.perf_counter()
-        out = self.trunk.forward(sess.name, fwd.act, fwd.mask, train=fwd.train)
+        try:
+            out = self.trunk.forward(sess.name, fwd.act, fwd.mask, train=fwd.train)
+        except NonFiniteError as exc:
+            raise WireError(ErrorCode.BAD_TENSOR, str(exc)) from None
         compute = time.perf_counter() - t
         if fwd.train:
             sess.stage, sess.pending_shape, sess.pending_step = Stage.AWAIT_BACKWARD, tuple(out.shape), h.step
+            self.members, self.busy_since = {sess.name: sess}, time.monotonic()
         self._send(sess, MsgType.ACTIVATIONS, h.round, h.step, "act", out)
         self.metrics.write("forward", client=sess.name, round=h.round, step=h.step, train=fwd.train, compute_s=compute)
 
     def _run_batch(self, batch: list[PendingForward]) -> None:
         t = time.perf_counter()
-        outs = self.trunk.forward_group([(f.sess.name, f.act, f.mask) for f in batch])
+        try:
+            outs = self.trunk.forward_group([(f.sess.name, f.act, f.mask) for f in batch])
+        except NonFiniteError as exc:
+            raise WireError(ErrorCode.BAD_TENSOR, str(exc)) from None
         compute = time.perf_counter() - t
-        self.members = {f.sess.name: f.sess for f in batch}
+        self.members, self.busy_since = {f.sess.name: f.sess for f in batch}, time.monotonic()
         for f in batch:
             out, h = outs[f.sess.name], f.header
             f.sess.stage, f.sess.pending_shape, f.sess.pending_step = Stage.AWAIT_BACKWARD, tuple(out.shape), h.step
@@ -112,10 +121,14 @@ class TrunkScheduler:
             work = self._take()
             try:
                 self._run_batch(work) if len(work) > 1 else self._run_one(work[0])
-            except Exception as exc:  # the queued client gets the error; the others go on
+            except WireError as err:  # the queued clients get the error; the others go on
+                for f in work:
+                    self.reject(f.sess.identity, err, step=f.header.step)
+            except Exception as exc:
                 log.exception("queued forward failed")
                 for f in work:
-                    self.reject(f.sess.identity, WireError(ErrorCode.SERVER, f"{type(exc).__name__}: {exc}"))
+                    err = WireError(ErrorCode.SERVER, f"{type(exc).__name__}: {exc}")
+                    self.reject(f.sess.identity, err, step=f.header.step)
 
     # ------------------------------------------------------------------ backward
     def backward(self, sess: Session, header: Header, grad: torch.Tensor) -> None:
@@ -126,7 +139,15 @@ class TrunkScheduler:
                     ErrorCode.OUT_OF_ORDER, f"{sess.name}: backward for step {sess.pending_step} sent twice"
                 )
             t = time.perf_counter()
-            results = self.trunk.backward_group(sess.name, grad)
+            try:
+                results = self.trunk.backward_group(sess.name, grad)
+            except NonFiniteError as exc:  # the whole batch's step is dropped: every member hears why
+                err = WireError(ErrorCode.BAD_TENSOR, f"batched step dropped: {exc}")
+                for member in self._free_members():
+                    if member is not sess:
+                        self.reject(member.identity, err, step=member.pending_step)
+                self.drain()
+                raise err from None
             if results is not None:
                 self.on_step(header.round, len(results))
                 self.metrics.write(
@@ -135,8 +156,14 @@ class TrunkScheduler:
                 self._send_gradients(results, header.round)
             return
         t = time.perf_counter()
-        grad_in = self.trunk.backward(sess.name, grad)
+        try:
+            grad_in = self.trunk.backward(sess.name, grad)
+        except NonFiniteError as exc:
+            self._free_members()
+            self.drain()
+            raise WireError(ErrorCode.BAD_TENSOR, str(exc)) from None
         compute = time.perf_counter() - t
+        self.members = {}
         sess.stage, sess.pending_shape = Stage.READY, None
         self._send(sess, MsgType.GRADIENT, header.round, header.step, "grad", grad_in)
         self.metrics.write("backward", client=sess.name, round=header.round, step=header.step, compute_s=compute)
@@ -156,12 +183,32 @@ class TrunkScheduler:
 
     # ------------------------------------------------------------------ departures
     def release(self, name: str, rnd: int) -> None:
-        """A client left: drop its pending step; finish a batch it was part of."""
+        """A client left: drop its pending step (no weight changes); finish a batch it was part of;
+        let the queue go on."""
         results = self.trunk.abort(name)
+        self.members.pop(name, None)
         if results:
             results.pop(name, None)
-            self.members.pop(name, None)
             self._send_gradients(results, rnd)
+        self.drain()
+
+    def expire(self, timeout_s: float, rnd: int) -> list[str]:
+        """Take the trunk back from clients that held a step longer than `timeout_s`: their
+        pending steps are dropped (no weight changes) and they may start over; returns them."""
+        if self.trunk.busy is None or time.monotonic() - self.busy_since <= timeout_s:
+            return []
+        late = [s for s in self.members.values() if s.name not in self.trunk.group_grads]
+        for sess in late:
+            sess.stage, sess.pending_shape = Stage.READY, None
+            self.release(sess.name, rnd)
+        return [s.name for s in late]
+
+    def _free_members(self) -> list[Session]:
+        """After a dropped step: its members are back to READY with nothing pending."""
+        members, self.members = list(self.members.values()), {}
+        for m in members:
+            m.stage, m.pending_shape = Stage.READY, None
+        return members
 
     def drop(self, identity: bytes) -> None:
         """Forget the queued forwards of a session that no longer exists."""

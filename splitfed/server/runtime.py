@@ -27,8 +27,9 @@ from splitfed.server.export import export_run_adapter
 from splitfed.server.rounds import RoundPolicy
 from splitfed.server.session import Session, Stage
 from splitfed.server.trunk import TrunkService, load_trunk
-from splitfed.transport import Incoming, RequestLoop, ServerSocket, client_name
+from splitfed.transport import Ban, Incoming, PeerLimits, RequestLoop, ServerSocket, client_name
 from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, decompress, encode
+from splitfed.wire.messages import short
 
 log = logging.getLogger("splitfed.server")
 
@@ -70,6 +71,10 @@ class Server:
         )
         self.closing: list[str] | None = None  # clients missing from the round being aggregated
         self.done_at = 0.0
+        if self.done:  # resumed after the last round's checkpoint: finish what the run promised
+            if not self.adapter_path.is_file():
+                self.export()
+            self.done_at = time.monotonic() + cfg.transport.timeout_s  # time for waiting clients to come back
         self.sessions: dict[bytes, Session] = {}
         self.on_step = on_step or (lambda rnd, n: None)
         self.socket = ServerSocket(
@@ -82,6 +87,8 @@ class Server:
             max_bytes=int(cfg.transport.max_message_mb * 1024 * 1024),
             log=log,
             on_reject=lambda err: self.metrics.write("error", code=err.code.value, detail=err.detail),
+            on_ban=self._banned,
+            limits=peer_limits(cfg.server.limits),
         )
         self.scheduler = TrunkScheduler(
             self.trunk,
@@ -94,6 +101,11 @@ class Server:
             on_step=lambda rnd, n: self.on_step(self.rounds.round, n),
         )
         self.metrics.write("start", endpoint=self.endpoint, round=self.round, mode=cfg.server.mode)
+
+    @property
+    def adapter_path(self) -> Path:
+        """The exported PEFT adapter's weights (present once the last round is exported)."""
+        return self.run_dir / "adapter" / "adapter_model.safetensors"
 
     @property
     def round(self) -> int:
@@ -132,14 +144,26 @@ class Server:
 
     def _tick(self) -> bool:
         """Housekeeping after every message or poll timeout; True when the server is finished."""
-        self._expire()
-        self._maybe_close_round()
+        try:
+            self._expire()
+            self._maybe_close_round()
+        except Exception:  # a bug or a bad peer's data must not take the server down
+            log.exception("housekeeping failed; the server goes on")
+            self.metrics.write("error", code="server", detail="housekeeping failed (see the server log)")
         everyone_left = not any(s.stage != Stage.DONE for s in self.sessions.values())
         return self.done and everyone_left and time.monotonic() - self.done_at > 1.0
 
     def _reply(self, sess: Session, frames: list) -> None:
         sess.bytes_out += sum(len(memoryview(f).cast("B")) if not isinstance(f, bytes) else len(f) for f in frames)
         self.socket.send(sess.identity, frames)
+
+    def _banned(self, ban: Ban) -> None:
+        """A peer over its limits is ignored for a cool-down: its session (and any step it holds) goes."""
+        name = self.socket.clients.get(ban.user) if ban.user else None
+        self.metrics.write("ban", client=name, reason=ban.reason.value, detail=ban.detail, cooldown_s=ban.cooldown_s)
+        for ident, sess in list(self.sessions.items()):
+            if ident == ban.identity or (name is not None and sess.name == name):
+                self._forget(ident, sess)
 
     def _dispatch(self, inc: Incoming, msg: Message) -> None:
         if msg.type == MsgType.HELLO:
@@ -175,9 +199,9 @@ class Server:
             )
         if meta.get("config_hash") != self.config_hash:
             raise WireError(ErrorCode.CONFIG_MISMATCH, "client and server were started with different configurations")
-        n = meta.get("n_samples")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise WireError(ErrorCode.MALFORMED, f"n_samples must be a positive integer, got {n!r}")
+        n, most = meta.get("n_samples"), self.cfg.server.max_samples
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= most:
+            raise WireError(ErrorCode.MALFORMED, f"n_samples must be an integer in [1, {most}], got {short(n)}")
         for ident, old in list(self.sessions.items()):  # a reconnecting client replaces its old session
             if old.name == name:
                 self._forget(ident, old)
@@ -209,7 +233,16 @@ class Server:
         act = decompress("act", msg.tensors, self.cfg.transport.compression)
         if tuple(act.shape) != (b, t, self.hidden):
             raise WireError(ErrorCode.BAD_TENSOR, f"act: expected shape {[b, t, self.hidden]}, got {list(act.shape)}")
+        self._check_bound("act", act)
         return act, mask.long()
+
+    def _check_bound(self, name: str, x: torch.Tensor) -> None:
+        """Finite but huge values (3e38) would make the shared trunk non-finite: refuse them."""
+        peak, bound = float(x.abs().max()) if x.numel() else 0.0, self.cfg.server.max_abs_value
+        if not peak <= bound:
+            raise WireError(
+                ErrorCode.BAD_TENSOR, f"{name}: |value| up to {peak:.3g} exceeds server.max_abs_value {bound:g}"
+            )
 
     def _forward(self, sess: Session, msg: Message) -> None:
         act, mask = self._check_activations(msg)  # validated before it is queued
@@ -223,6 +256,7 @@ class Server:
             raise WireError(
                 ErrorCode.BAD_TENSOR, f"grad: expected shape {list(sess.pending_shape)}, got {list(grad.shape)}"
             )
+        self._check_bound("grad", grad)
         self.scheduler.backward(sess, msg.header, grad)
 
     def _update(self, sess: Session, msg: Message) -> None:
@@ -248,8 +282,9 @@ class Server:
         self.aggregator.receive(sess.name, msg)
 
     def _bye(self, sess: Session, msg: Message) -> None:
-        self.scheduler.release(sess.name, self.round)
         sess.stage = Stage.DONE
+        self.scheduler.drop(sess.identity)
+        self.scheduler.release(sess.name, self.round)
         self.rounds.left(sess.name)
         self.metrics.write(
             "bye", client=sess.name, bytes_in=sess.bytes_in, bytes_out=sess.bytes_out, metrics=msg.header.meta
@@ -257,13 +292,16 @@ class Server:
         log.info("%s left", sess.name)
 
     def _forget(self, ident: bytes, sess: Session) -> None:
-        """Remove a session (replaced or silent): its pending step and queued forwards go with it."""
-        self.scheduler.release(sess.name, self.round)
-        self.scheduler.drop(ident)
+        """Remove a session (replaced or silent): its queued forwards and pending step go with it."""
         del self.sessions[ident]
+        self.scheduler.drop(ident)
+        self.scheduler.release(sess.name, self.round)
 
     # ------------------------------------------------------------------ rounds
     def _expire(self) -> None:
+        for name in self.scheduler.expire(self.cfg.server.step_timeout_s, self.round):
+            log.warning("%s held a trunk step longer than %.0f s: step dropped", name, self.cfg.server.step_timeout_s)
+            self.metrics.write("step_timeout", client=name, round=self.round)
         now = time.monotonic()
         for ident, sess in list(self.sessions.items()):
             if sess.stage != Stage.DONE and now - sess.last_seen > self.cfg.transport.timeout_s:
@@ -271,12 +309,12 @@ class Server:
                 self.metrics.write("dropped", client=sess.name, round=self.round)
                 self._forget(ident, sess)
                 self.rounds.left(sess.name)
-                self.scheduler.drain()
 
     def _maybe_close_round(self) -> None:
         if self.done:
             return
-        if self.closing is None:
+        start = self.closing is None
+        if start:
             live = {s.name for s in self.sessions.values() if s.stage != Stage.DONE}
             missing = self.rounds.due(live)
             if missing is None:
@@ -284,9 +322,15 @@ class Server:
             if missing:
                 log.warning("round %d closes without %s", self.round, ", ".join(missing))
             self.closing = missing
-            self.aggregator.start(self.round, self.rounds.updates, self._send_aggregation)
         waiting = {s.name for s in self.sessions.values() if s.stage == Stage.AWAIT_ROUND}
-        outcome = self.aggregator.poll(waiting)
+        try:
+            if start:
+                self.aggregator.start(self.round, self.rounds.updates, self._send_aggregation)
+            outcome = self.aggregator.poll(waiting)
+        except Exception as exc:  # e.g. arithmetic on what clients declared: keep the previous aggregate
+            log.exception("round %d: aggregation failed; keeping the previous aggregate", self.round)
+            self.metrics.write("aggregation_error", round=self.round, reason=short(f"{type(exc).__name__}: {exc}"))
+            outcome = RoundOutcome(None)
         if outcome is not None:
             self._finish_round(outcome)
 
@@ -338,3 +382,14 @@ class Server:
         self.metrics.write("export", path=str(out))
         log.info("exported the merged PEFT adapter to %s", out)
         return out
+
+
+def peer_limits(cfg) -> PeerLimits:
+    """`[server.limits]` as the request loop takes it (0 switches a limit off)."""
+    return PeerLimits(
+        max_rate=cfg.max_rate or None,
+        burst=cfg.burst,
+        max_errors=cfg.max_errors or None,
+        error_window_s=cfg.error_window_s,
+        cooldown_s=cfg.cooldown_s,
+    )

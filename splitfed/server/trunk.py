@@ -26,7 +26,7 @@ class TrunkService:
             raise ValueError(f"server mode must be 'shared' or 'per_client', got {mode!r}")
         self.trunk, self.mode = trunk, mode
         names = [SHARED] if mode == "shared" else list(clients)
-        self.links = {n: LocalTrunk(trunk, optim) for n in names}
+        self.links = {n: LocalTrunk(trunk, optim, guard_finite=True) for n in names}
         initial = get_adapter_state(trunk)
         self.states = {n: {k: v.clone() for k, v in initial.items()} for n in names}
         self._loaded: str | None = names[0]

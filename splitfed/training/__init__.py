@@ -1,7 +1,7 @@
 """In-process training loops: split (three parts passing activations) and the unsplit reference."""
 
 from splitfed.training.evaluate import EvalResult, evaluate
-from splitfed.training.inprocess import ClientStep, LocalTrunk, SplitTrainer, StepResult, TrunkLink
+from splitfed.training.inprocess import ClientStep, LocalTrunk, NonFiniteError, SplitTrainer, StepResult, TrunkLink
 from splitfed.training.optim import OptimConfig, make_optimizer
 from splitfed.training.reference import ReferenceTrainer
 
@@ -9,6 +9,7 @@ __all__ = [
     "ClientStep",
     "EvalResult",
     "LocalTrunk",
+    "NonFiniteError",
     "OptimConfig",
     "ReferenceTrainer",
     "SplitTrainer",

@@ -33,18 +33,34 @@ class TrunkLink(Protocol):
     def backward(self, grad: torch.Tensor) -> torch.Tensor: ...
 
 
-class LocalTrunk:
-    """The trunk in this process, with its own optimizer (steps after each backward)."""
+class NonFiniteError(ArithmeticError):
+    """A trunk step produced NaN or Inf; it was dropped and no weight changed."""
 
-    def __init__(self, trunk: SplitPart, optim: OptimConfig):
+
+def _finite(t: torch.Tensor | None) -> bool:
+    return t is None or bool(torch.isfinite(t).all())
+
+
+class LocalTrunk:
+    """The trunk in this process, with its own optimizer (steps after each backward).
+
+    With `guard_finite` (the server's setting) a forward whose output, or a backward whose
+    gradients, contain NaN or Inf raise `NonFiniteError` before anything is updated, in the
+    spirit of mixed-precision loss-scaling skips.
+    """
+
+    def __init__(self, trunk: SplitPart, optim: OptimConfig, *, guard_finite: bool = False):
         self.trunk = trunk
         self.optimizer = make_optimizer(adapter_parameters(trunk), optim)
+        self.guard_finite = guard_finite
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         self.trunk.train()
         act = act.detach().requires_grad_(True)
         out = self.trunk(act, mask)
+        if self.guard_finite and not _finite(out):
+            raise NonFiniteError("the trunk's output contains NaN or Inf; the step was dropped")
         self._pending = (act, out)
         return out.detach()
 
@@ -56,6 +72,9 @@ class LocalTrunk:
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         out.backward(grad)
+        if self.guard_finite and not (_finite(act.grad) and all(_finite(p.grad) for p in self.trunk.parameters())):
+            self.trunk.zero_grad(set_to_none=True)
+            raise NonFiniteError("the trunk's gradients contain NaN or Inf; the step was skipped, no weight changed")
         if self.optimizer is not None:
             self.optimizer.step()
         return act.grad

@@ -9,15 +9,21 @@ from splitfed.transport.keys import (
     load_public,
     load_signing_key,
 )
-from splitfed.transport.service import RequestLoop, request_step
-from splitfed.transport.sockets import INSECURE_WARNING, ClientSocket, Incoming, ServerSocket
+from splitfed.transport.service import UNLIMITED, Ban, BanReason, PeerLimits, RequestLoop, TokenBucket, request_step
+from splitfed.transport.sockets import INSECURE_WARNING, ClientSocket, Incoming, SendStats, ServerSocket
 
 __all__ = [
     "INSECURE_WARNING",
+    "UNLIMITED",
+    "Ban",
+    "BanReason",
     "ClientSocket",
     "Incoming",
+    "PeerLimits",
     "RequestLoop",
+    "SendStats",
     "ServerSocket",
+    "TokenBucket",
     "allowed_clients",
     "client_name",
     "generate_keys",

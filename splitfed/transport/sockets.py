@@ -3,6 +3,12 @@
 The server accepts only clients whose public keys are in the allow-list; a client whose
 key is not there never gets a reply (the handshake fails).  Plaintext needs an explicit
 ``insecure=True`` and logs a warning.
+
+The server never blocks on a peer: `ServerSocket.send` does not wait.  Each peer has a queue
+of at most ``send_hwm`` replies; a reply to a peer whose queue is full (it does not read) or
+who is gone is dropped, counted in `ServerSocket.dropped` and `ServerSocket.stats`, and
+`send` returns False.  Inbound, each peer may have at most ``recv_hwm`` messages waiting;
+beyond that ZeroMQ stops reading from that peer's connection (only that peer waits).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from splitfed.transport.keys import allowed_clients, load_keypair, load_public
 
 log = logging.getLogger(__name__)
 INSECURE_WARNING = "INSECURE: plaintext transport, no authentication, no encryption (--insecure)"
+MAX_TRACKED_PEERS = 4096  # peers whose dropped replies `ServerSocket.dropped` remembers
 
 
 @dataclass
@@ -26,12 +33,42 @@ class Incoming:
     user: str | None  # CURVE public key (z85) of the peer, None in insecure mode
 
 
+@dataclass
+class SendStats:
+    """Replies sent and dropped by a `ServerSocket`, over all peers."""
+
+    sent: int = 0
+    full: int = 0  # dropped: the peer's queue was full (it does not read)
+    gone: int = 0  # dropped: the peer had left (or never was)
+
+
 class ServerSocket:
-    def __init__(self, endpoint: str, *, keys_dir: str | os.PathLike | None, insecure: bool = False):
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        keys_dir: str | os.PathLike | None,
+        insecure: bool = False,
+        send_hwm: int = 1000,
+        recv_hwm: int = 100,
+        max_frame_bytes: int | None = None,
+    ):
+        """`send_hwm` / `recv_hwm`: messages queued per peer out / in; `max_frame_bytes`: a peer
+        sending a larger frame is disconnected by ZeroMQ before the frame is read (None: no limit)."""
+        for name, value in (("send_hwm", send_hwm), ("recv_hwm", recv_hwm), ("max_frame_bytes", max_frame_bytes)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"ServerSocket {name}: expected an integer >= 1, got {value!r}")
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown peer -> error instead of silent drop
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # full or unknown peer -> error instead of silent drop
+        # options a bound socket copies into every accepted connection: set them before bind
+        self.sock.setsockopt(zmq.SNDHWM, send_hwm)
+        self.sock.setsockopt(zmq.RCVHWM, recv_hwm)
+        if max_frame_bytes is not None:
+            self.sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+        self.stats = SendStats()
+        self.dropped: dict[bytes, int] = {}  # routing id -> replies dropped (the latest MAX_TRACKED_PEERS peers)
         self.auth = None
         self.clients: dict[str, str] = {}
         if insecure:
@@ -65,18 +102,49 @@ class ServerSocket:
         return Incoming(identity=frames[0].bytes, frames=frames[1:], user=user)
 
     def send(self, identity: bytes, frames: list) -> bool:
+        """Queue a reply without waiting; False when it was dropped (peer not reading, or gone)."""
         try:
-            self.sock.send_multipart([identity, *frames], copy=False)
-            return True
-        except zmq.ZMQError as exc:  # peer gone (EHOSTUNREACH): not our problem to crash on
-            log.debug("could not send to peer (it left): %s", exc)
+            # with ROUTER_MANDATORY only the routing-id frame can fail: EAGAIN when the peer's queue
+            # is full, EHOSTUNREACH when it is gone; then nothing of the message was queued
+            self.sock.send_multipart([identity, *frames], flags=zmq.DONTWAIT, copy=False)
+        except zmq.Again:
+            self._dropped(identity, "its queue is full: it does not read", full=True)
             return False
+        except zmq.ZMQError as exc:
+            self._dropped(identity, f"it is gone ({exc})", full=False)
+            return False
+        self.stats.sent += 1
+        return True
+
+    def _dropped(self, identity: bytes, why: str, *, full: bool) -> None:
+        if full:
+            self.stats.full += 1
+        else:
+            self.stats.gone += 1
+        n = self.dropped.pop(identity, 0) + 1
+        self.dropped[identity] = n  # re-inserted: the dict is ordered by last drop
+        if len(self.dropped) > MAX_TRACKED_PEERS:
+            del self.dropped[next(iter(self.dropped))]
+        if _power_of_ten(n):  # 1, 10, 100, ...: a flood costs a handful of lines
+            log.log(
+                logging.WARNING if full else logging.DEBUG,
+                "reply to peer %s dropped, %s (%d dropped so far)",
+                identity.hex()[:32],
+                why,
+                n,
+            )
 
     def close(self) -> None:
         self.sock.close(0)
         if self.auth is not None:
             self.auth.stop()
         self.ctx.term()
+
+
+def _power_of_ten(n: int) -> bool:
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
 
 
 class ClientSocket:

@@ -8,10 +8,12 @@ each tensor frame is the tensor's raw bytes (C order).  Nothing is ever pickled.
 from __future__ import annotations
 
 import enum
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOL_VERSION = 1
+DETAIL_BUDGET = 400  # characters of a WireError's detail: it is logged, written to metrics and sent back
 
 
 class MsgType(enum.Enum):
@@ -46,12 +48,44 @@ class ErrorCode(enum.Enum):
 
 
 class WireError(Exception):
-    """A message was rejected; `code` says why in one word, the text says exactly what."""
+    """A message was rejected; `code` says why in one word, the text says exactly what.
+
+    The detail is clipped to `DETAIL_BUDGET` characters: it may quote a hostile peer.
+    """
 
     def __init__(self, code: ErrorCode, detail: str):
+        detail = clip(str(detail), DETAIL_BUDGET)
         super().__init__(f"{code.value}: {detail}")
         self.code = code
         self.detail = detail
+
+
+def clip(text: str, budget: int) -> str:
+    """`text` cut to at most `budget` characters, ending in ``... (+N chars)`` when cut."""
+    if len(text) <= budget:
+        return text
+    keep = max(budget - len(f"... (+{len(text)} chars)"), 0)
+    return f"{text[:keep]}... (+{len(text) - keep} chars)"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 2, 4, 4, 4, 4
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """A repr of `value` of at most about `limit` characters, for quoting peer input in an error.
+
+    Never raises and never walks more than a few elements of a container.
+    """
+    if isinstance(value, str | bytes | bytearray):
+        more = len(value) - limit
+        text = clip(repr(value[:limit]), limit + 12)  # quotes and escapes lengthen it a little
+        return f"{text}... (+{more} chars)" if more > 0 else text
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # e.g. an int too long to print: say what it was, not what it holds
+        text = f"<{type(value).__name__}>"
+    return clip(text, limit)
 
 
 @dataclass(frozen=True)
