@@ -38,6 +38,9 @@ def test_party_config_round_trip(tmp_path):
         "keys_dir": str(tmp_path / 'keys "quoted"\\0'),
         "noise_std": 0.25,
         "k_max": 3,
+        "delta": 1e-5,
+        "max_epsilon": 0.0,
+        "ledger_dir": "",
     }
     assert load_party_config(write(tmp_path / "p.toml", text)) == cfg
     assert load_party_config(write(tmp_path / "c.toml", dump_toml(cfg, comments=True))) == cfg
@@ -79,8 +82,13 @@ ADDRESS = '[[party]]\nname = "a"\nendpoint = "tcp://127.0.0.1:6000"\n'
         ('name = "a"\nendpoint = "tcp://x:1"\n', "index", r"p\.toml: index: required key missing; expected a non"),
         (PARTY + "noise_std = -1\n", "noise_std", r"noise_std: expected a number >= 0, got -1$"),
         (PARTY + "k_max = 0\n", "k_max", r"k_max: expected an integer >= 1, got 0$"),
+        (PARTY + "max_epsilon = 3\n", "max_epsilon", r"max_epsilon: a budget needs noise_std > 0"),
         (PARTY + "k_max = '3'\n", "k_max", r"k_max: expected an integer >= 1, got '3' \(string\)$"),
-        (PARTY + "kmax = 3\n", "kmax", r"unknown key 'kmax' \(known keys: endpoint, index, .*did you mean 'k_max'\?"),
+        (
+            PARTY + "kmax = 3\n",
+            "kmax",
+            r"unknown key 'kmax' \(known keys: delta, endpoint, index, .*did you mean 'k_max'\?",
+        ),
         (PARTY.replace("tcp://", "http://"), "endpoint", r"endpoint: expected a string starting with 'tcp://'"),
     ],
 )
@@ -142,6 +150,9 @@ def test_build_index_writes_configs_that_load_back(tmp_path):
             "keys_dir": str(tmp_path / "rag" / "keys" / f"party-{k}"),
             "noise_std": 0.0,
             "k_max": 10,
+            "delta": 1e-5,
+            "max_epsilon": 0.0,
+            "ledger_dir": "",
         }
         assert (Path(party.config.keys_dir) / "server.key_secret").is_file()
         assert (Path(party.config.index) / "meta.json").is_file()
