@@ -1,5 +1,7 @@
 """The client process: holds Bottom + Top, its data and labels; reaches the trunk over ZeroMQ.
 
+The connection and the remote trunk link are in `splitfed.client.link`.
+
 Per round: ``training.local_steps`` split steps through the server, then the client adapter
 goes to the server for aggregation and the aggregate comes back.  If the server goes
 silent for ``transport.timeout_s`` the client reconnects by itself, says hello again and
@@ -12,116 +14,22 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from splitfed.aggregation import Uploader, client_uploader
 from splitfed.client.data import client_examples, eval_examples, pad_id, releases_per_round, round_batches
+from splitfed.client.link import Connection, RemoteTrunk, ServerLost, ServerRefused
 from splitfed.client.privacy import ClientPrivacy
 from splitfed.config import RunConfig
 from splitfed.metrics import MetricsWriter
 from splitfed.models.client_adapter import client_adapter_state, load_client_adapter_state
 from splitfed.privacy.ledger import finite
-from splitfed.transport import ClientSocket, client_name
-from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, compress, decode, decompress, encode
+from splitfed.transport import client_name
+from splitfed.wire import Header, Message, MsgType, WireError, encode
 
 log = logging.getLogger("splitfed.client")
-
-
-class ServerLost(ConnectionError):
-    """No reply from the server within the timeout."""
-
-
-class ServerRefused(RuntimeError):
-    """The server answered with an error that retrying cannot fix."""
-
-
-@dataclass
-class Traffic:
-    bytes_out: int = 0
-    bytes_in: int = 0
-    transport_s: float = 0.0
-
-
-class Connection:
-    """Request/reply over one DEALER, with heartbeats while waiting."""
-
-    def __init__(self, cfg: RunConfig, client_id: int, *, insecure: bool, endpoint: str | None = None):
-        self.cfg = cfg
-        self.sock = ClientSocket(
-            endpoint or cfg.transport.endpoint,
-            keys_dir=cfg.transport.keys_dir,
-            name=client_name(client_id),
-            insecure=insecure,
-        )
-        self.session = ""
-        self.max_bytes = int(cfg.transport.max_message_mb * 1024 * 1024)
-        self.traffic = Traffic()
-
-    def request(
-        self, header: Header, tensors=None, *, expect: MsgType | frozenset[MsgType], step: int | None = None
-    ) -> Message:
-        frames = encode(header, tensors)
-        t0 = time.perf_counter()
-        self.traffic.bytes_out += sum(len(memoryview(f).cast("B")) for f in frames)
-        self.sock.send(frames)
-        hb = self.cfg.transport.heartbeat_s
-        last_heard = time.monotonic()
-        while True:
-            reply = self.sock.recv(int(hb * 1000))
-            if reply is None:
-                if time.monotonic() - last_heard > self.cfg.transport.timeout_s:
-                    raise ServerLost(f"no reply to {header.type.value} within {self.cfg.transport.timeout_s:.0f} s")
-                self.sock.send(encode(Header(MsgType.HEARTBEAT, self.session, header.round)))
-                continue
-            last_heard = time.monotonic()
-            self.traffic.bytes_in += sum(len(f.buffer) for f in reply)
-            try:
-                msg = decode(reply, max_bytes=self.max_bytes)
-            except WireError as err:
-                raise ServerRefused(f"server sent a malformed message: {err}") from err
-            if msg.type == MsgType.ERROR:
-                code, detail = msg.header.meta.get("code"), msg.header.meta.get("detail")
-                if code in (ErrorCode.UNKNOWN_CLIENT.value, ErrorCode.OUT_OF_ORDER.value):
-                    raise ServerLost(f"server lost our session ({code}: {detail})")
-                raise ServerRefused(f"server refused {header.type.value}: {code}: {detail}")
-            expected = expect if isinstance(expect, frozenset) else frozenset({expect})
-            if msg.type in expected and (step is None or msg.header.step == step):
-                self.traffic.transport_s += time.perf_counter() - t0
-                return msg
-            # heartbeat replies and stale answers are dropped
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class RemoteTrunk:
-    """`TrunkLink` to the server: compressed activations up, activations/gradients back."""
-
-    def __init__(self, conn: Connection, compression: str, hidden: int):
-        self.conn, self.compression, self.hidden = conn, compression, hidden
-        self.round = 0
-        self.step = 0
-        self.train = True
-
-    def forward(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        tensors = {**compress("act", act, self.compression), "mask": mask.to(torch.uint8)}
-        h = Header(MsgType.FORWARD, self.conn.session, self.round, self.step, {"train": self.train})
-        msg = self.conn.request(h, tensors, expect=MsgType.ACTIVATIONS, step=self.step)
-        out = decompress("act", msg.tensors, self.compression)
-        if tuple(out.shape) != tuple(act.shape):
-            raise ServerRefused(f"server activations have shape {list(out.shape)}, expected {list(act.shape)}")
-        return out
-
-    def backward(self, grad: torch.Tensor) -> torch.Tensor:
-        h = Header(MsgType.BACKWARD, self.conn.session, self.round, self.step)
-        msg = self.conn.request(h, compress("grad", grad, self.compression), expect=MsgType.GRADIENT, step=self.step)
-        out = decompress("grad", msg.tensors, self.compression)
-        if tuple(out.shape) != tuple(grad.shape):
-            raise ServerRefused(f"server gradient has shape {list(out.shape)}, expected {list(grad.shape)}")
-        return out
 
 
 class Client:

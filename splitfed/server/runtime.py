@@ -27,6 +27,7 @@ from splitfed.server.export import export_run_adapter
 from splitfed.server.rounds import RoundPolicy
 from splitfed.server.session import Session, Stage
 from splitfed.server.trunk import TrunkService, load_trunk
+from splitfed.server.validate import check_activations, check_bound
 from splitfed.transport import Ban, Incoming, PeerLimits, RequestLoop, ServerSocket, client_name
 from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, decompress, encode
 from splitfed.wire.messages import short
@@ -88,7 +89,7 @@ class Server:
             log=log,
             on_reject=lambda err: self.metrics.write("error", code=err.code.value, detail=err.detail),
             on_ban=self._banned,
-            limits=peer_limits(cfg.server.limits),
+            limits=PeerLimits.of(cfg.server.limits),
         )
         self.scheduler = TrunkScheduler(
             self.trunk,
@@ -220,32 +221,8 @@ class Server:
         self.metrics.write("hello", client=name, round=self.round)
         log.info("%s joined (round %d)", name, self.round)
 
-    def _check_activations(self, msg: Message) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = msg.tensors.get("mask")
-        if mask is None or mask.dtype != torch.uint8 or mask.dim() != 2:
-            raise WireError(ErrorCode.BAD_TENSOR, "forward needs 'mask': uint8 (batch, tokens)")
-        b, t = mask.shape
-        max_b, max_t = self.cfg.server.max_batch, self.cfg.server.max_seq
-        if not (1 <= b <= max_b and 1 <= t <= max_t):
-            raise WireError(ErrorCode.BAD_TENSOR, f"batch x tokens {b} x {t} outside limits 1..{max_b} x 1..{max_t}")
-        if bool((mask > 1).any()) or bool((mask.sum(-1) == 0).any()):
-            raise WireError(ErrorCode.BAD_TENSOR, "mask must be 0/1 with at least one token per row")
-        act = decompress("act", msg.tensors, self.cfg.transport.compression)
-        if tuple(act.shape) != (b, t, self.hidden):
-            raise WireError(ErrorCode.BAD_TENSOR, f"act: expected shape {[b, t, self.hidden]}, got {list(act.shape)}")
-        self._check_bound("act", act)
-        return act, mask.long()
-
-    def _check_bound(self, name: str, x: torch.Tensor) -> None:
-        """Finite but huge values (3e38) would make the shared trunk non-finite: refuse them."""
-        peak, bound = float(x.abs().max()) if x.numel() else 0.0, self.cfg.server.max_abs_value
-        if not peak <= bound:
-            raise WireError(
-                ErrorCode.BAD_TENSOR, f"{name}: |value| up to {peak:.3g} exceeds server.max_abs_value {bound:g}"
-            )
-
     def _forward(self, sess: Session, msg: Message) -> None:
-        act, mask = self._check_activations(msg)  # validated before it is queued
+        act, mask = check_activations(msg, self.cfg, hidden=self.hidden)  # validated before it is queued
         self.scheduler.forward(PendingForward(sess, msg.header, act, mask))
 
     def _backward(self, sess: Session, msg: Message) -> None:
@@ -256,7 +233,7 @@ class Server:
             raise WireError(
                 ErrorCode.BAD_TENSOR, f"grad: expected shape {list(sess.pending_shape)}, got {list(grad.shape)}"
             )
-        self._check_bound("grad", grad)
+        check_bound("grad", grad, self.cfg.server.max_abs_value)
         self.scheduler.backward(sess, msg.header, grad)
 
     def _update(self, sess: Session, msg: Message) -> None:
@@ -382,14 +359,3 @@ class Server:
         self.metrics.write("export", path=str(out))
         log.info("exported the merged PEFT adapter to %s", out)
         return out
-
-
-def peer_limits(cfg) -> PeerLimits:
-    """`[server.limits]` as the request loop takes it (0 switches a limit off)."""
-    return PeerLimits(
-        max_rate=cfg.max_rate or None,
-        burst=cfg.burst,
-        max_errors=cfg.max_errors or None,
-        error_window_s=cfg.error_window_s,
-        cooldown_s=cfg.cooldown_s,
-    )

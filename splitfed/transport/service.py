@@ -56,6 +56,17 @@ class PeerLimits:
     report_burst: int = 20  # ... plus this many at once
     max_peers: int = 10_000  # peers remembered; the least recently seen is forgotten first
 
+    @classmethod
+    def of(cls, section) -> PeerLimits:
+        """From a `[server.limits]` config section, where 0 switches a limit off."""
+        return cls(
+            max_rate=section.max_rate or None,
+            burst=section.burst,
+            max_errors=section.max_errors or None,
+            error_window_s=section.error_window_s,
+            cooldown_s=section.cooldown_s,
+        )
+
     def __post_init__(self) -> None:
         for name in ("max_rate", "max_reports"):
             value = getattr(self, name)

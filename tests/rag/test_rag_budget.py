@@ -15,12 +15,13 @@ from splitfed.transport import generate_keys
 
 
 def test_budget_composes_answers_and_refuses_before_answering(tmp_path):
-    from splitfed.privacy.accountants import epsilon_of
+    from splitfed.privacy.calibrate import gaussian_composition_epsilon
     from splitfed.privacy.events import GaussianEvent
 
     budget = ScoreBudget(tmp_path, noise_std=4.0, delta=1e-5, max_epsilon=6.0)
     spent = [budget.charge("client-0") for _ in range(3)]
-    assert spent == sorted(spent) and spent[-1] == pytest.approx(epsilon_of([GaussianEvent(2.0, 3)], 1e-5))
+    exact = gaussian_composition_epsilon([GaussianEvent(2.0, 3)], 1e-5)  # three answers at noise multiplier 2
+    assert spent == sorted(spent) and spent[-1] == pytest.approx(exact)
     assert budget.epsilon("client-1") == 0.0  # ledgers are per querier
     n = 3
     while True:
