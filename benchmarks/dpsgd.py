@@ -19,6 +19,8 @@ import sys
 import time
 import warnings
 
+from _data import full_length_batches
+
 from splitfed.cli.options import add_cut_option
 
 
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from splitfed.data import collate, load_drug_reviews, tokenize_examples
+    from splitfed.data import load_drug_reviews
     from splitfed.models import LoraSpec, SplitLoraConfig, apply_lora, load_pretrained, split_model
     from splitfed.privacy.dpsgd import DPClientStep, DPSGDConfig
     from splitfed.training import ClientStep, LocalTrunk, OptimConfig
@@ -71,21 +73,18 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     torch.manual_seed(0)
     pre = load_pretrained(args.model)
-    examples = [
-        e
-        for e in tokenize_examples(load_drug_reviews("train"), pre.tokenizer, max_length=args.seq_len)
-        if len(e.input_ids) == args.seq_len
-    ]
-    need = args.batch_size * (args.warmup + args.steps)
-    if len(examples) < need:
-        print(f"only {len(examples)} full-length examples, need {need}", file=sys.stderr)
+    try:
+        data = full_length_batches(
+            pre.tokenizer, batch_size=args.batch_size, seq_len=args.seq_len, count=args.warmup + args.steps
+        )
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    pad = pre.tokenizer.pad_token_id or 0
-    data = [collate(examples[i : i + args.batch_size], pad_token_id=pad) for i in range(0, need, args.batch_size)]
     warm, timed = data[: args.warmup], data[args.warmup :]
 
     optim = OptimConfig(lr=1e-4)
-    dp = DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=args.batch_size / len(examples))
+    n_train = len(load_drug_reviews("train"))  # the client's data set size for q and the noise scale
+    dp = DPSGDConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=args.batch_size / n_train)
     steps, links = {}, {}
     for name, model in (("non-DP", copy.deepcopy(pre.model)), ("DP-SGD", pre.model)):
         split = split_model(model, tuple(args.cut))
@@ -94,7 +93,7 @@ def main(argv=None) -> int:
         if name == "DP-SGD":
             gen = torch.Generator().manual_seed(0)
             steps[name] = DPClientStep(
-                split.bottom, split.top, links[name], optim, dp, n_examples=len(examples), generator=gen
+                split.bottom, split.top, links[name], optim, dp, n_examples=n_train, generator=gen
             )
         else:
             steps[name] = ClientStep(split.bottom, split.top, links[name], optim)

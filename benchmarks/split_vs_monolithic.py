@@ -18,6 +18,8 @@ import sys
 import time
 import warnings
 
+from _data import full_length_batches
+
 from splitfed.cli.options import add_cut_option
 
 
@@ -36,7 +38,6 @@ def main(argv=None) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from splitfed.data import collate, load_drug_reviews, tokenize_examples
     from splitfed.models import LoraSpec, SplitLoraConfig, apply_lora, load_pretrained, split_model
     from splitfed.training import OptimConfig, ReferenceTrainer, SplitTrainer
 
@@ -50,18 +51,13 @@ def main(argv=None) -> int:
     optim = OptimConfig(lr=1e-4)
     trainers = {"split": SplitTrainer(split, optim), "monolithic": ReferenceTrainer.matching(base, split, optim)}
 
-    # Full-length real examples only, so every batch is exactly batch x seq-len tokens.
-    examples = [
-        e
-        for e in tokenize_examples(load_drug_reviews("train"), pre.tokenizer, max_length=args.seq_len)
-        if len(e.input_ids) == args.seq_len
-    ]
-    need = args.batch_size * (args.warmup + args.steps)
-    if len(examples) < need:
-        print(f"only {len(examples)} full-length examples, need {need}", file=sys.stderr)
+    try:
+        data = full_length_batches(
+            pre.tokenizer, batch_size=args.batch_size, seq_len=args.seq_len, count=args.warmup + args.steps
+        )
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return 2
-    pad = pre.tokenizer.pad_token_id or 0
-    data = [collate(examples[i : i + args.batch_size], pad_token_id=pad) for i in range(0, need, args.batch_size)]
     warm, timed = data[: args.warmup], data[args.warmup :]
 
     for trainer in trainers.values():
