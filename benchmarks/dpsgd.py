@@ -19,9 +19,7 @@ import sys
 import time
 import warnings
 
-from _data import full_length_batches
-
-from splitfed.cli.options import add_cut_option
+from _data import add_step_options, full_length_batches
 
 
 class TimedLink:
@@ -49,13 +47,7 @@ def peak_rss_mib() -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m")
-    add_cut_option(p)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions per mode (default 5)")
-    p.add_argument("--steps", type=int, default=3, help="steps per repetition (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps per mode first (default 1)")
+    add_step_options(p, warmup=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
 

@@ -18,20 +18,12 @@ import sys
 import time
 import warnings
 
-from _data import full_length_batches
-
-from splitfed.cli.options import add_cut_option
+from _data import add_step_options, full_length_batches
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m")
-    add_cut_option(p)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions per mode (default 5)")
-    p.add_argument("--steps", type=int, default=3, help="training steps per repetition (default 3)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per mode first (default 2)")
+    add_step_options(p, warmup=2)
     p.add_argument("--json", type=str, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
 
