@@ -301,9 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true")
     p.set_defaults(func=_cmd_rag_query)
 
+    from splitfed.cli.attack import register as register_attack
     from splitfed.cli.privacy import register as register_privacy
 
     register_privacy(sub)
+    register_attack(sub)
 
     data = sub.add_parser("data", help="inspect the bundled drug-review data")
     dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)

@@ -152,7 +152,10 @@ class Bottom(SplitPart):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, D) activations at the first cut."""
         attention_mask = _ensure_mask(attention_mask, input_ids)
-        h = self.embed(input_ids)
+        return self.from_embeddings(self.embed(input_ids), attention_mask)
+
+    def from_embeddings(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) token embeddings -> activations at the first cut (the rest of `forward`)."""
         if self.pos_embed is not None:
             h = h + self.pos_embed(position_ids_from_mask(attention_mask))
         if self.embed_dropout is not None:

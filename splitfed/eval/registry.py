@@ -1,0 +1,41 @@
+"""The attacks by name, and the defense knobs `[[defense]]` accepts (for `splitfed attack list`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from splitfed.eval.attacks.activations import LearnedInversion, NearestEmbedding, PublicTextBaseline, WhiteBoxInversion
+from splitfed.eval.attacks.membership import LossThreshold, ReferenceCalibrated
+from splitfed.eval.attacks.top import GradientLabels, LogitLens
+from splitfed.eval.attacks.update import UpdateInversion
+from splitfed.eval.config import DefenseSpec
+
+ATTACKS = {
+    cls.name: cls
+    for cls in (
+        PublicTextBaseline,
+        NearestEmbedding,
+        LearnedInversion,
+        WhiteBoxInversion,
+        LogitLens,
+        GradientLabels,
+        UpdateInversion,
+        LossThreshold,
+        ReferenceCalibrated,
+    )
+}
+
+
+def attacks_for(names) -> list[type]:
+    """The attack classes named (all when `names` is empty); unknown names raise ValueError."""
+    if not names:
+        return list(ATTACKS.values())
+    unknown = [n for n in names if n not in ATTACKS]
+    if unknown:
+        raise ValueError(f"attacks.names: unknown attacks {unknown}; available: {', '.join(ATTACKS)}")
+    return [ATTACKS[n] for n in names]
+
+
+def defense_knobs() -> list[tuple[str, str]]:
+    """(key, help) of every `[[defense]]` field."""
+    return [(f.name, f.metadata.get("help", "")) for f in dataclasses.fields(DefenseSpec)]

@@ -1,0 +1,278 @@
+"""One cell's victim: a client trained under a defense, with the epsilon its ledger states.
+
+The defense is built from the product's own pieces: a `RunConfig` ``[privacy]`` section drives
+`ClientPrivacy` (the same mechanisms, ledger entries and DP-SGD stepper a networked client
+uses), and compression is the wire's own round trip.  The trunk runs in process
+(`LocalTrunk`): the cut traffic is the same tensors the networked client would send.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from splitfed.data import Example, batches, collate
+from splitfed.eval.config import AttackConfig, DefenseSpec
+from splitfed.eval.data import EvalData
+
+_CHANNELS = {
+    "activations": ("activation_ldp", "raw_activations"),
+    "gradients": ("gradient_ldp", "raw_gradients"),
+    "update": ("dpsgd", "raw_update"),
+}
+
+Release = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Trained:
+    """The outcome of training a cell's client(s)."""
+
+    split: object  # the victim's SplitModel after training (its trunk = the server's)
+    before: dict[str, dict[str, torch.Tensor]]  # client adapter states at the round's start
+    victim: dict[str, dict[str, torch.Tensor]]  # the victim's adapter states after the round
+    aggregate: dict[str, dict[str, torch.Tensor]] | None  # mean over clients (secure aggregation)
+    clients: int
+    release_activations: Release  # the victim's release functions (its noise source)
+    release_gradient: Release
+    attacker_release_activations: Release | None  # same configuration, independent noise
+    attacker_release_gradient: Release | None
+    epsilon: dict[str, float]  # party -> epsilon (inf = no guarantee), and "total"
+    clip: dict[str, float]  # channel -> clip used
+    ppl: float
+    ppl_before: float
+    seconds: float
+
+
+def lora_config(r: int):
+    from splitfed.models import LoraSpec, SplitLoraConfig
+
+    spec = LoraSpec(r=r, alpha=2 * r)
+    return SplitLoraConfig(spec, spec, spec)
+
+
+def resolve_cut(cfg: AttackConfig, n_layers: int, a: int) -> tuple[int, int]:
+    b = cfg.model.top_cut if cfg.model.top_cut >= 0 else n_layers + cfg.model.top_cut
+    if not 0 <= a < b <= n_layers:
+        raise ValueError(f"cut a = {a} with top cut b = {b} is not valid for a {n_layers}-layer model (need a < b)")
+    return a, b
+
+
+def fresh_split(name: str, cut: tuple[int, int], *, lora=None, seed: int = 0):
+    """The public pretrained model cut at `cut` (a fresh copy), with LoRA when `lora` is given."""
+    from splitfed.models import apply_lora, load_pretrained, split_model
+
+    pre = load_pretrained(name)
+    split = split_model(pre.model, cut, verify=False)
+    if lora is not None:
+        apply_lora(split, lora, seed=seed)
+    return split.eval()
+
+
+def client_states(split) -> dict[str, dict[str, torch.Tensor]]:
+    from splitfed.models import get_adapter_state
+
+    return {
+        role: {k: v.detach().clone() for k, v in get_adapter_state(split.parts[role]).items()}
+        for role in ("bottom", "top")
+    }
+
+
+def load_client_states(split, states: dict[str, dict[str, torch.Tensor]]) -> None:
+    from splitfed.models import set_adapter_state
+
+    for role, state in states.items():
+        if state:
+            set_adapter_state(split.parts[role], state)
+
+
+def mean_states(states: list[dict[str, dict[str, torch.Tensor]]]) -> dict[str, dict[str, torch.Tensor]]:
+    return {role: {k: torch.stack([s[role][k] for s in states]).mean(0) for k in states[0][role]} for role in states[0]}
+
+
+def unit_norm_quantile(split, examples: list[Example], unit: str, q: float, pad: int, channel: str) -> float:
+    """Quantile `q` of the per-unit L2 norms of what `channel` sends on a few training batches."""
+    norms: list[float] = []
+    for batch in batches(examples[:16], 4, pad_token_id=pad):
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        with torch.enable_grad():
+            h = split.bottom(ids, mask)
+            x = h.detach() if channel == "activation" else split.trunk(h, mask).detach().requires_grad_(True)
+            if channel == "gradient":
+                split.top(x, mask, batch["labels"]).loss.backward()
+                x = x.grad
+        x = x * mask[..., None]
+        if unit == "sequence":
+            norms += [float(n) for n in x.flatten(1).norm(dim=1)]
+        else:
+            norms += [float(n) for n in x.norm(dim=-1)[mask.bool()]]
+    for p in split.trunk.parameters():
+        p.grad = None
+    for p in split.top.parameters():
+        p.grad = None
+    return float(np.quantile(norms, q)) if q < 1 else max(norms)
+
+
+def privacy_config(cfg: AttackConfig, d: DefenseSpec, clip: dict[str, float], n: int, run_dir: Path):
+    """The product's `RunConfig` for this defense (privacy on, so every channel gets a ledger entry)."""
+    from splitfed.config import parse_config
+    from splitfed.privacy.calibrate import noise_multiplier_for
+
+    t = cfg.train
+
+    def channel(name: str) -> dict:
+        eps, nm = getattr(d, f"{name}_epsilon"), getattr(d, f"{name}_noise_multiplier")
+        if eps == 0 and nm == 0:
+            return {"enabled": False}
+        return {"enabled": True, "unit": d.activation_unit if name == "activation" else "sequence",
+                "clip": clip[name], "epsilon": eps, "noise_multiplier": nm}  # fmt: skip
+
+    q = min(1.0, t.batch_size / n)
+    dpsgd = {"enabled": False}
+    if d.dpsgd_epsilon > 0:
+        nm = noise_multiplier_for(d.dpsgd_epsilon, t.delta, sample_rate=q, steps=t.steps)
+        dpsgd = {"enabled": True, "noise_multiplier": nm, "max_grad_norm": 1.0, "sample_rate": q}
+    return parse_config(
+        {
+            "run": {"dir": str(run_dir), "seed": t.seed},
+            "data": {"max_length": cfg.data.max_length, "batch_size": t.batch_size},
+            "training": {"local_steps": t.steps},
+            "privacy": {
+                "enabled": True,
+                "delta": t.delta,
+                "secure_noise": False,
+                "activations": channel("activation"),
+                "gradients": channel("gradient"),
+                "dpsgd": dpsgd,
+            },
+        }
+    )
+
+
+def _compressed(release: Release, kind: str) -> Release:
+    """`release` followed by the wire's compression round trip (straight-through for autograd)."""
+    if kind == "fp32":
+        return release
+    from splitfed.wire.compression import compress, decompress
+
+    def run(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = release(x, mask)
+        z = decompress("x", compress("x", y, kind), kind)
+        return y + (z - y).detach()
+
+    return run
+
+
+def _perplexity(split, examples: list[Example], pad: int) -> float:
+    from splitfed.training import evaluate
+
+    split.eval()
+    return evaluate(lambda i, k: split(i, k), batches(examples, 8, pad_token_id=pad)).perplexity
+
+
+def _train_client(split, priv, examples: list[Example], cfg: AttackConfig, optim, link, pad: int, progress: Progress,
+                  label: str):  # fmt: skip
+    t = cfg.train
+    step = priv.stepper(split.bottom, split.top, link, optim, len(examples))
+    if priv.dpsgd is not None:
+        plan = priv.poisson_round(len(examples))
+        for i, idx in enumerate(plan):
+            step.step(collate([examples[j] for j in idx], pad_token_id=pad)) if idx else step.empty_step()
+            progress(f"{label} step {i + 1}/{t.steps}")
+        step.close()
+        return
+    rng = np.random.default_rng(t.seed)
+    done = 0
+    while done < t.steps:  # epochs over the client's data until `steps` steps are taken
+        for batch in batches(
+            examples, t.batch_size, rng=rng, drop_last=len(examples) >= t.batch_size, pad_token_id=pad
+        ):
+            step.step(batch)
+            done += 1
+            progress(f"{label} step {done}/{t.steps}")
+            if done == t.steps:
+                break
+
+
+def train_cell(cfg: AttackConfig, cut: tuple[int, int], d: DefenseSpec, data: EvalData, run_dir: Path,
+               progress: Progress = lambda s: None) -> Trained:  # fmt: skip
+    """Train the victim (and, under secure aggregation, the other clients) for one round under `d`."""
+    import time
+
+    from splitfed.client.data import releases_per_round
+    from splitfed.client.privacy import ClientPrivacy
+    from splitfed.privacy.ledger import compose
+    from splitfed.privacy.mechanisms import TorchNoise
+    from splitfed.training import LocalTrunk, OptimConfig
+
+    start = time.perf_counter()
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    split = fresh_split(cfg.model.name, cut, lora=lora_config(cfg.model.lora_r), seed=t.seed)
+    pad = data.pad
+    before = client_states(split)
+    ppl_before = _perplexity(split, data.heldout, pad)
+    clip = {}
+    if d.activation_noise:
+        clip["activation"] = unit_norm_quantile(
+            split, data.train, d.activation_unit, d.clip_quantile, pad, "activation"
+        )
+    if d.gradient_noise:
+        clip["gradient"] = unit_norm_quantile(split, data.train, "sequence", d.clip_quantile, pad, "gradient")
+    optim = OptimConfig(lr=t.lr)
+    link = LocalTrunk(split.trunk, optim)
+    n = len(data.train)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a cell re-run after an interruption starts a fresh ledger
+    run_dir.mkdir(parents=True)
+    clients = t.clients if d.secure_aggregation else 1
+    states, victim = [], None
+    priv = None
+    for k in range(clients):
+        rc = privacy_config(cfg, d, clip, n, run_dir)
+        p = ClientPrivacy(rc, k, f"client-{k}", n_examples=n)
+        p.ledger.append(p.round_entries(0, releases_per_round(rc, n)))
+        for attr in ("release_activations", "release_gradient"):  # compression after the noise, as on the wire
+            setattr(p, attr, _compressed(getattr(p, attr), d.compression))
+        if k > 0:
+            load_client_states(split, before)
+        examples = data.train if k == 0 else data.others[k - 1]
+        _train_client(split, p, examples, cfg, optim, link, pad, progress, f"client {k + 1}/{clients}")
+        states.append(client_states(split))
+        if k == 0:
+            priv, victim = p, states[0]
+    aggregate = mean_states(states) if clients > 1 else None
+    load_client_states(split, victim)
+    ppl = _perplexity(split, data.heldout, pad)
+    epsilon = {k: float(v) for k, v in priv.spent().items()}
+    entries = priv.ledger.entries()
+    for channel, mechanisms in _CHANNELS.items():  # each channel on its own, as the ledger records it
+        epsilon[channel] = compose([e.event for e in entries if e.mechanism in mechanisms], t.delta)
+
+    def attacker_release(mech) -> Release | None:
+        if mech is None:
+            return None
+        gen = torch.Generator().manual_seed(t.seed + 7919)
+        return _compressed(lambda x, m: mech.apply(x, m, TorchNoise(gen)), d.compression)
+
+    return Trained(
+        split=split,
+        before=before,
+        victim=victim,
+        aggregate=aggregate,
+        clients=clients,
+        release_activations=priv.release_activations,
+        release_gradient=priv.release_gradient,
+        attacker_release_activations=attacker_release(priv.activations) or _compressed(lambda x, m: x, d.compression),
+        attacker_release_gradient=attacker_release(priv.gradients) or _compressed(lambda x, m: x, d.compression),
+        epsilon=epsilon,
+        clip=clip,
+        ppl=ppl,
+        ppl_before=ppl_before,
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,108 @@
+"""The grid on a tiny model: attacks measure something real, runs resume, the CLI works."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from splitfed.cli.main import main
+from splitfed.config.tables import _parse
+from splitfed.eval import runner
+from splitfed.eval.config import AttackConfig
+
+ACTIVATION_ATTACKS = ["chance", "nearest-embedding", "learned-inversion", "white-box"]
+
+
+def _config(defenses, attacks=ACTIVATION_ATTACKS, **train):
+    return _parse(
+        AttackConfig,
+        {
+            "model": {"name": "tiny-llama", "cuts": [1], "top_cut": -1, "goal_cut": 1},
+            "data": {"max_length": 32, "train_examples": 12, "heldout_examples": 8, "victims": 6, "aux_texts": 60},
+            "train": {"steps": 3, "batch_size": 4, "clients": 2, **train},
+            "attacks": {"names": attacks, "learned_steps": 150, "whitebox_steps": 60, "update_texts": 2},
+            "defense": defenses,
+        },
+        "",
+    )
+
+
+def _best(cell, key="token_accuracy"):
+    return max(a[key] for n, a in cell["attacks"].items() if a["target"] == "activations" and n != "chance")
+
+
+def test_inversion_far_above_chance_undefended_and_near_chance_under_strong_noise(tmp_path):
+    cfg = _config([{"name": "none"}, {"name": "strong", "activation_noise_multiplier": 20.0}])
+    res = runner.run(cfg, tmp_path, show_progress=False)
+    none, strong = res["cells"]
+    for cell in (none, strong):
+        assert all("error" not in a for a in cell["attacks"].values()), cell["attacks"]
+    chance = none["attacks"]["chance"]["token_accuracy"]
+    assert chance < 0.2
+    assert _best(none) > 0.9 and _best(none, "rouge_l") > 0.7  # the undefended cut leaks the input
+    assert _best(strong) < chance + 0.1  # sigma = 40 clip per coordinate: nothing left to invert
+    assert none["epsilon"]["activations"] is None  # raw activations: no guarantee (inf)
+    assert 0 < strong["epsilon"]["activations"] < 0.5  # the ledger's statement for nm 20 (analytic Gaussian)
+    assert strong["epsilon"]["server"] is None  # the raw returned gradient still has no guarantee
+
+
+def test_top_side_update_and_membership_attacks_run_and_are_scored(tmp_path):
+    attacks = ["gradient-labels", "logit-lens", "update-inversion", "membership-loss", "membership-reference"]
+    cfg = _config([{"name": "secagg", "secure_aggregation": True, "dpsgd_epsilon": 8.0}], attacks=attacks)
+    (cell,) = runner.run(cfg, tmp_path, show_progress=False)["cells"]
+    a = cell["attacks"]
+    assert all("error" not in v for v in a.values()), a
+    assert a["gradient-labels"]["token_accuracy"] > 0.5  # the raw returned gradient gives the labels away
+    assert a["update-inversion"]["clients"] == 2
+    assert 0 <= a["membership-loss"]["auc"] <= 1 and 0 <= a["membership-reference"]["tpr_at_1pct_fpr"] <= 1
+    assert cell["epsilon"]["aggregator"] == pytest.approx(8.0, rel=0.02)
+
+
+def test_an_interrupted_run_resumes_from_the_cells_done(tmp_path, monkeypatch):
+    cfg = _config([{"name": "none"}, {"name": "n1", "activation_noise_multiplier": 1.0}], attacks=["chance"])
+    real = runner.run_cell
+    calls = []
+
+    def interrupted(cfg, a, d, *args, **kw):
+        calls.append(d.name)
+        if d.name == "n1":
+            raise KeyboardInterrupt
+        return real(cfg, a, d, *args, **kw)
+
+    monkeypatch.setattr(runner, "run_cell", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(cfg, tmp_path, show_progress=False)
+    assert [c["key"] for c in json.loads((tmp_path / "results.json").read_text())["cells"]] == ["a1/none"]
+    calls.clear()
+    monkeypatch.setattr(runner, "run_cell", lambda *a, **k: (calls.append(a[2].name), real(*a, **k))[1])
+    res = runner.run(cfg, tmp_path, show_progress=False)
+    assert calls == ["n1"]  # the finished cell is not run again
+    assert [c["key"] for c in res["cells"]] == ["a1/none", "a1/n1"]
+    other = _config([{"name": "none"}], attacks=["chance"], steps=4)
+    with pytest.raises(runner.RunDirError, match="different config"):
+        runner.run(other, tmp_path, show_progress=False)
+
+
+def test_cli_run_report_list(tmp_path, capsys):
+    config = tmp_path / "attack.toml"
+    config.write_text(
+        '[model]\nname = "tiny-llama"\ncuts = [0]\ntop_cut = -1\ngoal_cut = 0\n'
+        "[data]\nmax_length = 24\ntrain_examples = 8\nheldout_examples = 8\nvictims = 4\naux_texts = 30\n"
+        '[train]\nsteps = 2\n[attacks]\nnames = ["chance", "nearest-embedding"]\n'
+        '[[defense]]\nname = "none"\n'
+    )
+    out = tmp_path / "run"
+    assert main(["attack", "run", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "results.md" in text and "No setting reaches" in text
+    md = (out / "results.md").read_text()
+    assert "nearest-embedding" in md and "| 0 | none |" in md
+    assert main(["attack", "report", str(out)]) == 0
+    assert main(["attack", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "learned-inversion" in listed and "activation_epsilon" in listed
+    assert main(["attack", "report", str(tmp_path / "nowhere")]) == 2
+    config.write_text("[model]\ncuts = [0, 0]\n")
+    assert main(["attack", "run", "--config", str(config), "--out", str(out)]) == 2
+    assert "model.cuts" in capsys.readouterr().err
