@@ -40,13 +40,14 @@ class UpdateOptions:
     context: int = 32  # tokens per window
     batch: int = 8  # windows per forward pass
     temperature: float = 0.0  # 0: greedy decoding; > 0: sampling with a generator seeded by view.seed
+    weight: float = 0.0  # bag of tokens: mean of p1^weight * (log p1 - log p0); see `token_scores`
 
     _KEYS: ClassVar[dict[str, str]] = {"lambda": "lam"}
 
     @classmethod
     def of(cls, options: Mapping[str, float]) -> UpdateOptions:
         values: dict[str, float] = {}
-        for field in ("top_k", "texts", "length", "lambda", "windows", "context", "batch", "temperature"):
+        for field in ("top_k", "texts", "length", "lambda", "windows", "context", "batch", "temperature", "weight"):
             key = f"update_{field}"
             if key in options:
                 values[cls._KEYS.get(field, field)] = options[key]
@@ -56,9 +57,12 @@ class UpdateOptions:
                 if value != int(value) or value < 1:
                     raise ValueError(f"option update_{field} must be a positive integer, got {value!r}")
                 values[field] = int(value)
-        for field, key in (("lam", "update_lambda"), ("temperature", "update_temperature")):
-            if field in values and not float(values[field]) >= 0:
-                raise ValueError(f"option {key} must be >= 0, got {values[field]!r}")
+        for field in ("lam", "temperature", "weight"):
+            if field in values:
+                if not float(values[field]) >= 0:
+                    key = "update_lambda" if field == "lam" else f"update_{field}"
+                    raise ValueError(f"option {key} must be >= 0, got {values[field]!r}")
+                values[field] = float(values[field])
         return cls(**values)
 
 
@@ -123,15 +127,24 @@ def _right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, t
     return ids, mask
 
 
-def token_scores(snapshots: Snapshots, windows: Sequence[Sequence[int]], *, pad: int, batch: int) -> torch.Tensor:
-    """(V,) mean over all window positions of ``log p1(v | ctx) - log p0(v | ctx)``."""
+def token_scores(
+    snapshots: Snapshots, windows: Sequence[Sequence[int]], *, pad: int, batch: int, weight: float = 0.0
+) -> torch.Tensor:
+    """(V,) mean over all window positions of ``p1(v | ctx)^weight * (log p1(v | ctx) - log p0(v | ctx))``.
+
+    ``weight = 0`` is the plain mean log-ratio: it ranks first the tokens whose odds the update
+    multiplied most, rare ones included (on SmolLM2 these name the topic: "diagnosed",
+    "stenosis").  ``weight = 1`` is each token's share of KL(p1 || p0): frequent tokens whose
+    probability rose ("me", "was").
+    """
     total: torch.Tensor | None = None
     count = 0
     for start in range(0, len(windows), batch):
         ids, mask = _right_pad(windows[start : start + batch], pad)
         lp0, lp1 = snapshots.logprobs(ids, mask)
         keep = mask.bool()
-        part = (lp1 - lp0)[keep].sum(0)  # (V,)
+        diff = lp1 - lp0 if weight == 0 else lp1.exp().pow(weight) * (lp1 - lp0)
+        part = diff[keep].sum(0)  # (V,)
         total = part if total is None else total + part
         count += int(keep.sum())
     if total is None:
@@ -215,7 +228,7 @@ class UpdateInversion:
         if not windows:
             raise ValueError(f"{self.name} needs auxiliary text (view.aux) with at least one text of 2+ tokens")
         pad = int(view.pad_token_id)
-        scores = token_scores(snapshots, windows, pad=pad, batch=opts.batch)
+        scores = token_scores(snapshots, windows, pad=pad, batch=opts.batch, weight=opts.weight)
         ranking = [int(t) for t in scores.argsort(descending=True)]
 
         tok = view.tokenizer
