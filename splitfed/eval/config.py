@@ -162,6 +162,10 @@ class AttackConfig(_Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise _key_error("defense.name", f"defense names must be unique, got {dup} more than once")
+        if self.model.goal_cut not in self.model.cuts:
+            raise _key_error(
+                "model.goal_cut", f"expected one of model.cuts {list(self.model.cuts)}, got {self.model.goal_cut}"
+            )
         stray = [a for a in self.attacks.model_cuts if a not in self.model.cuts]
         if stray:
             raise _key_error("attacks.model_cuts", f"cuts {stray} are not in model.cuts {list(self.model.cuts)}")

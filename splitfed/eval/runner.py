@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from splitfed.config.fields import ConfigError, _plain
+from splitfed.config.fields import _plain
 from splitfed.eval import metrics
 from splitfed.eval.attacks.base import (
     AttackerView,
@@ -29,10 +29,8 @@ from splitfed.eval.attacks.base import (
 from splitfed.eval.config import AttackConfig, DefenseSpec, cell_key
 from splitfed.eval.data import AUX_DATA, PRIVATE_DATA, EvalData, load_eval_data
 from splitfed.eval.registry import attacks_for
+from splitfed.eval.results import RESULTS, VERSION
 from splitfed.eval.train import Trained, fresh_split, lora_config, resolve_cut, train_cell
-
-RESULTS = "results.json"
-VERSION = 1
 
 
 class RunDirError(ValueError):
@@ -49,6 +47,10 @@ class Truth:
     train_tokens: set[int]
     heldout_tokens: set[int]
     members: int  # candidates[:members] are members
+
+
+def _decoder(tokenizer) -> Callable[[list[int]], str]:
+    return lambda ids: tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
 def _atomic_json(path: Path, obj: dict) -> None:
@@ -120,8 +122,8 @@ def open_run(cfg: AttackConfig, run_dir: Path, *, restart: bool = False) -> dict
 def _truth(data: EvalData, tokenizer) -> Truth:
     from splitfed.data import collate
 
+    decode = _decoder(tokenizer)
     batch = collate(data.victims, pad_token_id=data.pad)
-    decode = lambda ids: tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)  # noqa: E731
     return Truth(
         ids=batch["input_ids"],
         mask=batch["attention_mask"],
@@ -199,7 +201,7 @@ def _view(
 
 def score(guess, truth: Truth, tokenizer) -> dict[str, float]:
     """The guess against the truth: token accuracy and ROUGE, or AUC, or token-set precision."""
-    decode = lambda ids: tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)  # noqa: E731
+    decode = _decoder(tokenizer)
     if isinstance(guess, TokenGuess) and guess.shift == 0:
         m = truth.mask.bool()
         out = {"token_accuracy": metrics.token_accuracy(guess.ids, truth.ids, truth.mask)}
@@ -272,6 +274,7 @@ def run_cell(cfg: AttackConfig, a: int, d: DefenseSpec, data: EvalData, tokenize
 def run(cfg: AttackConfig, run_dir: str | os.PathLike, *, restart: bool = False, show_progress: bool = True) -> dict:
     """Run (or resume) every cell of `cfg` into `run_dir`; returns the results record."""
     from tqdm.auto import tqdm
+    from transformers import AutoConfig
 
     from splitfed.models import load_tokenizer, prepare
 
@@ -279,13 +282,10 @@ def run(cfg: AttackConfig, run_dir: str | os.PathLike, *, restart: bool = False,
     results = open_run(cfg, run_dir, restart=restart)
     path = prepare(cfg.model.name)
     tokenizer = load_tokenizer(path)
-    n_layers = int(json.loads((path / "config.json").read_text()).get("num_hidden_layers")
-                   or json.loads((path / "config.json").read_text())["n_layer"])  # fmt: skip
+    n_layers = int(AutoConfig.from_pretrained(path).num_hidden_layers)
     attacks_for(cfg.attacks.names)  # names and cuts are checked before hours of work
     for a in cfg.model.cuts:
         resolve_cut(cfg, n_layers, a)
-    if cfg.model.goal_cut not in cfg.model.cuts:
-        raise ConfigError(f"model.goal_cut: {cfg.model.goal_cut} is not one of model.cuts {list(cfg.model.cuts)}")
     results["setting"] = setting(cfg, n_layers)
     done = {c["key"] for c in results["cells"]}
     todo = [(a, d) for a, d in cfg.cells() if cell_key(a, d) not in done]

@@ -253,8 +253,7 @@ def test_write_report(tmp_path):
     assert header in md
     assert (
         "| 2 | none | ∞ | ∞ | ∞ | 26.8 (×1.00) | 0.91 / 0.95 | 0.85 / 0.90 | err | 0.040 / 0.020 "
-        "| nearest-embedding 0.91 |"
-        in md
+        "| nearest-embedding 0.91 |" in md
     )
     assert "| 2 | act LDP seq σ=4 | 8 | 8 | ∞ | 40.0 (×1.49) | 0.060 / 0.10 | 0.080 / 0.12 | - | 0.030 / 0.020 |" in md
     assert (

@@ -106,3 +106,46 @@ def test_cli_run_report_list(tmp_path, capsys):
     config.write_text("[model]\ncuts = [0, 0]\n")
     assert main(["attack", "run", "--config", str(config), "--out", str(out)]) == 2
     assert "model.cuts" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "patch, key",
+    [
+        ({"model": {"cuts": [0, 1], "goal_cut": 2}}, "model.goal_cut"),
+        ({"data": {"victims": 500}}, "data.victims"),
+        ({"attacks": {"model_cuts": [3]}}, "attacks.model_cuts"),
+        ({"defense": [{"name": "x", "activation_epsilon": 1.0, "activation_noise_multiplier": 1.0}]}, "defense"),
+        ({"defense": [{"name": "x"}, {"name": "x"}]}, "defense.name"),
+        ({"defense": [{"name": "x", "cuts": [7]}]}, "defense.cuts"),
+    ],
+)
+def test_bad_configs_name_the_key(patch, key):
+    from splitfed.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _parse(AttackConfig, patch, "")
+    assert err.value.key.startswith(key), err.value
+
+
+def test_unknown_attack_is_refused_before_any_work(tmp_path, capsys):
+    config = tmp_path / "attack.toml"
+    config.write_text('[model]\nname = "tiny-llama"\ncuts = [0]\ngoal_cut = 0\n[attacks]\nnames = ["mind-reading"]\n')
+    assert main(["attack", "run", "--config", str(config), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "mind-reading" in err and "available" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "cells").exists()
+
+
+def test_a_failing_attack_is_recorded_and_the_cell_kept(tmp_path, monkeypatch):
+    from splitfed.eval.attacks.activations import NearestEmbedding
+
+    def broken(self, view):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(NearestEmbedding, "run", broken)
+    cfg = _config([{"name": "none"}], attacks=["chance", "nearest-embedding"])
+    (cell,) = runner.run(cfg, tmp_path, show_progress=False)["cells"]
+    assert cell["attacks"]["nearest-embedding"]["error"] == "RuntimeError: out of memory"
+    assert "rouge_l" in cell["attacks"]["chance"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["cells"][0]["attacks"]["nearest-embedding"]["error"]

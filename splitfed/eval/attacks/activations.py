@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from splitfed.eval.attacks.base import AttackerView, Knowledge, TokenGuess
+from splitfed.eval.attacks.base import AttackerView, Knowledge, TokenGuess, pad_right
 
 _SERVER_SEES = "the activations the client's Bottom sends for each victim example (after the defense), and the mask"
 
@@ -115,7 +115,7 @@ class LearnedInversion:
         with torch.no_grad():
             for i in range(0, len(view.aux), 16):
                 chunk = view.aux[i : i + 16]
-                ids, mask = _pad_batch(chunk, view.pad_token_id)
+                ids, mask = pad_right(chunk, view.pad_token_id)
                 h = release(split.bottom(ids, mask), mask)
                 w = _windows(h, width)
                 keep = mask.bool()
@@ -197,13 +197,3 @@ class PublicTextBaseline:
             for j, p in enumerate(pos.tolist()):
                 out[row, p] = int(text[j % len(text)])
         return TokenGuess(out)
-
-
-def _pad_batch(seqs, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), int(pad), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask

@@ -123,3 +123,14 @@ class Attack(Protocol):
     summary: ClassVar[str]
 
     def run(self, view: AttackerView) -> Guess: ...
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists -> (B, T) ids right-padded with `pad`, and their mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids, mask

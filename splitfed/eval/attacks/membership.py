@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import torch
 
-from splitfed.eval.attacks.base import AttackerView, Knowledge, MembershipScores, Target
+from splitfed.eval.attacks.base import AttackerView, Knowledge, MembershipScores, Target, pad_right
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -61,12 +61,7 @@ def mean_nll(
     out = [0.0] * len(candidates)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        width = max(len(candidates[i]) for i in rows)
-        ids = torch.full((len(rows), width), int(pad_token_id), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, : len(candidates[i])] = torch.tensor(list(candidates[i]), dtype=torch.long)
-            mask[r, : len(candidates[i])] = 1
+        ids, mask = pad_right([candidates[i] for i in rows], pad_token_id)
         logits = logits_fn(ids, mask)
         if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(ids.shape):
             raise ValueError(

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import torch
 
-from splitfed.eval.attacks.base import AttackerView, Knowledge, Target, TextGuess, UpdateView
+from splitfed.eval.attacks.base import AttackerView, Knowledge, Target, TextGuess, UpdateView, pad_right
 from splitfed.models import apply_lora, set_adapter_state
 
 State = Mapping[str, torch.Tensor]
@@ -117,16 +117,6 @@ def context_windows(aux: Sequence[Sequence[int]], *, length: int, count: int) ->
     return windows[:count]
 
 
-def _right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), int(pad), dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids, mask
-
-
 def token_scores(
     snapshots: Snapshots, windows: Sequence[Sequence[int]], *, pad: int, batch: int, weight: float = 0.0
 ) -> torch.Tensor:
@@ -140,7 +130,7 @@ def token_scores(
     total: torch.Tensor | None = None
     count = 0
     for start in range(0, len(windows), batch):
-        ids, mask = _right_pad(windows[start : start + batch], pad)
+        ids, mask = pad_right(windows[start : start + batch], pad)
         lp0, lp1 = snapshots.logprobs(ids, mask)
         keep = mask.bool()
         diff = lp1 - lp0 if weight == 0 else lp1.exp().pow(weight) * (lp1 - lp0)
