@@ -46,6 +46,7 @@ class Truth:
     train_texts: list[str]  # every training text of the victim
     train_tokens: set[int]
     heldout_tokens: set[int]
+    matched_tokens: set[int]  # the first len(heldout) training examples: a set the size of heldout_tokens'
     members: int  # candidates[:members] are members
 
 
@@ -132,6 +133,7 @@ def _truth(data: EvalData, tokenizer) -> Truth:
         train_texts=[decode(ex.input_ids) for ex in data.train],
         train_tokens={i for ex in data.train for i in ex.input_ids},
         heldout_tokens={i for ex in data.heldout for i in ex.input_ids},
+        matched_tokens={i for ex in data.train[: len(data.heldout)] for i in ex.input_ids},
         members=min(len(data.train), len(data.heldout)),
     )
 
@@ -221,11 +223,16 @@ def score(guess, truth: Truth, tokenizer) -> dict[str, float]:
         best = [max(metrics.rouge(text, ref)["rouge_l"] for ref in truth.train_texts) for text in guess.texts]
         held = metrics.token_set_scores(guess.tokens, truth.heldout_tokens)
         own = metrics.token_set_scores(guess.tokens, truth.train_tokens)
+        matched = metrics.token_set_scores(guess.tokens, truth.matched_tokens)
+        # Generic review vocabulary is as likely in held-out reviews as in training ones; only
+        # the excess over an equal number of held-out reviews is evidence of the training data.
         return {
             "rouge_l": sum(best) / len(best) if best else 0.0,
             "token_precision": own["precision"],
             "token_recall": own["recall"],
+            "token_precision_matched": matched["precision"],
             "token_precision_heldout": held["precision"],
+            "token_precision_lift": matched["precision"] - held["precision"],
         }
     raise TypeError(f"unknown guess type {type(guess).__name__}")
 

@@ -149,3 +149,19 @@ def test_a_failing_attack_is_recorded_and_the_cell_kept(tmp_path, monkeypatch):
     assert "rouge_l" in cell["attacks"]["chance"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["cells"][0]["attacks"]["nearest-embedding"]["error"]
+
+
+def test_update_guess_is_scored_as_lift_over_held_out_reviews():
+    import torch
+
+    from splitfed.eval.attacks.base import TextGuess
+
+    z = torch.zeros(1, 1, dtype=torch.long)
+    truth = runner.Truth(
+        ids=z, mask=z, labels=z, texts=["x"], train_texts=["a b c"],
+        train_tokens={1, 2, 3, 4, 5}, heldout_tokens={1, 2, 9}, matched_tokens={1, 2, 3}, members=1,
+    )  # fmt: skip
+    got = runner.score(TextGuess(texts=["a b"], tokens=[1, 2, 3, 7]), truth, tokenizer=None)
+    assert got["token_precision"] == 0.75  # 1, 2, 3 of 4 guessed are in the training set
+    assert (got["token_precision_matched"], got["token_precision_heldout"]) == (0.75, 0.5)
+    assert got["token_precision_lift"] == 0.25  # only token 3 is evidence of the training data
