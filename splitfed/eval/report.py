@@ -127,7 +127,8 @@ def _update_table(cells: list[dict]) -> list[str]:
     for c in cells:
         row = [str(c["cut"]), c["defense"], eps_text(c, "aggregator")]
         for n in updates:
-            row += _entry(c, n, [("rouge_l",), ("token_precision_matched", "token_precision_heldout", "token_precision_lift"), ("clients",)])
+            precision = ("token_precision_matched", "token_precision_heldout", "token_precision_lift")
+            row += _entry(c, n, [("rouge_l",), precision, ("clients",)])
         rows.append(row + [_entry(c, n, [("auc", "tpr_at_1pct_fpr")])[0] for n in models])
     intro = (
         "What the aggregator recovers from client updates, and membership inference on the fine-tuned model. "
