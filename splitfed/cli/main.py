@@ -6,6 +6,7 @@ Heavy imports (torch, transformers) happen inside the commands so `--help` stays
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from splitfed import __version__
@@ -104,13 +105,60 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
+def _torchrun_server(args) -> int:
+    """`splitfed server --nproc N`: the same command under torchrun, N ranks on this host."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+    argv += ["-m", "splitfed.cli.main", "server"]
+    if args.config is not None:
+        argv += ["--config", str(args.config)]
+    for item in args.set or []:
+        argv += ["--set", item]
+    argv += [flag for flag, on in (("--resume", args.resume), ("--insecure", args.insecure),
+                                   ("--no-progress", args.no_progress)) if on]  # fmt: skip
+    return subprocess.call(argv)
+
+
 def _cmd_server(args) -> int:
+    from splitfed.server.distributed import launched
+
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc > 1 and not launched():
+        return _torchrun_server(args)
+    cfg = _load_run_config(args)
+    if not launched():
+        _setup_logging(True)
+        return _serve(cfg, args, None)
+
+    import torch.distributed as dist
+
+    from splitfed.models import prepare
+    from splitfed.server.distributed import run_ranks
+    from splitfed.server.trunk import load_trunk
+    from splitfed.transport import client_name
+
+    rank = int(os.environ.get("RANK", "0"))
+    _setup_logging(rank == 0)
+
+    def make(group):
+        if group.rank != 0:
+            dist.barrier()  # rank 0 writes the model cache first
+        model_dir = prepare(cfg.model.name, cache_dir=cfg.model.cache_dir or None)
+        if group.rank == 0:
+            dist.barrier()
+        clients = [client_name(k) for k in range(cfg.data.clients)]
+        return load_trunk(cfg, model_dir, clients=clients, group=group)
+
+    return run_ranks(make, lambda trunk: _serve(cfg, args, trunk), cfg.server.device)
+
+
+def _serve(cfg, args, trunk) -> int:
     from tqdm import tqdm
 
     from splitfed.server.runtime import Server
 
-    _setup_logging(True)
-    cfg = _load_run_config(args)
     total = cfg.training.rounds * cfg.training.local_steps * cfg.data.clients
     bar = tqdm(total=total, desc="trunk steps", unit="step", file=sys.stdout, mininterval=1.0, disable=args.no_progress)
 
@@ -118,10 +166,13 @@ def _cmd_server(args) -> int:
         bar.update(n)
         bar.set_postfix(round=rnd)
 
-    server = Server(cfg, resume=args.resume, insecure=args.insecure, on_step=on_step)
+    server = Server(cfg, resume=args.resume, insecure=args.insecure, on_step=on_step, trunk=trunk)
+    device = server.trunk.links[next(iter(server.trunk.links))].device
+    ranks = f", {os.environ['WORLD_SIZE']} ranks (FSDP2)" if trunk is not None else ""
     bar.write(
         f"server listening on {server.endpoint} ({'INSECURE plaintext' if args.insecure else 'CURVE'}), "
-        f"mode {cfg.server.mode}, rounds {server.round}..{cfg.training.rounds - 1}",
+        f"mode {cfg.server.mode}, rounds {server.round}..{cfg.training.rounds - 1}, "
+        f"trunk on {device} in {cfg.server.dtype}{ranks}",
         file=sys.stdout,
     )
     try:
@@ -213,7 +264,8 @@ def _cmd_rag_query(args) -> int:
         return 0 if res.hits else 1
     from splitfed.rag.generate import Generator, build_prompt
 
-    answer = Generator(args.model, adapter=args.adapter).generate(build_prompt(args.question, res.hits))
+    generator = Generator(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
+    answer = generator.generate(build_prompt(args.question, res.hits))
     print(f"\nanswer: {answer}")
     return 0
 
@@ -268,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--insecure", action="store_true", help="plaintext transport without authentication (warns)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="shard the trunk over N ranks on this host (starts torchrun; one GPU per rank, or CPU with gloo); "
+        "for several hosts run `torchrun ... -m splitfed.cli.main server` on each (docs/deployment.md)",
+    )
     p.set_defaults(func=_cmd_server)
 
     p = sub.add_parser("client", help="train as client K: holds bottom, top, data and labels")
@@ -298,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--adapter", type=Path, default=None, help="a PEFT adapter exported by a training run")
     p.add_argument("--no-generate", action="store_true", help="only retrieve")
+    p.add_argument("--device", default="auto", help="where the generator runs: auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="generator precision")
     p.add_argument("--insecure", action="store_true")
     p.set_defaults(func=_cmd_rag_query)
 

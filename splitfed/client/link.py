@@ -1,7 +1,8 @@
 """The client's link to the server: request/reply over one DEALER, and the trunk behind it.
 
 `Connection.request` sends one message and waits for the expected reply, sending heartbeats
-while it waits; `RemoteTrunk` is the `TrunkLink` the client step talks to.
+while it waits (not for a HELLO: no session exists yet); `RemoteTrunk` is the `TrunkLink` the
+client step talks to.
 """
 
 from __future__ import annotations
@@ -55,12 +56,19 @@ class Connection:
         self.sock.send(frames)
         hb = self.cfg.transport.heartbeat_s
         last_heard = time.monotonic()
+        # No heartbeats while a HELLO waits for its WELCOME: there is no session to keep alive
+        # yet, and the server, having handled the HELLO first, would answer a heartbeat carrying
+        # the old (or no) session id with unknown_client, which the next request would then read
+        # as "session lost" and reconnect.  A server busy with many clients (or a long trunk step)
+        # easily takes longer than heartbeat_s to get to a HELLO.
+        beat = header.type != MsgType.HELLO
         while True:
             reply = self.sock.recv(int(hb * 1000))
             if reply is None:
                 if time.monotonic() - last_heard > self.cfg.transport.timeout_s:
                     raise ServerLost(f"no reply to {header.type.value} within {self.cfg.transport.timeout_s:.0f} s")
-                self.sock.send(encode(Header(MsgType.HEARTBEAT, self.session, header.round)))
+                if beat:
+                    self.sock.send(encode(Header(MsgType.HEARTBEAT, self.session, header.round)))
                 continue
             last_heard = time.monotonic()
             self.traffic.bytes_in += sum(len(f.buffer) for f in reply)
@@ -93,18 +101,20 @@ class RemoteTrunk:
         self.train = True
 
     def forward(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        tensors = {**compress("act", act, self.compression), "mask": mask.to(torch.uint8)}
+        tensors = {**compress("act", act.cpu(), self.compression), "mask": mask.to("cpu", torch.uint8)}
         h = Header(MsgType.FORWARD, self.conn.session, self.round, self.step, {"train": self.train})
         msg = self.conn.request(h, tensors, expect=MsgType.ACTIVATIONS, step=self.step)
         out = decompress("act", msg.tensors, self.compression)
         if tuple(out.shape) != tuple(act.shape):
             raise ServerRefused(f"server activations have shape {list(out.shape)}, expected {list(act.shape)}")
-        return out
+        return out.to(act.device)
 
     def backward(self, grad: torch.Tensor) -> torch.Tensor:
         h = Header(MsgType.BACKWARD, self.conn.session, self.round, self.step)
-        msg = self.conn.request(h, compress("grad", grad, self.compression), expect=MsgType.GRADIENT, step=self.step)
+        msg = self.conn.request(
+            h, compress("grad", grad.cpu(), self.compression), expect=MsgType.GRADIENT, step=self.step
+        )
         out = decompress("grad", msg.tensors, self.compression)
         if tuple(out.shape) != tuple(grad.shape):
             raise ServerRefused(f"server gradient has shape {list(out.shape)}, expected {list(grad.shape)}")
-        return out
+        return out.to(grad.device)

@@ -44,6 +44,7 @@ class Client:
     ):
         """`uploader` hands each round's adapter to the aggregation (default: the one the run configures)."""
         from splitfed.models import load_client_parts, load_tokenizer, prepare, set_lora
+        from splitfed.models.placement import place, resolve_device
         from splitfed.training import OptimConfig
 
         if not 0 <= client_id < cfg.data.clients:
@@ -58,6 +59,9 @@ class Client:
         lora = cfg.lora.to_split_lora()
         for seed_offset, (role, part) in zip((0, 2), self.parts.items(), strict=True):
             set_lora(part, lora.for_role(role), seed=cfg.run.seed + seed_offset)  # the seeds apply_lora gives them
+        self.device = resolve_device(cfg.client.device, key="client.device")
+        for part in self.parts.values():
+            place(part, self.device)  # float32: the client's parts are small, and DP-SGD wants exact sums
         self.tokenizer = load_tokenizer(ckpt)
         self.pad = pad_id(self.tokenizer)
         self.examples = client_examples(cfg, client_id, self.tokenizer)
@@ -73,8 +77,8 @@ class Client:
         self.metrics.write("start", client=self.name, n_samples=len(self.examples), eval_examples=len(self.eval_set))
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
-        """The client adapter as it goes on the wire (``bottom/...`` and ``top/...`` keys)."""
-        return client_adapter_state(self.parts)
+        """The client adapter as it goes on the wire (``bottom/...`` and ``top/...`` keys), on the host."""
+        return {k: v.cpu() for k, v in client_adapter_state(self.parts).items()}
 
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
         load_client_adapter_state(self.parts, state)
@@ -259,8 +263,11 @@ class Client:
         self.bottom.eval()
         self.top.eval()
 
+        device = self.device
+
         def logits(ids, mask):
             link.step += 1
+            ids, mask = ids.to(device), mask.to(device)
             return self.top(link.forward(self.bottom(ids, mask), mask), mask)
 
         res = evaluate(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -27,7 +28,27 @@ Compression = Literal["fp32", "fp16", "bf16", "int8"]
 
 #: Dotted keys left out of `RunConfig.hash`: local paths and addresses that may differ
 #: between the server and its clients without changing what is trained.
-HASH_EXCLUDED: tuple[str, ...] = ("run.dir", "model.cache_dir", "transport.keys_dir", "transport.endpoint")
+HASH_EXCLUDED: tuple[str, ...] = (
+    "run.dir",
+    "model.cache_dir",
+    "transport.keys_dir",
+    "transport.endpoint",
+    "server.device",
+    "client.device",
+)
+
+DTypeName = Literal["float32", "bfloat16", "float16"]
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEVICE_EXPECTED = "'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
+def valid_device(spec: str) -> bool:
+    """Whether `spec` names a device the config accepts (availability is checked where it is used)."""
+    return isinstance(spec, str) and bool(DEVICE_PATTERN.fullmatch(spec))
+
+
+#: Checks of a device field (``_opt("auto", help, **DEVICE)``); availability is checked where it is used.
+DEVICE: Mapping[str, Any] = {"expected": DEVICE_EXPECTED, "check": valid_device}
 
 #: Checks of a ZeroMQ endpoint field (``_opt(default, help, **ENDPOINT)``).
 ENDPOINT: Mapping[str, Any] = {
@@ -205,7 +226,21 @@ class ServerSection(_Section):
         1e5, "Largest |value| accepted in activations and gradients (finite but huge values are refused).", gt=0
     )
     max_samples: int = _opt(10_000_000, "Largest sample count (FedAvg weight) a client may declare.", ge=1)
+    device: str = _opt("auto", "Where the trunk runs: auto (CUDA when present), cpu, cuda or cuda:N.", **DEVICE)
+    dtype: DTypeName = _opt(
+        "float32",
+        "Frozen trunk weights: float32, bfloat16 or float16 (autocast; LoRA and optimizer stay float32).",
+    )
     limits: PeerLimitsSection = _sub(PeerLimitsSection, "[server.limits]: per-peer message rate and error budget.")
+
+
+@dataclass(frozen=True)
+class ClientSection(_Section):
+    """[client]: where a client runs its Bottom and Top."""
+
+    _key: ClassVar[str] = "client"
+
+    device: str = _opt("auto", "Where Bottom and Top run: auto (CUDA when present), cpu, cuda or cuda:N.", **DEVICE)
 
 
 @dataclass(frozen=True)
@@ -263,6 +298,7 @@ class RunConfig(_Section):
     data: DataSection = _sub(DataSection, "Data set and partition.")
     training: TrainingSection = _sub(TrainingSection, "Rounds and optimiser.")
     server: ServerSection = _sub(ServerSection, "Server behaviour.")
+    client: ClientSection = _sub(ClientSection, "Client placement.")
     transport: TransportSection = _sub(TransportSection, "ZeroMQ transport.")
     aggregation: AggregationSection = _sub(AggregationSection, "Aggregation.")
     privacy: PrivacySection = _sub(PrivacySection, "Differential privacy.")

@@ -182,7 +182,9 @@ class DPClientStep:
     def step(self, batch: dict[str, torch.Tensor]) -> StepResult:
         """One DP-SGD step on a collated batch; a batch of zero rows takes `empty_step`."""
         from splitfed.training import StepResult
+        from splitfed.training.inprocess import batch_to, device_of
 
+        batch = batch_to(batch, device_of(self.bottom))
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         if ids.shape[0] == 0:
             return self.empty_step()

@@ -106,7 +106,7 @@ class GaussianLDP:
         """Clip, then add N(0, sigma^2) to every valid coordinate (padding stays zero)."""
         clipped = self.clip_only(x.float(), mask)  # on the graph: the Bottom learns through the clipping
         valid = mask.to(clipped.dtype).unsqueeze(-1)
-        return clipped + noise.gaussian(tuple(clipped.shape)) * self.sigma * valid
+        return clipped + noise.gaussian(tuple(clipped.shape)).to(clipped.device) * self.sigma * valid
 
     def event(self, releases: int, *, max_positions: int) -> GaussianEvent:
         """`releases` releases of one example, as an example-level event (see the module doc)."""

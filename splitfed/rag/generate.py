@@ -19,8 +19,17 @@ def build_prompt(question: str, hits: Sequence, *, chars_per_doc: int = 700) -> 
 
 
 class Generator:
-    def __init__(self, model: str = "smollm2-135m", *, adapter: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        model: str = "smollm2-135m",
+        *,
+        adapter: str | os.PathLike | None = None,
+        device: str = "auto",
+        dtype: str = "float32",
+    ):
+        """`device`: auto (CUDA when present), cpu, cuda or cuda:N; `dtype`: float32, bfloat16 or float16."""
         from splitfed.models import load_pretrained
+        from splitfed.models.placement import resolve_device, resolve_dtype
 
         pre = load_pretrained(model)
         self.tokenizer = pre.tokenizer
@@ -29,13 +38,15 @@ class Generator:
             from peft import PeftModel
 
             self.model = PeftModel.from_pretrained(pre.model, str(adapter)).eval()
+        self.device = resolve_device(device, key="generator device")
+        self.model.to(self.device, resolve_dtype(dtype, self.device, key="generator dtype"))
 
     def generate(self, messages: list[dict[str, str]], *, max_new_tokens: int = 96) -> str:
         import torch
 
         ids = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
+        ).to(self.device)
         with torch.no_grad():
             out = self.model.generate(
                 **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.eos_token_id

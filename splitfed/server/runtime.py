@@ -44,8 +44,10 @@ class Server:
         insecure: bool = False,
         endpoint: str | None = None,
         on_step=None,
+        trunk: TrunkService | None = None,
     ):
-        """`on_step(round, n_steps)` is called after every finished trunk step (for progress bars)."""
+        """`on_step(round, n_steps)` is called after every finished trunk step (for progress bars);
+        `trunk` replaces the one built from `cfg` (the distributed server passes its replicated one)."""
         from splitfed.models import prepare
         from splitfed.models.client_adapter import client_adapter_shapes
 
@@ -60,7 +62,7 @@ class Server:
         self.clients = [client_name(k) for k in range(cfg.data.clients)]
         torch.manual_seed(cfg.run.seed)
         self.model_dir = prepare(cfg.model.name, cache_dir=cfg.model.cache_dir or None)
-        self.trunk: TrunkService = load_trunk(cfg, self.model_dir, clients=self.clients)
+        self.trunk: TrunkService = trunk or load_trunk(cfg, self.model_dir, clients=self.clients)
         self.hidden = int(self.trunk.trunk.config.hidden_size)
         layout = AdapterLayout(client_adapter_shapes(self.model_dir, cfg.model.cut, cfg.lora.to_split_lora()))
         self.aggregator: Aggregator = server_aggregator(cfg, layout, metrics=self.metrics)
@@ -148,6 +150,7 @@ class Server:
         try:
             self._expire()
             self._maybe_close_round()
+            self.trunk.tick()
         except Exception:  # a bug or a bad peer's data must not take the server down
             log.exception("housekeeping failed; the server goes on")
             self.metrics.write("error", code="server", detail="housekeeping failed (see the server log)")

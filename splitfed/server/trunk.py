@@ -21,12 +21,23 @@ GROUP = "<group>"  # `busy` while a cross-client batch waits for its members' gr
 
 
 class TrunkService:
-    def __init__(self, trunk: SplitPart, *, mode: str, clients: list[str], optim: OptimConfig):
+    def __init__(
+        self,
+        trunk: SplitPart,
+        *,
+        mode: str,
+        clients: list[str],
+        optim: OptimConfig,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        """`trunk` already sits on `device` (see `splitfed.models.placement.place`)."""
         if mode not in ("shared", "per_client"):
             raise ValueError(f"server mode must be 'shared' or 'per_client', got {mode!r}")
         self.trunk, self.mode = trunk, mode
         names = [SHARED] if mode == "shared" else list(clients)
-        self.links = {n: LocalTrunk(trunk, optim, guard_finite=True) for n in names}
+        place = {"device": device, "dtype": dtype}
+        self.links = {n: LocalTrunk(trunk, optim, guard_finite=True, **place) for n in names}
         initial = get_adapter_state(trunk)
         self.states = {n: {k: v.clone() for k, v in initial.items()} for n in names}
         self._loaded: str | None = names[0]
@@ -48,9 +59,7 @@ class TrunkService:
         key = self._key(client)
         self._load(key)
         if not train:
-            self.trunk.eval()
-            with torch.no_grad():
-                return self.trunk(act, mask)
+            return self.links[key].infer(act, mask)
         out = self.links[key].forward(act, mask)
         self.busy = client
         return out
@@ -104,10 +113,11 @@ class TrunkService:
             return None
         link = self.links[SHARED]
         if all(g is None for g in self.group_grads.values()):  # everyone left: no step at all
-            link._pending, self.group, self.group_grads, self.busy = None, {}, {}, None
+            link.drop()
+            self.group, self.group_grads, self.busy = {}, {}, None
             return {}
-        out = link._pending[1]
-        full = torch.zeros_like(out)
+        out = link.pending_output
+        full = torch.zeros(out.shape, dtype=torch.float32)  # host-side, as the members' gradients are
         for c, (a, b, n) in self.group.items():
             if self.group_grads[c] is not None:
                 full[a:b, :n] = self.group_grads[c]
@@ -122,7 +132,7 @@ class TrunkService:
         """Forget a client's pending step (it went away).  If it was in a batch, the others'
         gradients may now be complete: they are returned."""
         if self.busy == client:
-            self.links[self._key(client)]._pending = None
+            self.links[self._key(client)].drop()
             self.busy = None
         elif self.busy == GROUP and client in self.group:
             return self.backward_group(client, None)
@@ -142,6 +152,9 @@ class TrunkService:
         key = SHARED if self.mode == "shared" else next(iter(self.states))
         return self.states[key]
 
+    def tick(self) -> None:
+        """Housekeeping hook, called between messages (the distributed trunk pings its ranks)."""
+
     # checkpointing
     def optimizer_states(self) -> dict[str, dict]:
         return {k: link.optimizer.state_dict() for k, link in self.links.items() if link.optimizer is not None}
@@ -156,11 +169,22 @@ class TrunkService:
         self._load(next(iter(self.states)))
 
 
-def load_trunk(cfg: RunConfig, model_dir, *, clients: list[str]) -> TrunkService:
-    """The run's trunk (only its own tensors are read) with its LoRA adapter(s) and optimizer(s)."""
-    from splitfed.models import load_part, set_lora
+def load_trunk(cfg: RunConfig, model_dir, *, clients: list[str], group=None) -> TrunkService:
+    """The run's trunk (only its own tensors are read) with its LoRA adapter(s) and optimizer(s),
+    placed on ``server.device`` with its frozen base in ``server.dtype``.
 
+    Under torchrun, `group` (a `splitfed.server.distributed.TrunkGroup`) names this rank's
+    device and shards the frozen base across the ranks.
+    """
+    from splitfed.models import load_part, set_lora
+    from splitfed.models.placement import place, resolve_device, resolve_dtype
+
+    device = group.device if group is not None else resolve_device(cfg.server.device, key="server.device")
+    dtype = resolve_dtype(cfg.server.dtype, device, key="server.dtype")
     part = load_part(model_dir, "trunk", tuple(cfg.model.cut))
     set_lora(part, cfg.lora.to_split_lora().trunk, seed=cfg.run.seed + 1)  # the seed apply_lora gives the trunk
+    place(part, device, dtype)
+    if group is not None:
+        group.shard(part)
     optim = OptimConfig(lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
-    return TrunkService(part, mode=cfg.server.mode, clients=clients, optim=optim)
+    return TrunkService(part, mode=cfg.server.mode, clients=clients, optim=optim, device=device, dtype=dtype)

@@ -25,7 +25,7 @@ def evaluate(logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ba
     total, count = 0.0, 0
     for batch in batches:
         logits = logits_fn(batch["input_ids"], batch["attention_mask"]).float()
-        labels = batch["labels"][:, 1:]
+        labels = batch["labels"][:, 1:].to(logits.device)
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         keep = labels != -100
         nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)

@@ -16,7 +16,18 @@ from typing import Protocol
 import torch
 
 from splitfed.models import SplitModel, SplitPart, adapter_parameters
+from splitfed.models.placement import autocast, to_device
 from splitfed.training.optim import OptimConfig, make_optimizer
+
+
+def device_of(module: torch.nn.Module) -> torch.device:
+    """The device of a part's parameters (the client's Bottom and Top share one)."""
+    return next(module.parameters()).device
+
+
+def batch_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A collated batch on `device` (unchanged when it is already there)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 @dataclass(frozen=True)
@@ -44,25 +55,63 @@ def _finite(t: torch.Tensor | None) -> bool:
 class LocalTrunk:
     """The trunk in this process, with its own optimizer (steps after each backward).
 
+    The trunk may sit on another device or run its frozen base in reduced precision (see
+    `splitfed.models.placement`): activations and gradients go in as they come (float32 on
+    the host) and come back the same way, so callers never see the placement.
+
     With `guard_finite` (the server's setting) a forward whose output, or a backward whose
     gradients, contain NaN or Inf raise `NonFiniteError` before anything is updated, in the
     spirit of mixed-precision loss-scaling skips.
     """
 
-    def __init__(self, trunk: SplitPart, optim: OptimConfig, *, guard_finite: bool = False):
+    def __init__(
+        self,
+        trunk: SplitPart,
+        optim: OptimConfig,
+        *,
+        guard_finite: bool = False,
+        device: torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         self.trunk = trunk
         self.optimizer = make_optimizer(adapter_parameters(trunk), optim)
         self.guard_finite = guard_finite
+        self.device = device if device is not None else torch.device("cpu")
+        self.dtype = dtype
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._home = torch.device("cpu")  # where the caller's tensors live
+
+    def _run(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.dtype):
+            return self.trunk(act, to_device(mask, self.device))
+
+    def _back(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self._home, torch.float32)
+
+    @torch.no_grad()
+    def infer(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Forward only (evaluation): no graph, nothing pending."""
+        self._home = act.device
+        self.trunk.eval()
+        return self._back(self._run(to_device(act, self.device), mask))
 
     def forward(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        self._home = act.device
         self.trunk.train()
-        act = act.detach().requires_grad_(True)
-        out = self.trunk(act, mask)
+        act = to_device(act.detach(), self.device).requires_grad_(True)
+        out = self._run(act, mask)
         if self.guard_finite and not _finite(out):
             raise NonFiniteError("the trunk's output contains NaN or Inf; the step was dropped")
         self._pending = (act, out)
-        return out.detach()
+        return self._back(out.detach())
+
+    def drop(self) -> None:
+        """Forget the pending forward (its client went away): no weight changes."""
+        self._pending = None
+
+    @property
+    def pending_output(self) -> torch.Tensor | None:
+        return None if self._pending is None else self._pending[1]
 
     def backward(self, grad: torch.Tensor) -> torch.Tensor:
         if self._pending is None:
@@ -71,13 +120,13 @@ class LocalTrunk:
         self._pending = None
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
-        out.backward(grad)
+        out.backward(to_device(grad, self.device).to(out.dtype))
         if self.guard_finite and not (_finite(act.grad) and all(_finite(p.grad) for p in self.trunk.parameters())):
             self.trunk.zero_grad(set_to_none=True)
             raise NonFiniteError("the trunk's gradients contain NaN or Inf; the step was skipped, no weight changed")
         if self.optimizer is not None:
             self.optimizer.step()
-        return act.grad
+        return self._back(act.grad)
 
 
 Release = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -112,6 +161,7 @@ class ClientStep:
         ]
 
     def step(self, batch: dict[str, torch.Tensor]) -> StepResult:
+        batch = batch_to(batch, device_of(self.bottom))
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         self.bottom.train()
         self.top.train()
