@@ -6,6 +6,7 @@ interrupted run resumes from the cells already done; the report is re-rendered a
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -178,7 +179,7 @@ def _view(
     return AttackerView(
         cut=cut,
         tokenizer=tokenizer,
-        public_split=lambda: public,
+        public_split=lambda: copy.deepcopy(public),  # a fresh copy each time: attacks may load adapters
         lora=lora_config(cfg.model.lora_r),
         aux=data.aux,
         pad_token_id=data.pad,

@@ -165,3 +165,36 @@ def test_update_guess_is_scored_as_lift_over_held_out_reviews():
     assert got["token_precision"] == 0.75  # 1, 2, 3 of 4 guessed are in the training set
     assert (got["token_precision_matched"], got["token_precision_heldout"]) == (0.75, 0.5)
     assert got["token_precision_lift"] == 0.25  # only token 3 is evidence of the training data
+
+
+def test_every_attack_gets_a_pristine_public_model(tmp_path, monkeypatch):
+    """Regression: update-inversion loads the trained adapters into the public model it is
+    given; the membership reference that ran after it then scored the fine-tuned model
+    against itself (AUC exactly 0.5 in every cell)."""
+    import torch
+
+    from splitfed.eval.attacks.activations import NearestEmbedding
+    from splitfed.eval.attacks.base import TokenGuess
+
+    seen = []
+
+    def mutate_then_check(self, view):
+        first = view.public_split()
+        with torch.no_grad():
+            for p in first.bottom.parameters():
+                p.add_(1.0)
+        second = view.public_split()
+        seen.append(
+            all(
+                not torch.equal(a, b)
+                for a, b in zip(first.bottom.parameters(), second.bottom.parameters(), strict=True)
+            )
+        )
+        return TokenGuess(ids=torch.zeros_like(view.activations.mask), shift=0)
+
+    monkeypatch.setattr(NearestEmbedding, "run", mutate_then_check)
+    (cell,) = runner.run(_config([{"name": "none"}], attacks=["nearest-embedding"]), tmp_path, show_progress=False)[
+        "cells"
+    ]
+    assert "error" not in cell["attacks"]["nearest-embedding"], cell["attacks"]
+    assert seen == [True]
