@@ -33,7 +33,8 @@ def make_config(root: Path, **tables) -> RunConfig:
     return parse_config(base)
 
 
-def start_server(cfg: RunConfig, root: Path) -> subprocess.Popen:
+def start_server(cfg: RunConfig, root: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`splitfed server` as a process (environment `env`, default ours); returns once it serves."""
     path = root / "run.toml"
     path.write_text(dump_toml(cfg))
     log = open(root / "server.log", "wb")  # noqa: SIM115 (owned by the process)
@@ -41,6 +42,7 @@ def start_server(cfg: RunConfig, root: Path) -> subprocess.Popen:
         [sys.executable, "-m", "splitfed.cli.main", "server", "--no-progress", "--config", str(path)],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env=env,
     )
     metrics = Path(cfg.run.dir) / "metrics" / "server.jsonl"
     t0 = time.monotonic()
