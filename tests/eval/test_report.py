@@ -55,6 +55,9 @@ def _results() -> dict:
                 "rouge_l": 0.05,
                 "token_precision": 0.3,
                 "token_recall": 0.1,
+                "token_precision_matched": 0.3,
+                "token_precision_heldout": 0.1,
+                "token_precision_lift": 0.2,
                 "clients": 1,
             },
             membership_loss={"target": "model", "auc": 0.52, "tpr_at_1pct_fpr": 0.02},
@@ -116,6 +119,9 @@ def _results() -> dict:
                 "rouge_l": 0.02,
                 "token_precision": 0.05,
                 "token_recall": 0.01,
+                "token_precision_matched": 0.05,
+                "token_precision_heldout": 0.06,
+                "token_precision_lift": -0.01,
                 "clients": 4,
             },
             membership_loss={"target": "model", "error": "no reference model"},
@@ -263,8 +269,8 @@ def test_write_report(tmp_path):
     assert "- `a2/dpsgd` learned-inversion: diverged" in md
     assert "| cut | defense | gradient-labels acc | logit-lens acc |" in md
     assert "| 6 | top-k 50% | - | 0.20 |" in md
-    assert "| 2 | none | ∞ | 0.050 | 0.30 / 0.10 | 1 | 0.52 / 0.020 | 0.55 / 0.030 |" in md
-    assert "| 2 | secure aggregation | - | 0.020 | 0.050 / 0.010 | 4 | err | - |" in md
+    assert "| 2 | none | ∞ | 0.050 | 0.30 / 0.10 / 0.20 | 1 | 0.52 / 0.020 | 0.55 / 0.030 |" in md
+    assert "| 2 | secure aggregation | - | 0.020 | 0.050 / 0.060 / -0.010 | 4 | err | - |" in md
     assert "- `a2/secagg` membership-loss: no reference model" in md
     # Rows sorted by cut, undefended first; a cell without an activation attack is not in Table 1
     table1 = md.split("## Table 1")[1].split("## Table 2")[0]
