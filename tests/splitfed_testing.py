@@ -96,3 +96,76 @@ def random_store(n: int, rng):
     v = rng.standard_normal((n, DIM)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     return VectorStore(v, [Document(f"d{i}", f"title {i}", f"text {i}") for i in range(n)])
+
+
+# --------------------------------------------------------------------------- local model directories
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+_TOKENIZER_TEXT = [
+    "The patient reports mild headache and nausea after the first dose.",
+    "Discharge summary: stable, follow up in two weeks with the clinic.",
+    "Question: what is the dose? Answer: 20 mg twice a day with food.",
+    "Hello! How are you today? I am fine, thank you.",
+]
+
+
+def tiny_tokenizer(*, chat_template: bool = True, vocab_size: int = 320):
+    """A byte-level BPE tokenizer trained in memory (no download), with pad/bos/eos and,
+    by default, a ChatML chat template; any text tokenizes (bytes are the base alphabet)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_TOKENIZER_TEXT * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token=None
+    )
+    if chat_template:
+        fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def make_model_dir(
+    path,
+    arch: str = "llama",
+    *,
+    dtype=None,
+    max_shard_size: str | None = None,
+    tokenizer: bool = True,
+    chat_template: bool = True,
+    seed: int = 0,
+):
+    """Write a tiny random `arch` model (save_pretrained, safetensors) with a real tokenizer to `path`.
+
+    `dtype` (e.g. torch.bfloat16) converts the weights first; `max_shard_size` (e.g. "100KB")
+    writes a sharded checkpoint with an index.  Returns the directory.
+    """
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    tok = tiny_tokenizer(chat_template=chat_template)
+    cfg = tiny_config(arch, vocab_size=len(tok))
+    cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = tok.pad_token_id, tok.bos_token_id, tok.eos_token_id
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    if dtype is not None:
+        model = model.to(dtype)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(path, **kwargs)
+    if tokenizer:
+        tok.save_pretrained(path)
+    return path

@@ -6,7 +6,6 @@ Heavy imports (torch, transformers) happen inside the commands so `--help` stays
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from splitfed import __version__
@@ -105,85 +104,10 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def _torchrun_server(args) -> int:
-    """`splitfed server --nproc N`: the same command under torchrun, N ranks on this host."""
-    import subprocess
-
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
-    argv += ["-m", "splitfed.cli.main", "server"]
-    if args.config is not None:
-        argv += ["--config", str(args.config)]
-    for item in args.set or []:
-        argv += ["--set", item]
-    argv += [flag for flag, on in (("--resume", args.resume), ("--insecure", args.insecure),
-                                   ("--no-progress", args.no_progress)) if on]  # fmt: skip
-    return subprocess.call(argv)
-
-
 def _cmd_server(args) -> int:
-    from splitfed.server.distributed import launched
+    from splitfed.cli.server import run_server
 
-    if args.nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
-    if args.nproc > 1 and not launched():
-        return _torchrun_server(args)
-    cfg = _load_run_config(args)
-    if not launched():
-        _setup_logging(True)
-        return _serve(cfg, args, None)
-
-    import torch.distributed as dist
-
-    from splitfed.models import prepare
-    from splitfed.server.distributed import run_ranks
-    from splitfed.server.trunk import load_trunk
-    from splitfed.transport import client_name
-
-    rank = int(os.environ.get("RANK", "0"))
-    _setup_logging(rank == 0)
-
-    def make(group):
-        if group.rank != 0:
-            dist.barrier()  # rank 0 writes the model cache first
-        model_dir = prepare(cfg.model.name, cache_dir=cfg.model.cache_dir or None)
-        if group.rank == 0:
-            dist.barrier()
-        clients = [client_name(k) for k in range(cfg.data.clients)]
-        return load_trunk(cfg, model_dir, clients=clients, group=group)
-
-    return run_ranks(make, lambda trunk: _serve(cfg, args, trunk), cfg.server.device)
-
-
-def _serve(cfg, args, trunk) -> int:
-    from tqdm import tqdm
-
-    from splitfed.server.runtime import Server
-
-    total = cfg.training.rounds * cfg.training.local_steps * cfg.data.clients
-    bar = tqdm(total=total, desc="trunk steps", unit="step", file=sys.stdout, mininterval=1.0, disable=args.no_progress)
-
-    def on_step(rnd: int, n: int) -> None:
-        bar.update(n)
-        bar.set_postfix(round=rnd)
-
-    server = Server(cfg, resume=args.resume, insecure=args.insecure, on_step=on_step, trunk=trunk)
-    device = server.trunk.links[next(iter(server.trunk.links))].device
-    ranks = f", {os.environ['WORLD_SIZE']} ranks (FSDP2)" if trunk is not None else ""
-    bar.write(
-        f"server listening on {server.endpoint} ({'INSECURE plaintext' if args.insecure else 'CURVE'}), "
-        f"mode {cfg.server.mode}, rounds {server.round}..{cfg.training.rounds - 1}, "
-        f"trunk on {device} in {cfg.server.dtype}{ranks}",
-        file=sys.stdout,
-    )
-    try:
-        rc = server.serve()
-    finally:
-        bar.close()
-    if server.adapter_path.is_file():
-        print(f"server done; merged adapter: {server.adapter_path.parent}", flush=True)
-    else:
-        print("server stopped before the last round; no adapter exported (resume with --resume)", flush=True)
-    return rc
+    return run_server(args, _load_run_config, _setup_logging)
 
 
 def _cmd_client(args) -> int:

@@ -35,6 +35,7 @@ class TrunkService:
         if mode not in ("shared", "per_client"):
             raise ValueError(f"server mode must be 'shared' or 'per_client', got {mode!r}")
         self.trunk, self.mode = trunk, mode
+        self.device, self.dtype = device or torch.device("cpu"), dtype
         names = [SHARED] if mode == "shared" else list(clients)
         place = {"device": device, "dtype": dtype}
         self.links = {n: LocalTrunk(trunk, optim, guard_finite=True, **place) for n in names}

@@ -63,3 +63,11 @@ def test_inprocess_demo_lowers_perplexity_and_exports(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "matches the split model" in out.stdout
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_server_nproc_below_one_is_a_one_line_error(capsys):
+    from splitfed.cli.main import main
+
+    assert main(["server", "--nproc", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--nproc must be >= 1, got 0" in err and "Traceback" not in err
