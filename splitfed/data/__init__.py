@@ -20,7 +20,9 @@ from splitfed.data.drugreviews import (
     load_drug_reviews,
     tokenize_examples,
 )
+from splitfed.data.formats import TokenizeStats, chat_labels, tokenize_records
 from splitfed.data.partition import label_entropy, partition_dirichlet, partition_iid, partition_stats
+from splitfed.data.records import DataError, FieldMap, Records, load_records, split_eval
 
 __all__ = [
     "IGNORE_INDEX",
@@ -45,4 +47,12 @@ __all__ = [
     "partition_iid",
     "partition_stats",
     "tokenize_examples",
+    "DataError",
+    "FieldMap",
+    "Records",
+    "TokenizeStats",
+    "chat_labels",
+    "load_records",
+    "split_eval",
+    "tokenize_records",
 ]

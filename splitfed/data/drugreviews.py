@@ -146,10 +146,6 @@ def format_target(review: Review) -> str:
     return " " + review.text
 
 
-def _ids(tokenizer: Tokenizer, text: str) -> list[int]:
-    return [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
-
-
 def tokenize_examples(reviews: Sequence[Review], tokenizer: Tokenizer, *, max_length: int = 128) -> list[Example]:
     """Tokenize reviews into prompt + target + EOS examples with the loss on target and EOS only.
 
@@ -157,19 +153,20 @@ def tokenize_examples(reviews: Sequence[Review], tokenizer: Tokenizer, *, max_le
     ``tokenizer.eos_token_id`` the end-of-sequence id; prompt and target are tokenized separately so
     the prompt/target boundary is exact. Examples longer than ``max_length`` are cut: the target (and
     its EOS) is truncated first; a prompt of ``max_length - 1`` or more tokens is cut to
-    ``max_length - 1`` tokens (keeping its head) so that one target token always remains.
+    ``max_length - 1`` tokens (keeping its head) so that one target token always remains. The code is
+    `splitfed.data.formats.prompt_completion_example`, shared with prompt/completion data files.
     """
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2 (one prompt and one target token), got {max_length}")
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
         raise ValueError("tokenizer has no eos_token_id; set one before tokenizing")
-    examples = []
-    for review in reviews:
-        prompt = _ids(tokenizer, format_prompt(review))[: max_length - 1]
-        target = [*_ids(tokenizer, format_target(review)), int(eos)][: max_length - len(prompt)]
-        examples.append(Example(input_ids=prompt + target, labels=[IGNORE_INDEX] * len(prompt) + target))
-    return examples
+    from splitfed.data.formats import prompt_completion_example  # formats imports this module
+
+    return [
+        prompt_completion_example(tokenizer, format_prompt(r), format_target(r), max_length=max_length, eos=eos)[0]
+        for r in reviews
+    ]
 
 
 def collate(
