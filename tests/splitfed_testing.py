@@ -4,6 +4,36 @@ from __future__ import annotations
 
 import torch
 
+_DECODER_SHAPE = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+# Further families, built with AutoConfig from `_DECODER_SHAPE`; each entry switches on what
+# makes the family different, so the exactness tests exercise it.
+_FAMILIES: dict[str, dict] = {
+    "qwen3": dict(use_sliding_window=True, sliding_window=3, max_window_layers=2),  # q/k norm, mixed windows
+    "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16),
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=3),
+    "gemma": dict(),  # embeddings scaled by sqrt(hidden) inside the embedding module; tied head
+    "phi": dict(partial_rotary_factor=0.5, num_key_value_heads=4),  # parallel block, final_layernorm, biases
+    "phi3": dict(sliding_window=3),  # fused qkv / gate_up projections
+    "stablelm": dict(partial_rotary_factor=0.25, qk_layernorm=True, use_parallel_residual=True),
+    "gpt_neox": dict(partial_rotary_factor=0.5, num_key_value_heads=4),  # parallel residual, embed_in / embed_out
+    "gpt_bigcode": dict(multi_query=True),
+    "olmo": dict(clip_qkv=8.0),  # non-parametric layer norms
+    "olmo2": dict(),  # post-norms, q/k norm
+    "smollm3": dict(no_rope_layers=[1, 1, 0, 1]),  # a layer without rotary
+    "starcoder2": dict(sliding_window=3),
+}
+
 
 def tiny_config(arch: str, **overrides):
     from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
@@ -42,6 +72,14 @@ def tiny_config(arch: str, **overrides):
             sliding_window=3,
             **common,
         )
+    elif arch in _FAMILIES:
+        from transformers import AutoConfig
+
+        shape = {**_DECODER_SHAPE, **common}
+        if arch == "gpt_bigcode":  # GPT-2 names
+            shape = dict(vocab_size=128, n_positions=64, n_embd=32, n_inner=64, n_layer=4, n_head=4)
+            shape.update(bos_token_id=1, eos_token_id=2)
+        cfg = AutoConfig.for_model(arch, **{**shape, **_FAMILIES[arch]})
     else:
         raise ValueError(arch)
     for k, v in overrides.items():
@@ -72,7 +110,7 @@ def padded_batch(padding: str, *, batch=3, length=10, vocab=128, seed=0):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-ARCHS = ["llama", "gpt2", "qwen2", "mistral"]
+ARCHS = ["llama", "gpt2", "qwen2", "mistral", *_FAMILIES]
 
 
 DIM = 384  # MiniLM's embedding width

@@ -1,7 +1,9 @@
 """Cut a Hugging Face causal LM into client Bottom / server Trunk / client Top, with LoRA per part."""
 
 from splitfed.models.checkpoint import CheckpointError, load_client_parts, load_part
+from splitfed.models.fingerprint import model_fingerprint
 from splitfed.models.layout import Layout, UnsupportedModelError, detect_layout, validate_cut
+from splitfed.models.local import SUPPORTED_MODEL_TYPES, ModelDirError, ModelInfo, inspect_model_dir
 from splitfed.models.lora import (
     LoraSpec,
     PartAdapter,
@@ -35,6 +37,8 @@ __all__ = [
     "Layout",
     "LoraSpec",
     "MODELS",
+    "ModelDirError",
+    "ModelInfo",
     "ModelPackageMissing",
     "PartAdapter",
     "Pretrained",
@@ -42,6 +46,7 @@ __all__ = [
     "SplitMismatchError",
     "SplitModel",
     "SplitPart",
+    "SUPPORTED_MODEL_TYPES",
     "Top",
     "TopOutput",
     "Trunk",
@@ -53,10 +58,12 @@ __all__ = [
     "detect_layout",
     "export_adapter",
     "get_adapter_state",
+    "inspect_model_dir",
     "load_client_parts",
     "load_part",
     "load_pretrained",
     "load_tokenizer",
+    "model_fingerprint",
     "peft_config_for",
     "position_ids_from_mask",
     "prepare",

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
-# Candidate attribute names, first match wins.  (GPT-2 family, Llama family, GPT-NeoX.)
+# Candidate attribute names, first match wins.  (GPT-2 family, Llama family, GPT-NeoX, Phi.)
 _BASES = ("model", "transformer", "gpt_neox")
 _EMBEDS = ("embed_tokens", "wte", "embed_in")
 _POS_EMBEDS = ("wpe",)
-_EMB_DROPOUTS = ("drop", "emb_dropout")
+_EMB_DROPOUTS = ("drop", "emb_dropout", "embed_dropout")
 _LAYERS = ("layers", "h")
-_NORMS = ("norm", "ln_f", "final_layer_norm")
+_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
 _ROTARIES = ("rotary_emb",)
 _HEADS = ("lm_head", "embed_out")
 

@@ -15,6 +15,7 @@ from splitfed.models import (
     split_model,
     with_adapter_name,
 )
+from splitfed.models.lora import default_targets
 from splitfed.training import ReferenceTrainer
 
 ALL_CUTS = [(a, b) for a, b in itertools.combinations(range(5), 2)]  # every legal cut of 4 layers
@@ -58,14 +59,44 @@ def test_activation_shapes_at_each_cut(arch):
     assert out.loss.ndim == 0
 
 
+# Targets for the families PEFT has no default for (`default_targets` raises for them).
+EXPLICIT_TARGETS = {"phi3": ("qkv_proj", "o_proj")}
+
+
+def _lora_targets(arch: str, model_type: str):
+    try:
+        default_targets(model_type)
+        return None
+    except ValueError:
+        return EXPLICIT_TARGETS.get(arch, ("q_proj", "v_proj"))
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("padding", ["left", "right"])
 @pytest.mark.parametrize("cut", [(0, 4), (1, 3), (2, 4), (0, 2)])
 def test_lora_gradients_equal_unsplit(arch, padding, cut):
+    _check_lora_gradients(arch, padding, cut)
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in ("llama", "gpt2")])
+@pytest.mark.parametrize("padding", ["left", "right"])
+def test_lora_gradients_equal_unsplit_every_family(arch, padding):
+    _check_lora_gradients(arch, padding, (1, 3))
+
+
+def _check_lora_gradients(arch, padding, cut):
     base = tiny_model(arch, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0) if arch == "gpt2" else tiny_model(arch)
     reference = copy.deepcopy(base)
     split = split_model(base, cut)
-    apply_lora(split, SplitLoraConfig(bottom=LoraSpec(r=2), trunk=LoraSpec(r=4, alpha=4), top=LoraSpec(r=3)))
+    targets = _lora_targets(arch, base.config.model_type)
+    apply_lora(
+        split,
+        SplitLoraConfig(
+            bottom=LoraSpec(r=2, target_modules=targets),
+            trunk=LoraSpec(r=4, alpha=4, target_modules=targets),
+            top=LoraSpec(r=3, target_modules=targets),
+        ),
+    )
     # B starts at zero, which would make every A-gradient zero: randomise it.
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
