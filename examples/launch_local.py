@@ -7,6 +7,12 @@ client and where the merged adapter is.  Exits non-zero if any process fails.
 
     python examples/launch_local.py --config examples/run.toml
     python examples/launch_local.py --set model.name=tiny-llama --set training.rounds=2
+
+Each client may read its own files: ``{k}`` in ``data.train``, ``data.eval`` or
+``model.path`` is replaced by the client's number, and every process gets its own config
+file (the server's without the clients' data keys):
+
+    python examples/launch_local.py --set 'data.train=data/client-{k}.jsonl' --set data.eval=data/eval.jsonl
 """
 
 from __future__ import annotations
@@ -55,15 +61,22 @@ def main(argv=None) -> int:
         generate_keys(keys, cfg.data.clients, overwrite=True)
     for old in (run_dir / "metrics").glob("*.jsonl"):
         old.unlink()
-    from splitfed.models import prepare
+    from splitfed.models.pretrained import is_prepared
+    from splitfed.models.source import resolve_base_model
 
-    print(f"preparing {cfg.model.name} (converted once into the cache) ...", flush=True)
-    prepare(cfg.model.name, cache_dir=cfg.model.cache_dir or None)  # once, not in every process
+    if not cfg.model.path and not is_prepared(cfg.model.name, cache_dir=cfg.model.cache_dir or None):
+        print(f"preparing {cfg.model.name} (converted once into the cache) ...", flush=True)
+    base = resolve_base_model(per_client(cfg, 0).model, need_tokenizer=True)  # once here, not raced for by every process
     config_path = run_dir / "run.toml"
-    config_path.write_text(dump_toml(cfg, comments=True))
+    server_cfg = per_client(cfg, 0).with_overrides(**{"data.train": "", "data.eval": "", "data.eval_fraction": 0.0})
+    config_path.write_text(dump_toml(server_cfg, comments=True))
+    client_configs = {}
+    for k in range(cfg.data.clients):
+        client_configs[k] = run_dir / f"client-{k}.toml"
+        client_configs[k].write_text(dump_toml(per_client(cfg, k), comments=True))
     print(
         f"run directory {run_dir}; server on tcp://127.0.0.1:{port} with CURVE; "
-        f"{cfg.data.clients} clients; model {cfg.model.name} cut {list(cfg.model.cut)}",
+        f"{cfg.data.clients} clients; base model {base} cut {list(cfg.model.cut)}",
         flush=True,
     )
 
@@ -79,15 +92,15 @@ def main(argv=None) -> int:
     cli = [sys.executable, "-m", "splitfed.cli.main"]
     procs: dict[str, subprocess.Popen] = {}
 
-    def spawn(name: str, extra: list[str]) -> None:
+    def spawn(name: str, extra: list[str], config: Path) -> None:
         procs[name] = subprocess.Popen(
-            [*cli, *extra, "--config", str(config_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [*cli, *extra, "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         threading.Thread(target=stream, args=(name, procs[name]), daemon=True).start()
 
-    spawn("server", ["server", "--no-progress"])
+    spawn("server", ["server", "--no-progress"], config_path)
     for k in range(cfg.data.clients):
-        spawn(f"client-{k}", ["client", "--client-id", str(k), "--no-progress"])
+        spawn(f"client-{k}", ["client", "--client-id", str(k), "--no-progress"], client_configs[k])
 
     t0, failed = time.monotonic(), []
     try:
@@ -118,6 +131,13 @@ def main(argv=None) -> int:
     return report(run_dir, cfg)
 
 
+def per_client(cfg, k: int):
+    """Client `k`'s config: ``{k}`` in its local paths replaced by its number."""
+    keys = ("data.train", "data.eval", "model.path")
+    local = {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in keys}
+    return cfg.with_overrides(**{key: value.replace("{k}", str(k)) for key, value in local.items()})
+
+
 def report(run_dir: Path, cfg) -> int:
     from splitfed.metrics import read_metrics
 
@@ -125,17 +145,20 @@ def report(run_dir: Path, cfg) -> int:
     print("\nround  clients  mean train loss")
     for m in (m for m in server if m["event"] == "round"):
         losses = [v for v in m["losses"].values() if v is not None]
-        print(f"{m['round']:>5}  {len(m['participants']):>7}  {sum(losses) / len(losses):15.3f}")
-    print("\nclient     ppl before  ppl after    sent MB  received MB")
+        # with privacy on the clients keep their loss (a statistic of their data) to themselves
+        mean = f"{sum(losses) / len(losses):15.3f}" if losses else f"{'withheld':>15}"
+        print(f"{m['round']:>5}  {len(m['participants']):>7}  {mean}")
+    print("\nclient     base ppl  fine-tuned ppl    sent MB  received MB  adapter")
     for k in range(cfg.data.clients):
         cm = read_metrics(run_dir / "metrics" / f"client-{k}.jsonl")
         done = next((m for m in cm if m["event"] == "done"), {})
         before, after = done.get("ppl_before", float("nan")), done.get("ppl_after", float("nan"))
         print(
-            f"client-{k}  {before:10.2f}  {after:9.2f}  {done.get('bytes_out', 0) / 1e6:9.1f}"
-            f"  {done.get('bytes_in', 0) / 1e6:11.1f}"
+            f"client-{k}  {before:8.2f}  {after:14.2f}  {done.get('bytes_out', 0) / 1e6:9.1f}"
+            f"  {done.get('bytes_in', 0) / 1e6:11.1f}  {done.get('adapter', '-')}"
         )
-    print(f"\nmerged PEFT adapter: {run_dir / 'adapter'}  (PeftModel.from_pretrained(base_model, that_dir))")
+    print(f"\nserver's merged PEFT adapter: {run_dir / 'adapter'}")
+    print("load one with PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(<its base model>), <adapter>)")
     return 0
 
 

@@ -1,26 +1,67 @@
-"""JSON-lines metrics: one object per line, flushed as written."""
+"""JSON-lines metrics: one object per line, flushed as written; optionally mirrored to TensorBoard."""
 
 from __future__ import annotations
 
+import collections
 import json
+import math
 import os
 import time
 from pathlib import Path
 
+TENSORBOARD_HINT = "run.tensorboard = true needs TensorBoard: pip install 'splitfed[tracking]' (or tensorboard)"
+
 
 class MetricsWriter:
-    def __init__(self, path: str | os.PathLike):
+    """Appends one JSON object per event to `path`.
+
+    With `tensorboard` (a directory) every numeric field of an event is also logged as the
+    scalar ``<event>/<field>`` (one level of nested numbers as ``<event>/<field>/<key>``),
+    against the event's ``round`` where it has one, else a per-event counter.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, tensorboard: str | os.PathLike | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tb = _summary_writer(Path(tensorboard)) if tensorboard is not None else None
+        self._counts: collections.Counter[str] = collections.Counter()
         self._f = open(self.path, "a", buffering=1)  # noqa: SIM115 (kept open for the run)
 
     def write(self, event: str, **fields) -> dict:
         record = {"time": round(time.time(), 3), "event": event, **fields}
         self._f.write(json.dumps(record, default=float) + "\n")
+        if self._tb is not None:
+            self._scalars(event, fields)
         return record
+
+    def _scalars(self, event: str, fields: dict) -> None:
+        step = fields.get("round")
+        if not _number(step) or event == "step":
+            step = self._counts[event]
+        self._counts[event] += 1
+        for key, value in fields.items():
+            items = value.items() if isinstance(value, dict) else [("", value)]
+            for sub, v in items:
+                if _number(v) and math.isfinite(v):
+                    self._tb.add_scalar(f"{event}/{key}/{sub}" if sub else f"{event}/{key}", v, int(step))
+        self._tb.flush()
 
     def close(self) -> None:
         self._f.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _summary_writer(log_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ImportError(TENSORBOARD_HINT) from exc
+    return SummaryWriter(log_dir=str(log_dir))
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

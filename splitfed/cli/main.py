@@ -12,24 +12,6 @@ from splitfed import __version__
 from splitfed.cli.options import add_cut_option
 
 
-def _cmd_models_list(args) -> int:
-    from splitfed.models.pretrained import MODELS, default_cache_dir
-
-    root = (args.cache_dir or default_cache_dir()) / "models"
-    for name in MODELS:
-        state = "cached" if (root / name / "config.json").is_file() else "not prepared"
-        print(f"{name:<14} {state:<13} {root / name}")
-    return 0
-
-
-def _cmd_models_prepare(args) -> int:
-    from splitfed.models.pretrained import prepare
-
-    print(f"preparing {args.name} ...", file=sys.stderr, flush=True)
-    print(prepare(args.name, cache_dir=args.cache_dir))
-    return 0
-
-
 def _cmd_split_info(args) -> int:
     from splitfed.models import LoraSpec, SplitLoraConfig, apply_lora, load_pretrained, split_model
 
@@ -49,29 +31,6 @@ def _cmd_split_info(args) -> int:
         print(f"{role:<8}{where:<9}{layers:<12}{base:>14,}{lora:>13,}")
     per_token = hidden * 4
     print(f"crossing each cut per step: {per_token} bytes/token of activations (fp32) up, the same in gradients down")
-    return 0
-
-
-def _cmd_data_partition(args) -> int:
-    import numpy as np
-
-    from splitfed.data import load_drug_reviews, partition_dirichlet, partition_iid, partition_stats
-
-    reviews = load_drug_reviews(args.split)
-    labels = [r.condition for r in reviews]
-    rng = np.random.default_rng(args.seed)
-    if args.alpha is None:
-        parts = partition_iid(len(reviews), args.clients, rng=rng)
-    else:
-        parts = partition_dirichlet(labels, args.clients, alpha=args.alpha, rng=rng)
-    kind = "IID" if args.alpha is None else f"Dirichlet(alpha={args.alpha}) by condition"
-    print(f"{len(reviews)} {args.split} reviews over {args.clients} clients, {kind}, seed {args.seed}")
-    for st in partition_stats(parts, labels):
-        top = sorted(st["labels"].items(), key=lambda kv: -kv[1])[:3]
-        print(
-            f"client {st['client']}: {st['size']:>4} reviews, {len(st['labels']):>3} conditions, "
-            f"entropy {st['entropy']:.2f} bits; top: " + ", ".join(f"{k} ({v})" for k, v in top)
-        )
     return 0
 
 
@@ -118,6 +77,7 @@ def _cmd_client(args) -> int:
     _setup_logging(False)
     cfg = _load_run_config(args)
     client = Client(cfg, args.client_id, insecure=args.insecure)
+    print(f"{client.name}: base model {client.base_model}; {client.data.describe()}", flush=True)
     total = cfg.training.rounds * cfg.training.local_steps
     with tqdm(
         total=total, desc=client.name, unit="step", file=sys.stdout, mininterval=1.0, disable=args.no_progress
@@ -130,11 +90,14 @@ def _cmd_client(args) -> int:
         summary = client.run(progress=progress)
     parts = [f"{client.name}: {len(summary['losses'])} steps"]
     if "ppl_before" in summary and "ppl_after" in summary:
-        parts.append(f"held-out perplexity {summary['ppl_before']:.2f} -> {summary['ppl_after']:.2f}")
+        parts.append(f"held-out perplexity {summary['ppl_before']:.2f} (base model) -> {summary['ppl_after']:.2f}")
     parts.append(f"sent {summary['bytes_out'] / 1e6:.1f} MB, received {summary['bytes_in'] / 1e6:.1f} MB")
     if "stopped" in summary:
         parts.append(f"stopped early: {summary['stopped']}")
     print("; ".join(parts), flush=True)
+    if "adapter" in summary:
+        what = "whole model" if summary["trunk_adapter"] else "bottom and top only (the server kept the trunk adapter)"
+        print(f"{client.name}: fine-tuned PEFT adapter ({what}): {summary['adapter']}", flush=True)
     return 0
 
 
@@ -203,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         "a server trains the middle blocks.",
         epilog="Examples:\n  splitfed keys generate --dir keys --clients 3\n"
         "  splitfed server --config examples/run.toml\n  splitfed client --config examples/run.toml --client-id 0\n"
-        "  splitfed models prepare smollm2-135m\n  splitfed split-info --cut 2 28\n"
+        "  splitfed models prepare smollm2-135m\n  splitfed models inspect /models/my-llama\n"
+        "  splitfed data check notes.jsonl --model /models/my-llama\n  splitfed split-info --cut 2 28\n"
         "  splitfed data partition --clients 3 --alpha 0.5\n"
         "  splitfed privacy epsilon --noise-multiplier 1.1 --sample-rate 0.004267 --steps 2000 --delta 1e-5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -211,15 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"splitfed {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    models = sub.add_parser("models", help="list and prepare the models that load offline")
-    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    p = msub.add_parser("list", help="named models and whether they are in the cache")
-    p.add_argument("--cache-dir", type=Path, default=None, help="model cache (default: ~/.cache/splitfed)")
-    p.set_defaults(func=_cmd_models_list)
-    p = msub.add_parser("prepare", help="convert a model into the safetensors cache (SmolLM2: once, ~20 s)")
-    p.add_argument("name", help="smollm2-135m, tiny-llama or tiny-gpt2")
-    p.add_argument("--cache-dir", type=Path, default=None)
-    p.set_defaults(func=_cmd_models_prepare)
+    from splitfed.cli.models import register as register_models
+
+    register_models(sub)
 
     p = sub.add_parser("split-info", help="show what each part of a cut holds and what crosses the cuts")
     p.add_argument("--model", default="smollm2-135m")
@@ -292,14 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_privacy(sub)
     register_attack(sub)
 
-    data = sub.add_parser("data", help="inspect the bundled drug-review data")
-    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    p = dsub.add_parser("partition", help="show how the reviews split across clients")
-    p.add_argument("--clients", type=int, default=3)
-    p.add_argument("--alpha", type=float, default=None, help="Dirichlet concentration (omit for IID)")
-    p.add_argument("--split", choices=("train", "test"), default="train")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_data_partition)
+    from splitfed.cli.data import register as register_data
+
+    register_data(sub)
     return parser
 
 

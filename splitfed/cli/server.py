@@ -36,7 +36,7 @@ def run_server(args, load_config, setup_logging) -> int:
 
     import torch.distributed as dist
 
-    from splitfed.models import prepare
+    from splitfed.models.source import resolve_base_model
     from splitfed.server.distributed import run_ranks
     from splitfed.server.trunk import load_trunk
     from splitfed.transport import client_name
@@ -47,7 +47,7 @@ def run_server(args, load_config, setup_logging) -> int:
     def make(group):
         if group.rank != 0:
             dist.barrier()  # rank 0 writes the model cache first
-        model_dir = prepare(cfg.model.name, cache_dir=cfg.model.cache_dir or None)
+        model_dir = resolve_base_model(cfg.model, need_tokenizer=False).path
         if group.rank == 0:
             dist.barrier()
         clients = [client_name(k) for k in range(cfg.data.clients)]
@@ -73,7 +73,7 @@ def _serve(cfg, args, trunk) -> int:
     bar.write(
         f"server listening on {server.endpoint} ({'INSECURE plaintext' if args.insecure else 'CURVE'}), "
         f"mode {cfg.server.mode}, rounds {server.round}..{cfg.training.rounds - 1}, "
-        f"trunk on {server.trunk.device} in {cfg.server.dtype}{ranks}",
+        f"trunk on {server.trunk.device} in {cfg.server.dtype}{ranks}; base model {server.base_model}",
         file=sys.stdout,
     )
     try:

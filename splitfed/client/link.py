@@ -99,10 +99,12 @@ class RemoteTrunk:
         self.round = 0
         self.step = 0
         self.train = True
+        self.base = False  # evaluate the public base model (the server's trunk adapter off)
 
     def forward(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         tensors = {**compress("act", act.cpu(), self.compression), "mask": mask.to("cpu", torch.uint8)}
-        h = Header(MsgType.FORWARD, self.conn.session, self.round, self.step, {"train": self.train})
+        meta = {"train": self.train, "base": True} if self.base else {"train": self.train}
+        h = Header(MsgType.FORWARD, self.conn.session, self.round, self.step, meta)
         msg = self.conn.request(h, tensors, expect=MsgType.ACTIVATIONS, step=self.step)
         out = decompress("act", msg.tensors, self.compression)
         if tuple(out.shape) != tuple(act.shape):

@@ -12,6 +12,7 @@ checkpoint).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from splitfed.aggregation import Uploader, client_uploader
-from splitfed.client.data import client_examples, eval_examples, pad_id, releases_per_round, round_batches
+from splitfed.client.data import load_client_data, pad_id, releases_per_round, round_batches
 from splitfed.client.link import Connection, RemoteTrunk, ServerLost, ServerRefused
 from splitfed.client.privacy import ClientPrivacy
 from splitfed.config import RunConfig
@@ -43,18 +44,26 @@ class Client:
         uploader: Uploader | None = None,
     ):
         """`uploader` hands each round's adapter to the aggregation (default: the one the run configures)."""
-        from splitfed.models import load_client_parts, load_tokenizer, prepare, set_lora
+        from splitfed.models import load_client_parts, load_tokenizer, set_lora
         from splitfed.models.placement import place, resolve_device
+        from splitfed.models.source import resolve_base_model
         from splitfed.training import OptimConfig
 
         if not 0 <= client_id < cfg.data.clients:
             raise ValueError(f"--client-id must be in [0, {cfg.data.clients}), got {client_id}")
         self.cfg, self.client_id, self.name = cfg, client_id, client_name(client_id)
         self.run_dir = Path(cfg.run.dir)
-        self.metrics = MetricsWriter(self.run_dir / "metrics" / f"{self.name}.jsonl")
         torch.manual_seed(cfg.run.seed)
-        ckpt = prepare(cfg.model.name, cache_dir=cfg.model.cache_dir or None)
-        self.bottom, self.top = load_client_parts(ckpt, tuple(cfg.model.cut))
+        # model and data are checked before anything is written or sent: a bad file costs nothing
+        self.base_model = resolve_base_model(cfg.model, need_tokenizer=bool(cfg.model.path))
+        self.tokenizer = load_tokenizer(self.base_model.path)
+        self.pad = pad_id(self.tokenizer)
+        self.data = load_client_data(cfg, client_id, self.tokenizer, model=self.base_model.label)
+        self.examples, self.eval_set = self.data.train, self.data.eval
+        self.metrics = MetricsWriter(
+            self.run_dir / "metrics" / f"{self.name}.jsonl", tensorboard=self._tensorboard_dir()
+        )
+        self.bottom, self.top = load_client_parts(self.base_model.path, tuple(cfg.model.cut))
         self.parts = {"bottom": self.bottom, "top": self.top}
         lora = cfg.lora.to_split_lora()
         for seed_offset, (role, part) in zip((0, 2), self.parts.items(), strict=True):
@@ -62,19 +71,45 @@ class Client:
         self.device = resolve_device(cfg.client.device, key="client.device")
         for part in self.parts.values():
             place(part, self.device)  # float32: the client's parts are small, and DP-SGD wants exact sums
-        self.tokenizer = load_tokenizer(ckpt)
-        self.pad = pad_id(self.tokenizer)
-        self.examples = client_examples(cfg, client_id, self.tokenizer)
-        self.eval_set = eval_examples(cfg, self.tokenizer)
         self.optim = OptimConfig(lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
         self.uploader = uploader or client_uploader(cfg, client_id, metrics=self.metrics)
         self.privacy = (
             ClientPrivacy(cfg, client_id, self.name, n_examples=len(self.examples)) if cfg.privacy.enabled else None
         )
+        self.trunk_adapter: dict[str, torch.Tensor] | None = None  # the server's, once the run is done
+        if self.privacy is not None and self.eval_set and cfg.data.train:
+            log.warning(
+                "%s: held-out evaluation sends the activations of %d held-out examples without noise and outside "
+                "the privacy ledger; set data.eval_examples = 0 to keep them here",
+                self.name,
+                len(self.eval_set),
+            )
         self.stepper = None  # built at the first connection, kept across reconnects (optimizer state)
         self.insecure, self.endpoint = insecure, endpoint
         self.losses: list[float] = []
-        self.metrics.write("start", client=self.name, n_samples=len(self.examples), eval_examples=len(self.eval_set))
+        self.metrics.write(
+            "start",
+            client=self.name,
+            n_samples=len(self.examples),
+            eval_examples=len(self.eval_set),
+            data=self.data.source,
+            format=self.data.format,
+            **self.data.stats,
+            base_model=self.base_model.label,
+            fingerprint=self.base_model.fingerprint,
+        )
+
+    def _tensorboard_dir(self) -> Path | None:
+        return self.run_dir / "tensorboard" / self.name if self.cfg.run.tensorboard else None
+
+    @property
+    def adapter_dir(self) -> Path:
+        """Where this client writes its fine-tuned PEFT adapter at the end of the run."""
+        return (
+            Path(self.cfg.client.adapter_dir)
+            if self.cfg.client.adapter_dir
+            else self.run_dir / "clients" / self.name / "adapter"
+        )
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The client adapter as it goes on the wire (``bottom/...`` and ``top/...`` keys), on the host."""
@@ -82,6 +117,45 @@ class Client:
 
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
         load_client_adapter_state(self.parts, state)
+
+    def _take_result(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load the round's aggregate; keep the trunk adapter the server sends once the run is done."""
+        from splitfed.models.client_adapter import client_adapter_shapes, split_result
+
+        trunk_shapes = None
+        if any(k.startswith("trunk/") for k in tensors):
+            lora = self.cfg.lora.to_split_lora()
+            trunk_shapes = client_adapter_shapes(self.base_model.path, self.cfg.model.cut, lora, roles=("trunk",))
+        try:
+            client_state, trunk = split_result(tensors, trunk_shapes)
+            self.load_adapter_state(client_state)
+        except (KeyError, ValueError) as exc:
+            raise ServerRefused(f"the server's adapters do not fit this model: {exc}") from exc
+        if trunk is not None:
+            self.trunk_adapter = trunk
+
+    def export(self) -> Path:
+        """Write this client's fine-tuned model as one standard PEFT adapter for its own base model:
+        its Bottom/Top adapters and the trunk adapter (when the server shared it)."""
+        from splitfed.models.client_adapter import client_adapter_state, export_split_adapter
+
+        out = export_split_adapter(
+            self.adapter_dir,
+            self.cfg.lora.to_split_lora(),
+            trunk_state=self.trunk_adapter,
+            client_state={k: v.cpu() for k, v in client_adapter_state(self.parts).items()},
+            model_type=self.bottom.layout.model_type,
+            base_model=self.base_model.path,
+            metadata={
+                "party": self.name,
+                "rounds": self.cfg.training.rounds,
+                "cut": list(self.cfg.model.cut),
+                "base_model_fingerprint": self.base_model.fingerprint,
+                "trunk_adapter": self.trunk_adapter is not None,
+            },
+        )
+        self.metrics.write("export", path=str(out), trunk_adapter=self.trunk_adapter is not None)
+        return out
 
     def _send_update(self, conn: Connection, rnd: int, update: dict[str, torch.Tensor], loss: float | None) -> Message:
         """Hand the round's adapter to the aggregation; the round's aggregate comes back as ROUND_RESULT."""
@@ -108,7 +182,12 @@ class Client:
     def _hello(self, conn: Connection) -> Message:
         h = Header(
             MsgType.HELLO,
-            meta={"client_id": self.client_id, "config_hash": self.cfg.hash(), "n_samples": len(self.examples)},
+            meta={
+                "client_id": self.client_id,
+                "config_hash": self.cfg.hash(),
+                "model": self.base_model.fingerprint,
+                "n_samples": len(self.examples),
+            },
         )
         msg = conn.request(h, expect=MsgType.WELCOME)
         conn.session = msg.header.session
@@ -187,7 +266,7 @@ class Client:
         loss = sum(losses) / len(losses) if losses else None
         # the training loss is a statistic of the private data: with privacy on it stays here
         result = self._send_update(conn, rnd, update, None if self.privacy is not None else loss)
-        self.load_adapter_state(result.tensors)
+        self._take_result(result.tensors)
         self.metrics.write(
             "round",
             round=rnd,
@@ -219,13 +298,15 @@ class Client:
                     or meta["hidden"] != self.bottom.config.hidden_size
                 ):
                     raise ServerRefused(f"server runs compression {meta['compression']} / hidden {meta['hidden']}")
-                self.load_adapter_state(welcome.tensors)
+                self._take_result(welcome.tensors)
                 link = RemoteTrunk(conn, self.cfg.transport.compression, meta["hidden"])
                 stepper = self._stepper(link)
                 rnd, done = meta["round"], meta["done"]
-                if "ppl_before" not in summary and rnd == 0 and self.eval_set:
-                    summary["ppl_before"] = self.evaluate(link)
-                    self.metrics.write("eval", round=-1, perplexity=summary["ppl_before"])
+                if "ppl_before" not in summary and self.eval_set:
+                    # the public base model (every adapter off, here and on the server): the same
+                    # number whichever client trains first, and what a private run must beat
+                    summary["ppl_before"] = self.evaluate(link, base=True)
+                    self.metrics.write("eval", round=-1, model="base", perplexity=summary["ppl_before"])
                 while not done:
                     batches, releases = self._round_batches(rnd)
                     stop = self._budget_stop(rnd, releases)
@@ -236,7 +317,10 @@ class Client:
                     rnd, done = result.header.meta["round"], result.header.meta["done"]
                 if self.eval_set:
                     summary["ppl_after"] = self.evaluate(link)
-                    self.metrics.write("eval", round=rnd, perplexity=summary["ppl_after"])
+                    self.metrics.write("eval", round=rnd, model="fine-tuned", perplexity=summary["ppl_after"])
+                if done:
+                    summary["adapter"] = str(self.export())
+                    summary["trunk_adapter"] = self.trunk_adapter is not None
                 summary.update(losses=self.losses, bytes_out=conn.traffic.bytes_out, bytes_in=conn.traffic.bytes_in)
                 traffic = {"bytes_out": conn.traffic.bytes_out, "bytes_in": conn.traffic.bytes_in}
                 conn.sock.send(encode(Header(MsgType.BYE, conn.session, rnd, 0, traffic)))
@@ -254,12 +338,14 @@ class Client:
                 conn.sock.reconnect()
                 time.sleep(min(1.0, self.cfg.transport.heartbeat_s))
 
-    def evaluate(self, link: RemoteTrunk) -> float:
-        """Held-out perplexity of the whole split model (trunk forward on the server, no update)."""
+    def evaluate(self, link: RemoteTrunk, *, base: bool = False) -> float:
+        """Held-out perplexity of the whole split model (trunk forward on the server, no update);
+        `base`: of the public base model, every adapter off on both sides."""
         from splitfed.data import batches
+        from splitfed.models.lora import adapters_disabled
         from splitfed.training import evaluate
 
-        link.train = False
+        link.train, link.base = False, base
         self.bottom.eval()
         self.top.eval()
 
@@ -270,8 +356,11 @@ class Client:
             ids, mask = ids.to(device), mask.to(device)
             return self.top(link.forward(self.bottom(ids, mask), mask), mask)
 
-        res = evaluate(
-            logits, batches(self.eval_set, 8, pad_token_id=self.pad, padding_side=self.cfg.data.padding_side)
-        )
-        link.train = True
+        try:
+            with adapters_disabled(*self.parts.values()) if base else contextlib.nullcontext():
+                res = evaluate(
+                    logits, batches(self.eval_set, 8, pad_token_id=self.pad, padding_side=self.cfg.data.padding_side)
+                )
+        finally:
+            link.train, link.base = True, False
         return res.perplexity

@@ -21,6 +21,7 @@ from splitfed.config.tables import _override
 
 ModelName = Literal["smollm2-135m", "tiny-llama", "tiny-gpt2"]
 Dataset = Literal["drugreviews"]
+RecordFormat = Literal["auto", "text", "prompt_completion", "messages"]
 Partition = Literal["iid", "dirichlet"]
 PaddingSide = Literal["left", "right"]
 ServerMode = Literal["shared", "per_client"]
@@ -28,9 +29,23 @@ Compression = Literal["fp32", "fp16", "bf16", "int8"]
 
 #: Dotted keys left out of `RunConfig.hash`: local paths and addresses that may differ
 #: between the server and its clients without changing what is trained.
+#: The base model itself is agreed by its fingerprint, computed from the files on each side and
+#: checked at HELLO, so its name and path are local too.
 HASH_EXCLUDED: tuple[str, ...] = (
     "run.dir",
+    "run.tensorboard",
+    "model.name",
+    "model.path",
     "model.cache_dir",
+    "data.train",
+    "data.eval",
+    "data.eval_fraction",
+    "data.format",
+    "data.text_field",
+    "data.prompt_field",
+    "data.completion_field",
+    "data.messages_field",
+    "client.adapter_dir",
     "transport.keys_dir",
     "transport.endpoint",
     "server.device",
@@ -65,6 +80,7 @@ class RunSection(_Section):
 
     dir: str = _opt("runs/demo", "Run directory: metrics, checkpoints and the exported adapter.", nonempty=True)
     seed: int = _opt(0, "Seed for data partitioning, LoRA initialisation and shuffling.", ge=0)
+    tensorboard: bool = _opt(False, "Also log metrics for TensorBoard under run.dir/tensorboard/<party>.")
 
 
 @dataclass(frozen=True)
@@ -74,7 +90,14 @@ class ModelSection(_Section):
     _key: ClassVar[str] = "model"
 
     name: ModelName = _opt(
-        "smollm2-135m", "Base model: smollm2-135m (real), tiny-llama or tiny-gpt2 (random, for tests)."
+        "smollm2-135m",
+        "Built-in base model (used when model.path is empty): smollm2-135m (real), tiny-llama or tiny-gpt2 (tests).",
+    )
+    path: str = _opt(
+        "",
+        "Your own Hugging Face causal LM: a local directory with config.json, safetensors weights (one file or "
+        "sharded) and, on clients, the tokenizer.  Each party names its own copy; they must hold the same weights.",
+        path=True,
     )
     cut: tuple[int, int] = _opt(
         (2, 28),
@@ -166,18 +189,47 @@ class LoraSection(_Section):
 
 @dataclass(frozen=True)
 class DataSection(_Section):
-    """[data]: the data set and how it is split between clients."""
+    """[data]: each client's own data files, how they are tokenized and batched.
+
+    `train`, `eval`, `eval_fraction`, `format` and the field names are local to each client
+    (never hashed, never sent).  With `train` empty a client runs the bundled simulation:
+    `dataset`, `partition` and `alpha` deal the demo's drug reviews to the clients.
+    """
 
     _key: ClassVar[str] = "data"
 
-    dataset: Dataset = _opt("drugreviews", "Data set (only drugreviews for now).")
+    train: str = _opt(
+        "",
+        "This client's training data: a .jsonl/.json, .csv, .parquet, .txt/.md file or a datasets save_to_disk "
+        'directory ("" = the bundled simulation).',
+        path=True,
+    )
+    eval: str = _opt("", "This client's held-out data (same formats); empty: see eval_fraction.", path=True)
+    eval_fraction: float = _opt(
+        0.0, "Without data.eval: hold out this fraction of data.train for evaluation (0 = no evaluation).", ge=0, lt=1
+    )
+    format: RecordFormat = _opt(
+        "auto",
+        "Record format: text (loss on all tokens), prompt_completion (loss on the completion), messages "
+        "(chat template, loss on assistant turns); auto detects it from the fields.",
+    )
+    text_field: str = _opt("text", "Field holding the text of a text record.", nonempty=True)
+    prompt_field: str = _opt("prompt", "Field holding the prompt of a prompt_completion record.", nonempty=True)
+    completion_field: str = _opt("completion", "Field holding the completion.", nonempty=True)
+    messages_field: str = _opt("messages", "Field holding the conversation (a list of role/content).", nonempty=True)
+    packing: bool = _opt(False, "Concatenate examples and cut them into max_length chunks (no padding).")
     clients: int = _opt(3, "Number of clients.", ge=1)
-    partition: Partition = _opt("dirichlet", "How examples are split between clients: iid or dirichlet (non-IID).")
-    alpha: float = _opt(0.5, "Dirichlet concentration (smaller = more skewed); used by partition = dirichlet.", gt=0)
-    max_length: int = _opt(128, "Tokens per example (longer examples are truncated).", ge=8)
+    max_length: int = _opt(128, "Tokens per example (longer examples are truncated; the count is reported).", ge=8)
     batch_size: int = _opt(4, "Examples per client step.", ge=1)
-    eval_examples: int = _opt(48, "Held-out examples per evaluation (0 = no held-out evaluation).", ge=0)
+    eval_examples: int = _opt(48, "Largest number of held-out examples per evaluation (0 = no evaluation).", ge=0)
     padding_side: PaddingSide = _opt("right", "Pad on the left or the right.")
+    dataset: Dataset = _opt("drugreviews", "Simulation (data.train empty): the bundled data set dealt to clients.")
+    partition: Partition = _opt("dirichlet", "Simulation: how the bundled examples are dealt: iid or dirichlet.")
+    alpha: float = _opt(0.5, "Simulation: Dirichlet concentration (smaller = more skewed clients).", gt=0)
+
+    def _check(self) -> None:
+        if self.eval and not self.train:
+            raise _key_error("data.train", "expected a file when data.eval names one, got ''")
 
 
 @dataclass(frozen=True)
@@ -226,6 +278,9 @@ class ServerSection(_Section):
         1e5, "Largest |value| accepted in activations and gradients (finite but huge values are refused).", gt=0
     )
     max_samples: int = _opt(10_000_000, "Largest sample count (FedAvg weight) a client may declare.", ge=1)
+    share_trunk_adapter: bool = _opt(
+        True, "Send the final trunk adapter to every client, so each leaves with the whole fine-tuned model."
+    )
     device: str = _opt("auto", "Where the trunk runs: auto (CUDA when present), cpu, cuda or cuda:N.", **DEVICE)
     dtype: DTypeName = _opt(
         "float32",
@@ -241,6 +296,9 @@ class ClientSection(_Section):
     _key: ClassVar[str] = "client"
 
     device: str = _opt("auto", "Where Bottom and Top run: auto (CUDA when present), cpu, cuda or cuda:N.", **DEVICE)
+    adapter_dir: str = _opt(
+        "", 'Where this client writes its fine-tuned PEFT adapter ("" = run.dir/clients/client-K/adapter).', path=True
+    )
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ from splitfed.models.lora import SplitLoraConfig, get_adapter_state, set_adapter
 from splitfed.models.parts import SplitPart
 
 CLIENT_ROLES = ("bottom", "top")
+#: Prefix of the trunk adapter's tensors in the server's last ROUND_RESULT (the client's copy
+#: of the fine-tuned trunk adapter).
+TRUNK_PREFIX = "trunk/"
 
 
 def role_state(state: Mapping[str, torch.Tensor], role: str) -> dict[str, torch.Tensor]:
@@ -43,9 +46,10 @@ def load_client_adapter_state(parts: Mapping[str, SplitPart], state: Mapping[str
 
 
 def client_adapter_shapes(
-    checkpoint_dir: str | os.PathLike, cut: tuple[int, int], lora: SplitLoraConfig
+    checkpoint_dir: str | os.PathLike, cut: tuple[int, int], lora: SplitLoraConfig, *, roles=CLIENT_ROLES
 ) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of the client state, computed on a meta-device skeleton (no weight loaded)."""
+    """Names (``role/<full name>``) and shapes of the adapters of `roles`, computed on a
+    meta-device skeleton (no weight loaded)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -55,7 +59,56 @@ def client_adapter_shapes(
     with init_empty_weights(include_buffers=False):
         skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(checkpoint_dir))
     layout = detect_layout(skeleton)
-    parts = build_parts(skeleton, layout, validate_cut(cut, layout.num_layers), roles=CLIENT_ROLES)
+    parts = build_parts(skeleton, layout, validate_cut(cut, layout.num_layers), roles=roles)
     for role, part in parts.items():
         set_lora(part, lora.for_role(role))
     return {k: tuple(v.shape) for k, v in client_adapter_state(parts).items()}
+
+
+def split_result(
+    tensors: Mapping[str, torch.Tensor], trunk_shapes: Mapping[str, tuple[int, ...]] | None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """A ROUND_RESULT's tensors -> (client aggregate, trunk adapter or None when not sent).
+
+    `trunk_shapes` (``trunk/<full name>`` -> shape) is what a trunk adapter must be: a partial
+    or reshaped one is refused with a `ValueError` naming the first difference.
+    """
+    client = {k: v for k, v in tensors.items() if not k.startswith(TRUNK_PREFIX)}
+    sent = {k: v for k, v in tensors.items() if k.startswith(TRUNK_PREFIX)}
+    if not sent:
+        return client, None
+    want = dict(trunk_shapes or {})
+    if set(sent) != set(want):
+        odd = sorted(set(sent) ^ set(want))
+        raise ValueError(f"the server's trunk adapter does not match this model and [lora.trunk]: {odd[:3]}")
+    for k, v in sent.items():
+        if tuple(v.shape) != want[k] or not v.is_floating_point():
+            raise ValueError(f"trunk adapter tensor {k}: expected float {list(want[k])}, got {v.dtype} {list(v.shape)}")
+    return client, {k[len(TRUNK_PREFIX) :]: v for k, v in sent.items()}
+
+
+def export_split_adapter(
+    out_dir: str | os.PathLike,
+    lora: SplitLoraConfig,
+    *,
+    trunk_state: Mapping[str, torch.Tensor] | None,
+    client_state: Mapping[str, torch.Tensor],
+    model_type: str,
+    base_model: str | os.PathLike,
+    metadata: Mapping[str, object] | None = None,
+):
+    """Write the whole model's adapter (trunk adapter + the client's Bottom/Top adapters) as one
+    standard PEFT adapter at `out_dir` (atomically), for the base model at `base_model`.
+
+    `trunk_state` None (the server kept it) leaves the trunk's layers without an adapter.
+    """
+    from splitfed.models.lora import PartAdapter, export_adapter
+
+    parts = [PartAdapter(lora.trunk, trunk_state) if lora.trunk and trunk_state else None]
+    for role in CLIENT_ROLES:
+        state, spec = role_state(client_state, role), lora.for_role(role)
+        if spec is not None and state:
+            parts.append(PartAdapter(spec, state))
+    return export_adapter(
+        out_dir, parts, model_type=model_type, base_model_name_or_path=str(base_model), metadata=metadata
+    )

@@ -11,11 +11,12 @@ boundary and be merged with the other parts' states without knowing how the mode
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,26 @@ def set_adapter_state(part: SplitPart, state: Mapping[str, torch.Tensor]) -> Non
             p.copy_(value)
 
 
+@contextlib.contextmanager
+def adapters_disabled(*parts: nn.Module) -> Iterator[None]:
+    """Run `parts` as the public base model: every LoRA layer off, then restored as it was.
+
+    Only PEFT's per-layer switch is flipped (not `enable_adapters`, which also rewrites
+    `requires_grad`), so trainability and optimizer state are untouched.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for part in parts for m in part.modules() if isinstance(m, LoraLayer)]
+    before = [m._disable_adapters for m in layers]
+    try:
+        for m in layers:
+            m._disable_adapters = True
+        yield
+    finally:
+        for m, was in zip(layers, before, strict=True):
+            m._disable_adapters = was
+
+
 @dataclass(frozen=True)
 class PartAdapter:
     """What export needs from one part: its spec and its adapter state (full-model names)."""
@@ -248,6 +269,7 @@ __all__ = [
     "SplitLoraConfig",
     "PartAdapter",
     "add_lora",
+    "adapters_disabled",
     "set_lora",
     "adapted_modules",
     "adapter_parameters",

@@ -22,6 +22,8 @@ import torch
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Any of these in a checkpoint directory means it carries its own tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 _convert_lock = threading.Lock()
 
 
@@ -142,16 +144,25 @@ MODELS: dict[str, Callable[[Path], None]] = {
 }
 
 
+def cached_path(name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where `prepare` keeps the checkpoint of the built-in model `name`."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+    return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "models" / name
+
+
+def is_prepared(name: str, *, cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether the built-in model `name` is already in the cache (`prepare` returns at once)."""
+    return (cached_path(name, cache_dir=cache_dir) / "config.json").is_file()
+
+
 def prepare(name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
     """Make sure the checkpoint of `name` exists in the cache and return its directory.
 
     The checkpoint is built in a temporary directory and renamed into place, so a crash or
     a concurrent process never leaves a half-written checkpoint behind.
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
-    out = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    out = out / "models" / name
+    out = cached_path(name, cache_dir=cache_dir)
     if (out / "config.json").is_file():
         return out
     with _convert_lock:
@@ -182,8 +193,11 @@ def load_pretrained(name: str = "smollm2-135m", *, cache_dir: str | os.PathLike 
 
 
 def load_tokenizer(path: str | os.PathLike):
-    """The checkpoint's own tokenizer, or a `ByteTokenizer` for checkpoints without one."""
+    """The checkpoint's own tokenizer, or a `ByteTokenizer` for checkpoints without one (the
+    built-in tiny test models)."""
     from transformers import AutoTokenizer
 
     path = Path(path)
-    return AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else ByteTokenizer()
+    if any((path / f).is_file() for f in TOKENIZER_FILES):
+        return AutoTokenizer.from_pretrained(path)
+    return ByteTokenizer()

@@ -35,7 +35,12 @@ class PendingForward:
 
     @property
     def train(self) -> bool:
-        return bool(self.header.meta.get("train", True))
+        return self.header.meta.get("train", True) is True
+
+    @property
+    def base(self) -> bool:
+        """An evaluation of the public base model (trunk adapter off)."""
+        return self.header.meta.get("base", False) is True
 
 
 class TrunkScheduler:
@@ -68,7 +73,7 @@ class TrunkScheduler:
         sess, h = fwd.sess, fwd.header
         t = time.perf_counter()
         try:
-            out = self.trunk.forward(sess.name, fwd.act, fwd.mask, train=fwd.train)
+            out = self.trunk.forward(sess.name, fwd.act, fwd.mask, train=fwd.train, base=fwd.base)
         except NonFiniteError as exc:
             raise WireError(ErrorCode.BAD_TENSOR, str(exc)) from None
         compute = time.perf_counter() - t

@@ -21,6 +21,8 @@ import torch
 from splitfed.aggregation import AdapterLayout, Aggregator, ClientUpdate, RoundOutcome, server_aggregator
 from splitfed.config import RunConfig
 from splitfed.metrics import MetricsWriter
+from splitfed.models.client_adapter import TRUNK_PREFIX
+from splitfed.models.source import short_fingerprint
 from splitfed.server.batching import PendingForward, TrunkScheduler
 from splitfed.server.checkpoint import ServerCheckpoint, load_checkpoint, save_checkpoint
 from splitfed.server.export import export_run_adapter
@@ -48,8 +50,8 @@ class Server:
     ):
         """`on_step(round, n_steps)` is called after every finished trunk step (for progress bars);
         `trunk` replaces the one built from `cfg` (the distributed server passes its replicated one)."""
-        from splitfed.models import prepare
         from splitfed.models.client_adapter import client_adapter_shapes
+        from splitfed.models.source import resolve_base_model
 
         if cfg.server.batch_clients and cfg.server.mode != "shared":
             raise ValueError(
@@ -58,10 +60,12 @@ class Server:
         self.cfg, self.config_hash = cfg, cfg.hash()
         self.run_dir = Path(cfg.run.dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = MetricsWriter(self.run_dir / "metrics" / "server.jsonl")
+        tb = self.run_dir / "tensorboard" / "server" if cfg.run.tensorboard else None
+        self.metrics = MetricsWriter(self.run_dir / "metrics" / "server.jsonl", tensorboard=tb)
         self.clients = [client_name(k) for k in range(cfg.data.clients)]
         torch.manual_seed(cfg.run.seed)
-        self.model_dir = prepare(cfg.model.name, cache_dir=cfg.model.cache_dir or None)
+        self.base_model = resolve_base_model(cfg.model, need_tokenizer=False)
+        self.model_dir = self.base_model.path
         self.trunk: TrunkService = trunk or load_trunk(cfg, self.model_dir, clients=self.clients)
         self.hidden = int(self.trunk.trunk.config.hidden_size)
         layout = AdapterLayout(client_adapter_shapes(self.model_dir, cfg.model.cut, cfg.lora.to_split_lora()))
@@ -203,6 +207,14 @@ class Server:
             )
         if meta.get("config_hash") != self.config_hash:
             raise WireError(ErrorCode.CONFIG_MISMATCH, "client and server were started with different configurations")
+        fp = meta.get("model")
+        if fp != self.base_model.fingerprint:
+            theirs = short_fingerprint(fp) if isinstance(fp, str) else short(fp)
+            raise WireError(
+                ErrorCode.CONFIG_MISMATCH,
+                f"different base model: the server's is {short_fingerprint(self.base_model.fingerprint)}, "
+                f"{name}'s is {theirs} (every party needs a copy of the same weights)",
+            )
         n, most = meta.get("n_samples"), self.cfg.server.max_samples
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= most:
             raise WireError(ErrorCode.MALFORMED, f"n_samples must be an integer in [1, {most}], got {short(n)}")
@@ -220,11 +232,18 @@ class Server:
             "compression": self.cfg.transport.compression,
             "mode": self.cfg.server.mode,
         }
-        self._reply(sess, encode(Header(MsgType.WELCOME, sess.session_id, self.round, 0, meta_out), self.client_state))
+        tensors = self._result_tensors(sess)
+        self._reply(sess, encode(Header(MsgType.WELCOME, sess.session_id, self.round, 0, meta_out), tensors))
         self.metrics.write("hello", client=name, round=self.round)
         log.info("%s joined (round %d)", name, self.round)
 
     def _forward(self, sess: Session, msg: Message) -> None:
+        meta = msg.header.meta
+        for flag in ("train", "base"):
+            if flag in meta and not isinstance(meta[flag], bool):
+                raise WireError(ErrorCode.MALFORMED, f"forward: {flag} must be true or false, got {short(meta[flag])}")
+        if meta.get("base") is True and meta.get("train", True) is not False:
+            raise WireError(ErrorCode.MALFORMED, "forward: a base-model forward (base = true) needs train = false")
         act, mask = check_activations(msg, self.cfg, hidden=self.hidden)  # validated before it is queued
         self.scheduler.forward(PendingForward(sess, msg.header, act, mask))
 
@@ -349,7 +368,16 @@ class Server:
     def _send_round_result(self, sess: Session) -> None:
         sess.stage = Stage.READY
         meta = {"round": self.round, "done": self.done}
-        self._reply(sess, encode(Header(MsgType.ROUND_RESULT, sess.session_id, self.round, 0, meta), self.client_state))
+        tensors = self._result_tensors(sess)
+        self._reply(sess, encode(Header(MsgType.ROUND_RESULT, sess.session_id, self.round, 0, meta), tensors))
+
+    def _result_tensors(self, sess: Session) -> dict[str, torch.Tensor]:
+        """The client aggregate; once the run is done also the trunk adapter (``trunk/`` keys),
+        unless the parties agreed that the server keeps it (``server.share_trunk_adapter``)."""
+        if not (self.done and self.cfg.server.share_trunk_adapter):
+            return self.client_state
+        trunk = {f"{TRUNK_PREFIX}{k}": v.detach().cpu() for k, v in self.trunk.adapter_for(sess.name).items()}
+        return {**self.client_state, **trunk}
 
     def export(self) -> Path:
         out = export_run_adapter(

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from splitfed.aggregation import weighted_mean
 from splitfed.config import RunConfig
 from splitfed.models import SplitPart, get_adapter_state, set_adapter_state
+from splitfed.models.lora import adapters_disabled
 from splitfed.training import LocalTrunk, OptimConfig
 
 SHARED = "shared"
@@ -54,11 +55,20 @@ class TrunkService:
             set_adapter_state(self.trunk, self.states[key])
             self._loaded = key
 
-    def forward(self, client: str, act: torch.Tensor, mask: torch.Tensor, *, train: bool) -> torch.Tensor:
+    def forward(
+        self, client: str, act: torch.Tensor, mask: torch.Tensor, *, train: bool, base: bool = False
+    ) -> torch.Tensor:
+        """A client's activations through the trunk; `base` (evaluation only) runs the public
+        base model, adapter off, so a "before" evaluation does not depend on who trained first."""
         if self.busy is not None:
             raise RuntimeError(f"trunk busy with {self.busy}")
+        if base and train:
+            raise ValueError("a base-model forward is evaluation only (train must be false)")
         key = self._key(client)
         self._load(key)
+        if base:
+            with adapters_disabled(self.trunk):
+                return self.links[key].infer(act, mask)
         if not train:
             return self.links[key].infer(act, mask)
         out = self.links[key].forward(act, mask)
@@ -152,6 +162,10 @@ class TrunkService:
     def final_state(self) -> dict[str, torch.Tensor]:
         key = SHARED if self.mode == "shared" else next(iter(self.states))
         return self.states[key]
+
+    def adapter_for(self, client: str) -> dict[str, torch.Tensor]:
+        """The trunk adapter `client` trains with: the shared one, or its own in per_client mode."""
+        return self.states[self._key(client)]
 
     def tick(self) -> None:
         """Housekeeping hook, called between messages (the distributed trunk pings its ranks)."""

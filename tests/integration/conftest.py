@@ -50,6 +50,19 @@ class Run:
         self.config_path.write_text(dump_toml(self.cfg))
         self.procs: list[subprocess.Popen] = []
 
+    def hello_meta(self, client_id: int, n_samples: int) -> dict:
+        """What an honest client's HELLO says (config hash and base-model fingerprint)."""
+        from splitfed.models.source import resolve_base_model
+
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = resolve_base_model(self.cfg.model, need_tokenizer=False).fingerprint
+        return {
+            "client_id": client_id,
+            "config_hash": self.cfg.hash(),
+            "model": self._fingerprint,
+            "n_samples": n_samples,
+        }
+
     @property
     def run_dir(self) -> Path:
         return Path(self.cfg.run.dir)

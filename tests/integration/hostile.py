@@ -31,9 +31,10 @@ KINDS = {  # kind -> relative weight (oversize messages are heavy on the wire: r
 
 
 class HostileGenerator:
-    def __init__(self, seed: int, *, session: str, hidden: int, config_hash: str, max_bytes: int):
+    def __init__(self, seed: int, *, session: str, hidden: int, hello: dict, max_bytes: int):
+        """`hello`: an honest HELLO's meta (config hash, model fingerprint), impersonated with bad ids."""
         self.rng = random.Random(seed)
-        self.session, self.hidden, self.config_hash, self.max_bytes = session, hidden, config_hash, max_bytes
+        self.session, self.hidden, self.hello, self.max_bytes = session, hidden, hello, max_bytes
         self.sent: list[list[bytes]] = []
 
     def __iter__(self):
@@ -139,7 +140,7 @@ class HostileGenerator:
     def _impersonation(self):
         cid = self.rng.choice([0, 0, 1, 2, -1, 10**6])
         n = self.rng.choice([1, 10**400, 0, -5, 2**62])
-        return encode(Header(MsgType.HELLO, meta={"client_id": cid, "config_hash": self.config_hash, "n_samples": n}))
+        return encode(Header(MsgType.HELLO, meta={**self.hello, "client_id": cid, "n_samples": n}))
 
     def _oversize(self):
         return [self._header(type="forward"), self.rng.randbytes(self.max_bytes + 1024)]

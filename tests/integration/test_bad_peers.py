@@ -28,7 +28,7 @@ def test_unknown_key_and_plaintext_clients_get_nothing(make_run, tmp_path):
     (stranger_keys / "server.key").write_bytes((run.root / "keys" / "server.key").read_bytes())
     stranger = ClientSocket(endpoint, keys_dir=stranger_keys, name="client-0")
     plain = ClientSocket(endpoint, keys_dir=None, name="client-0", insecure=True)
-    hello = Header(MsgType.HELLO, meta={"client_id": 0, "config_hash": run.cfg.hash(), "n_samples": 1})
+    hello = Header(MsgType.HELLO, meta=run.hello_meta(0, 1))
     for sock in (stranger, plain):
         sock.send(encode(hello))
     assert stranger.recv(2000) is None and plain.recv(500) is None
@@ -81,15 +81,21 @@ def test_malformed_messages_get_errors_and_a_good_client_finishes(make_run):
         "lists 1 tensors but 0 frames",
     )
     bad.expect_error([header("forward")], "out_of_order", "before hello")
-    hello = Header(MsgType.HELLO, meta={"client_id": 1, "config_hash": run.cfg.hash(), "n_samples": 3})
+    hello = Header(MsgType.HELLO, meta=run.hello_meta(1, 3))
     bad.expect_error(
-        encode(Header(MsgType.HELLO, meta={"client_id": 0, "config_hash": run.cfg.hash(), "n_samples": 3})),
+        encode(Header(MsgType.HELLO, meta=run.hello_meta(0, 3))),
         "unknown_client",
         "belongs to client-1",
     )
     bad.expect_error(
-        encode(Header(MsgType.HELLO, meta={"client_id": 1, "config_hash": "x", "n_samples": 3})), "config_mismatch"
+        encode(Header(MsgType.HELLO, meta={**run.hello_meta(1, 3), "config_hash": "x"})), "config_mismatch"
     )
+    bad.expect_error(
+        encode(Header(MsgType.HELLO, meta={**run.hello_meta(1, 3), "model": "sha256:" + "0" * 64})),
+        "config_mismatch",
+        "different base model",
+    )
+    bad.expect_error(encode(Header(MsgType.HELLO, meta={**run.hello_meta(1, 3), "model": [1] * 99})), "config_mismatch")
     welcome = bad.ask(encode(hello))
     assert welcome.type == MsgType.WELCOME
     sid, hidden = welcome.header.session, welcome.header.meta["hidden"]

@@ -31,7 +31,7 @@ def _ask(sock, frames, timeout_ms=10_000):
 
 
 def _hello(run, sock, cid=1, n=3):
-    meta = {"client_id": cid, "config_hash": run.cfg.hash(), "n_samples": n}
+    meta = run.hello_meta(cid, n)
     return _ask(sock, encode(Header(MsgType.HELLO, meta=meta)))
 
 
@@ -156,7 +156,7 @@ def test_live_fuzz_server_survives_and_the_honest_client_finishes(make_run):
         1234,
         session=welcome.header.session,
         hidden=welcome.header.meta["hidden"],
-        config_hash=run.cfg.hash(),
+        hello=run.hello_meta(0, 1),
         max_bytes=int(run.cfg.transport.max_message_mb * 2**20),
     )
     kinds: dict[str, int] = {}

@@ -85,9 +85,13 @@ def test_launch_local_runs_server_and_clients_as_processes(tmp_path):
         "--set",
         "data.eval_examples=4",
     ]
+    from splitfed.models import prepare
+
+    prepare("tiny-llama")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "merged PEFT adapter" in out.stdout and "client-2" in out.stdout
+    assert "preparing" not in out.stdout  # the model was already in the cache
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
     # a failing process makes the launcher fail
     bad = subprocess.run([*cmd, "--set", "model.cut=[2, 28]"], capture_output=True, text=True, timeout=300)
@@ -105,3 +109,27 @@ def test_cross_client_batching_run(make_run):
     assert any(m.get("batched", 1) > 1 for m in forwards), "no step was batched across clients"
     steps = sum(1 for k in range(3) for m in run.metrics(f"client-{k}") if m["event"] == "step")
     assert steps == 3 * 2 * 6
+
+
+def test_launch_local_report_when_clients_withhold_their_loss(tmp_path, capsys):
+    """With privacy on the clients keep their loss: the summary says so instead of dividing by zero."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    from splitfed.config import RunConfig
+
+    spec = importlib.util.spec_from_file_location(
+        "launch_local", Path(__file__).resolve().parents[2] / "examples" / "launch_local.py"
+    )
+    launch_local = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch_local)
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    rounds = [{"event": "round", "round": 0, "participants": ["client-0"], "losses": {"client-0": None}}]
+    (metrics / "server.jsonl").write_text("".join(json.dumps(m) + "\n" for m in rounds))
+    done = {"event": "done", "ppl_before": 30.0, "ppl_after": 29.0, "bytes_out": 1e6, "bytes_in": 1e6}
+    (metrics / "client-0.jsonl").write_text(json.dumps(done) + "\n")
+    assert launch_local.report(tmp_path, RunConfig().with_overrides(**{"data.clients": 1})) == 0
+    out = capsys.readouterr().out
+    assert "withheld" in out and "30.00" in out

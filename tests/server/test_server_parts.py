@@ -152,3 +152,49 @@ def test_per_client_mode_refuses_batching():
     svc = TrunkService(trunk, mode="per_client", clients=["a", "b"], optim=OptimConfig())
     with pytest.raises(ValueError, match="needs server.mode = 'shared'"):
         svc.forward_group([("a", torch.zeros(1, 2, 32), torch.ones(1, 2, dtype=torch.long))])
+
+
+def test_base_forward_is_the_public_trunk_whatever_was_trained():
+    """The "before" evaluation (base = True) runs the trunk with its adapter off: the same
+    output before and after other clients' steps, equal to the trunk without any LoRA."""
+    from splitfed_testing import tiny_model
+
+    from splitfed.models import LoraSpec, add_lora, split_model
+    from splitfed.server.trunk import TrunkService
+    from splitfed.training import OptimConfig
+
+    public = split_model(tiny_model("llama"), (1, 3)).trunk
+    trunk = split_model(tiny_model("llama"), (1, 3)).trunk
+    add_lora(trunk, LoraSpec(r=2), seed=0)
+    svc = TrunkService(trunk, mode="shared", clients=["a", "b"], optim=OptimConfig(lr=0.5))
+    act, mask = torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.long)
+    with torch.no_grad():
+        want = public(act, mask)
+    before = svc.forward("b", act, mask, train=False, base=True)
+    out = svc.forward("a", torch.randn(2, 5, 32), mask, train=True)  # another client trains first
+    svc.backward("a", torch.ones_like(out))
+    assert not torch.allclose(svc.forward("b", act, mask, train=False), want)  # the adapter moved
+    after = svc.forward("b", act, mask, train=False, base=True)
+    torch.testing.assert_close(before, want, rtol=0, atol=0)
+    torch.testing.assert_close(after, want, rtol=0, atol=0)
+    assert all(p.requires_grad for n, p in trunk.named_parameters() if "lora_" in n)  # still trainable
+    with pytest.raises(ValueError, match="evaluation only"):
+        svc.forward("b", act, mask, train=True, base=True)
+
+
+def test_metrics_mirrored_to_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from splitfed.metrics import MetricsWriter, read_metrics
+
+    m = MetricsWriter(tmp_path / "m.jsonl", tensorboard=tmp_path / "tb")
+    for step, loss in enumerate([3.0, 2.5]):
+        m.write("step", round=0, step=step, loss=loss, note="text is skipped")
+    m.write("privacy", round=0, epsilon={"server": 1.5, "aggregator": float("inf")})
+    m.close()
+    assert [r["loss"] for r in read_metrics(tmp_path / "m.jsonl") if r["event"] == "step"] == [3.0, 2.5]
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("step/loss")] == [(0, 3.0), (1, 2.5)]
+    assert [e.value for e in acc.Scalars("privacy/epsilon/server")] == [1.5]
+    assert "privacy/epsilon/aggregator" not in acc.Tags()["scalars"]  # infinity is not plotted

@@ -24,7 +24,7 @@ _KNOWLEDGE = Knowledge(
     party="anyone who can query the model",
     sees=(
         "the fine-tuned model's logits on candidate texts (the aggregator holds the model under plain "
-        "FedAvg; every client receives it at the end)"
+        "FedAvg; every client receives it at the end unless server.share_trunk_adapter = false)"
     ),
     knows="the candidate texts and the public pretrained model",
 )
