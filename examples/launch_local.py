@@ -66,7 +66,8 @@ def main(argv=None) -> int:
 
     if not cfg.model.path and not is_prepared(cfg.model.name, cache_dir=cfg.model.cache_dir or None):
         print(f"preparing {cfg.model.name} (converted once into the cache) ...", flush=True)
-    base = resolve_base_model(per_client(cfg, 0).model, need_tokenizer=True)  # once here, not raced for by every process
+    # once here, not raced for by every process
+    base = resolve_base_model(per_client(cfg, 0).model, need_tokenizer=True)
     config_path = run_dir / "run.toml"
     server_cfg = per_client(cfg, 0).with_overrides(**{"data.train": "", "data.eval": "", "data.eval_fraction": 0.0})
     config_path.write_text(dump_toml(server_cfg, comments=True))

@@ -30,9 +30,18 @@ ADAPTER = "default"
 _LORA_MARK = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.|$)")
 
 
+#: Supported families PEFT has no default LoRA targets for: their attention projections.
+_EXTRA_TARGETS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("qwen3_moe", "olmo", "olmo2", "smollm3", "starcoder2"), ("q_proj", "v_proj")),
+    "phi3": ("qkv_proj",),
+}
+
+
 def default_targets(model_type: str) -> tuple[str, ...]:
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAP
 
+    if model_type not in MAP and model_type in _EXTRA_TARGETS:
+        return _EXTRA_TARGETS[model_type]
     if model_type not in MAP:
         raise ValueError(f"no default LoRA target modules for model_type={model_type!r}; set target_modules explicitly")
     return tuple(MAP[model_type])
