@@ -15,15 +15,9 @@ file, or the row of a Parquet file or saved data set.
 
 from __future__ import annotations
 
-import csv
-import glob
-import json
 import math
 import os
-import re
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,10 +32,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
 }
 ROLES = ("system", "user", "assistant")
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".md")
-_LOADER = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text", ".md": "text"}
 _CONFIG_KEY = {k: f"{k}_field" for k in ("text", "prompt", "completion", "messages")}
-_LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
 
 
 class DataError(ValueError):
@@ -102,24 +93,13 @@ def load_records(
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
-    if path.is_dir():
-        columns, raw, unit, locations = _read_saved(path)
-    else:
-        suffix = path.suffix.lower()
-        if suffix not in _LOADER:
-            raise DataError(
-                f"{path}: unsupported file type {suffix or '(no extension)'!r}; expected one of "
-                f"{', '.join(SUFFIXES)} or a directory written by Dataset.save_to_disk"
-            )
-        reader = {"json": _read_json, "csv": _read_csv, "parquet": _read_parquet, "text": _read_text}
-        try:
-            columns, raw, unit, locations = reader[_LOADER[suffix]](path)
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read it: {exc.strerror or exc}") from None
-        if _LOADER[suffix] == "text":
-            if format not in ("auto", "text"):
-                raise DataError(f"{path}: {suffix} files hold text records (one per paragraph), not {format}")
-            fields = FieldMap(text="text")
+    from splitfed.data.readers import read_file
+
+    columns, raw, unit, locations = read_file(path)
+    if unit == "paragraph":  # .txt / .md: one text record per paragraph
+        if format not in ("auto", "text"):
+            raise DataError(f"{path}: {path.suffix} files hold text records (one per paragraph), not {format}")
+        fields = FieldMap(text="text")
     if not raw:
         raise DataError(f"{path}: no records (the data set is empty)")
     fmt = _detect(path, columns, fields, format)
@@ -199,7 +179,8 @@ def _normalise(fmt: Format, row: dict, fields: FieldMap) -> dict:
     return {"messages": _messages(row.get(fields.messages), fields.messages)}
 
 
-def _got(value: Any) -> str:
+def describe(value: Any) -> str:
+    """A value as an error message shows it: its type, and the value when short."""
     if value is None:
         return "null (missing)"
     if isinstance(value, str):
@@ -212,233 +193,36 @@ def _got(value: Any) -> str:
 def _text(row: dict, name: str, *, nonblank: bool) -> str:
     value = row.get(name)
     if not isinstance(value, str):
-        raise _RowError(f"{name}: expected a string, got {_got(value)}")
+        raise _RowError(f"{name}: expected a string, got {describe(value)}")
     if nonblank and not value.strip():
-        raise _RowError(f"{name}: expected non-empty text, got {_got(value)}")
+        raise _RowError(f"{name}: expected non-empty text, got {describe(value)}")
     return value
 
 
 def _messages(value: Any, name: str) -> list[dict]:
     if not isinstance(value, list) or not value:
-        raise _RowError(f"{name}: expected a non-empty list of {{'role', 'content'}} messages, got {_got(value)}")
+        raise _RowError(f"{name}: expected a non-empty list of {{'role', 'content'}} messages, got {describe(value)}")
     out: list[dict] = []
     previous = None
     for turn, msg in enumerate(value, 1):
         where = f"{name} turn {turn}"
         if not isinstance(msg, dict):
-            raise _RowError(f"{where}: expected a {{'role', 'content'}} object, got {_got(msg)}")
+            raise _RowError(f"{where}: expected a {{'role', 'content'}} object, got {describe(msg)}")
         role, content = msg.get("role"), msg.get("content")
         if role not in ROLES:
-            raise _RowError(f"{where}: role: expected one of {', '.join(map(repr, ROLES))}, got {_got(role)}")
+            raise _RowError(f"{where}: role: expected one of {', '.join(map(repr, ROLES))}, got {describe(role)}")
         if not isinstance(content, str):
-            raise _RowError(f"{where}: content: expected a string, got {_got(content)}")
+            raise _RowError(f"{where}: content: expected a string, got {describe(content)}")
         expected = "assistant" if previous == "user" else "user"
         if role != expected and not (role == "system" and turn == 1):
             after = f"after {previous!r}" if previous else "first"
             hint = " (a system turn may only come first)" if role == "system" else ""
             raise _RowError(f"{where}: expected {expected!r} {after}, got {role!r}{hint}")
         if role == "assistant" and not content.strip():
-            raise _RowError(f"{where}: assistant content: expected non-empty text, got {_got(content)}")
+            raise _RowError(f"{where}: assistant content: expected non-empty text, got {describe(content)}")
         extra = {k: v for k, v in msg.items() if v is not None and k not in ("role", "content")}
         out.append({"role": role, "content": content, **extra})
         previous = role
     if not any(m["role"] == "assistant" for m in out):
         raise _RowError(f"{name}: expected at least one 'assistant' turn, got none")
     return out
-
-
-# --------------------------------------------------------------------------- readers
-
-Read = tuple[list[str], list[dict], str, Sequence[int]]  # columns, rows, unit, locations
-
-
-def _datasets():
-    """``datasets``, imported offline (~1 s, once) so that the CLI starts fast without data files."""
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import datasets
-
-    return datasets
-
-
-@contextmanager
-def _quiet(ds) -> Iterator[None]:
-    """No progress bars or loader error logs (a failure becomes a `DataError` instead)."""
-    bars, level = ds.is_progress_bar_enabled(), ds.logging.get_verbosity()
-    ds.disable_progress_bars()
-    ds.logging.set_verbosity(ds.logging.CRITICAL)
-    try:
-        yield
-    finally:
-        ds.logging.set_verbosity(level)
-        if bars:
-            ds.enable_progress_bars()
-
-
-def _cause(exc: BaseException) -> BaseException:
-    """The innermost exception of a chain (datasets wraps the informative one)."""
-    seen = {id(exc)}
-    while (nxt := exc.__cause__ or exc.__context__) is not None and id(nxt) not in seen:
-        seen.add(id(nxt))
-        exc = nxt
-    return exc
-
-
-def _chain_has(exc: BaseException, kind: type) -> bool:
-    while exc is not None:
-        if isinstance(exc, kind):
-            return True
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return False
-
-
-def _failure(path: Path, what: str, exc: BaseException) -> DataError:
-    if _chain_has(exc, UnicodeDecodeError):
-        return DataError(f"{path}: expected UTF-8 text, got bytes that are not UTF-8")
-    inner = _cause(exc)
-    msg = (str(inner).strip().splitlines() or [type(inner).__name__])[0][:200]
-    return DataError(f"{path}: could not read it as {what}: {msg}")
-
-
-def _load(path: Path, kind: str, **options: Any) -> tuple[list[str], list[dict]]:
-    """Columns and rows of one file read by a ``datasets`` loader, in memory, cache deleted after."""
-    ds = _datasets()
-    with tempfile.TemporaryDirectory(prefix="splitfed-data-") as cache, _quiet(ds):
-        data = ds.load_dataset(
-            kind,
-            data_files=glob.escape(str(path.resolve())),  # a literal path, not a pattern
-            split="train",
-            cache_dir=cache,
-            keep_in_memory=True,
-            **options,
-        )
-        return list(data.column_names), data.to_list()
-
-
-def _read_json(path: Path) -> Read:
-    raw = path.read_bytes()
-    body = raw.lstrip()
-    if not body:
-        return [], [], "line", ()
-    array = body[:1] == b"["
-    try:
-        columns, rows = _load(path, "json")
-    except Exception as exc:  # any loader failure becomes a DataError
-        _find_bad_json(path, raw, array)
-        raise _failure(path, "JSON", exc) from None
-    if array:
-        return columns, rows, "row", ()
-    lines = raw.split(b"\n")
-    if lines and not lines[-1].strip():
-        lines.pop()
-    if len(lines) == len(rows):  # no blank lines: row i is line i + 1
-        return columns, rows, "line", ()
-    numbers = [i for i, line in enumerate(lines, 1) if line.strip()]
-    if len(numbers) != len(rows):  # not one object per line after all: number the rows
-        return columns, rows, "row", ()
-    return columns, rows, "line", numbers
-
-
-def _find_bad_json(path: Path, raw: bytes, array: bool) -> None:
-    """Raise a `DataError` naming the first line that is not a JSON object (``json`` finds it, pyarrow
-    only says "JSON parse error"); return if every line is fine."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: expected UTF-8 text, got bytes that are not UTF-8") from None
-    if array:
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} line {exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-        for i, item in enumerate(items if isinstance(items, list) else [], 1):
-            if not isinstance(item, dict):
-                raise DataError(f"{path} row {i}: expected a JSON object, got {_got(item)}")
-        return
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} line {lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-        if not isinstance(item, dict):
-            raise DataError(f"{path} line {lineno}: expected a JSON object, got {_got(item)}")
-
-
-def _read_csv(path: Path) -> Read:
-    """Every cell is read as a string (pandas would turn ``5`` into a number and ``NA`` or an empty
-    cell into null); a record whose field count differs from the header's is refused, not shifted."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            n = 0
-            for record in reader:
-                if not record:
-                    continue  # a blank line, skipped by the loader too
-                n += 1
-                if header is not None and len(record) != len(header):
-                    raise DataError(
-                        f"{path} row {n}: expected {len(header)} fields as in the header, got {len(record)}"
-                    )
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: expected UTF-8 text, got bytes that are not UTF-8") from None
-    except csv.Error as exc:
-        raise DataError(f"{path}: could not read it as CSV: {exc}") from None
-    if not header or n == 0:
-        return header or [], [], "row", ()
-    dupes = sorted({c for c in header if header.count(c) > 1})
-    if dupes:
-        raise DataError(f"{path}: expected distinct column names in the header, got {dupes} more than once")
-    ds = _datasets()
-    features = ds.Features({name: ds.Value("string") for name in header})
-    try:
-        columns, rows = _load(
-            path, "csv", column_names=header, header=0, features=features, keep_default_na=False, na_filter=False
-        )
-    except Exception as exc:
-        raise _failure(path, "CSV", exc) from None
-    return columns, rows, "row", ()
-
-
-def _read_parquet(path: Path) -> Read:
-    try:
-        columns, rows = _load(path, "parquet")
-    except Exception as exc:
-        raise _failure(path, "Parquet", exc) from None
-    return columns, rows, "row", ()
-
-
-def _read_text(path: Path) -> Read:
-    """One record per paragraph; blank lines around a paragraph and trailing whitespace are dropped."""
-    try:
-        if not path.read_text(encoding="utf-8").strip():
-            return ["text"], [], "paragraph", ()
-        _, rows = _load(path, "text", sample_by="paragraph")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: expected UTF-8 text, got bytes that are not UTF-8") from None
-    except Exception as exc:
-        raise _failure(path, "text", exc) from None
-    texts = (_LEADING_BLANK_LINES.sub("", row["text"] or "").rstrip() for row in rows)
-    return ["text"], [{"text": t} for t in texts if t], "paragraph", ()
-
-
-def _read_saved(path: Path) -> Read:
-    """A ``save_to_disk`` directory: a ``Dataset``, or a ``DatasetDict``'s "train" split."""
-    if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        raise DataError(
-            f"{path}: expected a file or a directory written by Dataset.save_to_disk "
-            "(with state.json or dataset_dict.json), got a directory without either"
-        )
-    ds = _datasets()
-    try:
-        with _quiet(ds):
-            data = ds.load_from_disk(str(path), keep_in_memory=True)
-    except Exception as exc:
-        raise _failure(path, "a saved data set", exc) from None
-    if isinstance(data, ds.DatasetDict):
-        if "train" not in data:
-            raise DataError(f"{path}: expected a 'train' split in the saved data set, got {sorted(data)}")
-        data = data["train"]
-    return list(data.column_names), data.to_list(), "row", ()

@@ -20,6 +20,7 @@ from splitfed.models.checkpoint import (
     source_plan,
     tensor_files,
 )
+from splitfed.models.pretrained import TOKENIZER_FILES
 
 #: model_types whose split reproduces the unsplit logits and LoRA gradients exactly
 #: (tests/models/test_split_exactness.py runs every one of them).
@@ -43,7 +44,6 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
     "gpt_neox",
 )
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 # safetensors dtype codes of floating-point tensors -> torch names
