@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -9,6 +10,7 @@ import time
 
 import pytest
 import torch
+import zmq
 
 from splitfed.transport import ClientSocket, generate_keys
 from splitfed.wire import Header, MsgType, decode, encode
@@ -23,14 +25,16 @@ def test_unknown_key_and_plaintext_clients_get_nothing(make_run, tmp_path):
     server = run.server()
     wait_listening(run)
     endpoint = run.cfg.transport.endpoint
+    hello = Header(MsgType.HELLO, meta=run.hello_meta(0, 1))
     stranger_keys = tmp_path / "stranger"
     generate_keys(stranger_keys, 1)
     (stranger_keys / "server.key").write_bytes((run.root / "keys" / "server.key").read_bytes())
     stranger = ClientSocket(endpoint, keys_dir=stranger_keys, name="client-0")
     plain = ClientSocket(endpoint, keys_dir=None, name="client-0", insecure=True)
-    hello = Header(MsgType.HELLO, meta=run.hello_meta(0, 1))
     for sock in (stranger, plain):
-        sock.send(encode(hello))
+        # once the server has refused the handshake there is no pipe, and a blocking send would wait forever
+        with contextlib.suppress(zmq.Again):
+            sock.sock.send_multipart(encode(hello), flags=zmq.NOBLOCK)
     assert stranger.recv(2000) is None and plain.recv(500) is None
     stranger.close()
     plain.close()
