@@ -6,14 +6,23 @@ Layout of a keys directory::
     client-K.key  client-K.key_secret      client K's pair (give it only to client K)
     allowed/client-K.key                   public keys the server accepts (its allow-list)
     client-K.sign_secret                   client K's Ed25519 identity key (secure aggregation)
-    identity/client-K.pub                  every client's Ed25519 public key (all parties get these)
+    roster.toml                            every client's Ed25519 public key (all parties get it)
+
+The per-party functions (`create_party_keys`, `install_public_keys`) make the same files one
+party at a time, on each party's own machine; `generate_keys` is the one-directory demo.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_ZPL_VALUE = re.compile(r'^\s+([a-z-]+)\s*=\s*"?([^"]*)"?\s*$')
 
 
 class KeyFileError(FileNotFoundError):
@@ -25,8 +34,12 @@ def client_name(client_id: int) -> str:
 
 
 def generate_keys(keys_dir: str | os.PathLike, n_clients: int, *, overwrite: bool = False) -> Path:
-    """Write a server pair and `n_clients` client pairs; returns the directory."""
-    import zmq.auth
+    """The local demo: every party's keys in one directory (whoever holds it holds every secret).
+
+    Writes the server pair, `n_clients` client pairs with signing keys, the allow-list and the
+    secure-aggregation roster; organisations instead run `create_party_keys` each on their own.
+    """
+    from splitfed.transport.roster import ROSTER_FILE, roster_from_key_files, write_roster
 
     if n_clients < 1:
         raise ValueError(f"n_clients must be >= 1, got {n_clients}")
@@ -36,33 +49,12 @@ def generate_keys(keys_dir: str | os.PathLike, n_clients: int, *, overwrite: boo
     allowed = root / "allowed"
     if allowed.exists():
         shutil.rmtree(allowed)
-    allowed.mkdir(parents=True)
-    os.chmod(root, 0o700)
-    names = ["server"] + [client_name(k) for k in range(n_clients)]
-    for name in names:
-        public, secret = zmq.auth.create_certificates(root, name)
-        os.chmod(secret, 0o600)
-        os.chmod(public, 0o644)
-        if name != "server":
-            shutil.copy(public, allowed / Path(public).name)
-    _generate_identities(root, n_clients)
+    shutil.rmtree(root / "identity", ignore_errors=True)  # the layout before the roster
+    create_party_keys(root, "server", sign=False, overwrite=True)
+    clients = [create_party_keys(root, client_name(k), overwrite=True).path for k in range(n_clients)]
+    install_public_keys(allowed, clients)
+    write_roster(root / ROSTER_FILE, roster_from_key_files(clients))
     return root
-
-
-def _generate_identities(root: Path, n_clients: int) -> None:
-    """Ed25519 identity keys that sign secure-aggregation key advertisements."""
-    from crypto.sign import generate_signing_key_pair
-
-    identity = root / "identity"
-    if identity.exists():
-        shutil.rmtree(identity)
-    identity.mkdir()
-    for k in range(n_clients):
-        pair = generate_signing_key_pair()
-        secret = root / f"{client_name(k)}.sign_secret"
-        secret.write_text(pair.private.hex() + "\n")
-        os.chmod(secret, 0o600)
-        (identity / f"{client_name(k)}.pub").write_text(pair.public.hex() + "\n")
 
 
 def load_signing_key(keys_dir: str | os.PathLike, name: str) -> bytes:
@@ -73,12 +65,11 @@ def load_signing_key(keys_dir: str | os.PathLike, name: str) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
-def identity_keys(keys_dir: str | os.PathLike) -> dict[int, bytes]:
-    """client id -> Ed25519 public key, for every client in ``identity/``."""
-    folder = Path(keys_dir) / "identity"
-    if not folder.is_dir():
-        raise KeyFileError(f"no identity keys in {folder}; run `splitfed keys generate --dir {keys_dir} --force`")
-    return {int(p.stem.split("-", 1)[1]): bytes.fromhex(p.read_text().strip()) for p in sorted(folder.glob("*.pub"))}
+def identity_keys(keys_dir: str | os.PathLike, roster: str | os.PathLike | None = None) -> dict[int, bytes]:
+    """client id -> Ed25519 public key, from `roster` (default: ``roster.toml`` in `keys_dir`)."""
+    from splitfed.transport.roster import ROSTER_FILE, load_roster
+
+    return load_roster(roster or Path(keys_dir) / ROSTER_FILE).identity_keys
 
 
 def load_keypair(keys_dir: str | os.PathLike, name: str) -> tuple[bytes, bytes]:
@@ -111,3 +102,171 @@ def allowed_clients(keys_dir: str | os.PathLike) -> dict[str, str]:
     if not allowed.is_dir():
         raise KeyFileError(f"no allow-list at {allowed}; run `splitfed keys generate --dir {keys_dir}` first")
     return {zmq.auth.load_certificate(p)[0].decode(): p.stem for p in sorted(allowed.glob("*.key"))}
+
+
+# ----------------------------------------------------------------------------- per-party keys
+#
+# Each organisation runs `splitfed keys init NAME` on its own machine: its secret files never
+# leave it, and the one public file (NAME.key) is what it sends to the others.  The public file
+# is a ZeroMQ certificate (so an allow-list directory of them works as-is) whose metadata also
+# carries the party's Ed25519 signing key for secure aggregation.
+
+SIGN_META = "sign-key"
+
+
+@dataclass(frozen=True)
+class PublicKeyFile:
+    """One party's public keys, as read from its ``NAME.key`` file."""
+
+    name: str
+    curve: str  # z85 CURVE public key
+    sign: bytes | None  # Ed25519 public key (secure aggregation); None for a file without one
+    path: Path | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return key_fingerprint(self.curve)
+
+
+def key_fingerprint(public: str | bytes) -> str:
+    """A short, speakable fingerprint of a public key (z85 CURVE key or raw bytes): 4 groups of 4 hex."""
+    raw = public.encode() if isinstance(public, str) else bytes(public)
+    if len(raw) == 40:  # z85 text of a 32-byte CURVE key: fingerprint the key, not its spelling
+        from zmq.utils import z85
+
+        raw = z85.decode(raw)
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    return " ".join(digest[i : i + 4] for i in range(0, 16, 4))
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name == "allowed":
+        raise ValueError(f"a party name is 1-64 letters, digits, '-', '_' or '.' (not starting with '.'), got {name!r}")
+    return name
+
+
+def _public_text(name: str, curve: str, sign: bytes | None) -> str:
+    lines = [
+        f"#   splitfed public keys of {name}: safe to share, send this file to the other parties",
+        f"#   fingerprint {key_fingerprint(curve)} (compare it with its owner by phone)",
+        "",
+        "metadata",
+        f'    name = "{name}"',
+    ]
+    if sign is not None:
+        lines.append(f'    {SIGN_META} = "{sign.hex()}"')
+    lines += ["curve", f'    public-key = "{curve}"', ""]
+    return "\n".join(lines)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def create_party_keys(
+    keys_dir: str | os.PathLike, name: str, *, sign: bool = True, overwrite: bool = False
+) -> PublicKeyFile:
+    """Write party `name`'s CURVE pair (``NAME.key``, ``NAME.key_secret``) and, with `sign`, its
+    Ed25519 signing key (``NAME.sign_secret``, public half in ``NAME.key``); returns the public file."""
+    import zmq
+
+    from crypto.sign import generate_signing_key_pair
+
+    _check_name(name)
+    root = Path(keys_dir)
+    secret_path = root / f"{name}.key_secret"
+    if secret_path.exists() and not overwrite:
+        raise FileExistsError(f"{secret_path} exists: {name} already has keys here (pass --force to replace them)")
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    pair = generate_signing_key_pair() if sign else None
+    signing = pair.public if pair else None
+    _write_private(
+        secret_path,
+        f"#   splitfed SECRET keys of {name}: never copy this file off this machine\n\nmetadata\n"
+        f'    name = "{name}"\ncurve\n    public-key = "{public}"\n    secret-key = "{secret}"\n',
+    )
+    if pair is not None:
+        _write_private(root / f"{name}.sign_secret", pair.private.hex() + "\n")
+    else:
+        (root / f"{name}.sign_secret").unlink(missing_ok=True)
+    path = root / f"{name}.key"
+    path.write_text(_public_text(name, public, signing))
+    os.chmod(path, 0o644)
+    return PublicKeyFile(name, public, signing, path)
+
+
+def read_public_key_file(path: str | os.PathLike) -> PublicKeyFile:
+    """Read and check a party's public key file; errors name the file and what is wrong with it."""
+    from zmq.utils import z85
+
+    p = Path(path)
+    if not p.is_file():
+        raise KeyFileError(f"no public key file at {p}")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"cannot read public key file {p}: {exc}") from None
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        m = _ZPL_VALUE.match(line)
+        if m:
+            values[m.group(1)] = m.group(2)
+    if "secret-key" in values:
+        raise KeyFileError(f"{p} holds a SECRET key: send and install only the public file (NAME.key)")
+    curve = values.get("public-key")
+    if curve is None:
+        raise KeyFileError(f"{p} is not a key file: expected a 'public-key = \"...\"' line")
+    try:
+        if len(curve) != 40 or len(z85.decode(curve.encode())) != 32:
+            raise ValueError
+    except ValueError:
+        raise KeyFileError(f"{p}: public-key must be 40 z85 characters (a 32-byte CURVE key), got {curve!r}") from None
+    sign = None
+    if SIGN_META in values:
+        try:
+            sign = bytes.fromhex(values[SIGN_META])
+        except ValueError:
+            sign = b""
+        if len(sign) != 32:
+            raise KeyFileError(f"{p}: {SIGN_META} must be 64 hex digits (an Ed25519 public key)")
+    name = values.get("name") or p.stem
+    try:
+        _check_name(name)
+    except ValueError as exc:
+        raise KeyFileError(f"{p}: {exc}") from None
+    return PublicKeyFile(name, curve, sign, p)
+
+
+def install_public_keys(
+    dest: str | os.PathLike, files: list[str | os.PathLike], *, overwrite: bool = False
+) -> list[PublicKeyFile]:
+    """Copy checked public key files into `dest` as ``NAME.key`` (an allow-list directory, or the
+    server's key a client installs); refuses one key under two names or two keys under one name."""
+    root = Path(dest)
+    keys = [read_public_key_file(f) for f in files]
+    seen: dict[str, str] = {}
+    for k in keys:
+        if k.curve in seen and seen[k.curve] != k.name:
+            raise KeyFileError(f"{k.path} holds the same key as {seen[k.curve]}'s file: each party needs its own")
+        seen[k.curve] = k.name
+    names = [k.name for k in keys]
+    if len(set(names)) != len(names):
+        raise KeyFileError(f"two files name the same party: {sorted(n for n in names if names.count(n) > 1)}")
+    root.mkdir(parents=True, exist_ok=True)
+    for k in keys:
+        target = root / f"{k.name}.key"
+        if target.exists() and not overwrite:
+            old = read_public_key_file(target)
+            if old.curve != k.curve:
+                raise FileExistsError(
+                    f"{target} already holds another key for {k.name} (fingerprint {old.fingerprint}, new "
+                    f"{k.fingerprint}); pass --force to replace it"
+                )
+        target.write_text(_public_text(k.name, k.curve, k.sign))
+        os.chmod(target, 0o644)
+    return keys
