@@ -52,9 +52,11 @@ class ServerSocket:
         send_hwm: int = 1000,
         recv_hwm: int = 100,
         max_frame_bytes: int | None = None,
+        name: str = "server",
     ):
         """`send_hwm` / `recv_hwm`: messages queued per peer out / in; `max_frame_bytes`: a peer
-        sending a larger frame is disconnected by ZeroMQ before the frame is read (None: no limit)."""
+        sending a larger frame is disconnected by ZeroMQ before the frame is read (None: no limit);
+        `name`: whose key pair in `keys_dir` this socket uses (``NAME.key_secret``)."""
         for name, value in (("send_hwm", send_hwm), ("recv_hwm", recv_hwm), ("max_frame_bytes", max_frame_bytes)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"ServerSocket {name}: expected an integer >= 1, got {value!r}")
@@ -77,7 +79,7 @@ class ServerSocket:
             from zmq.auth.thread import ThreadAuthenticator
 
             self.clients = allowed_clients(keys_dir)
-            public, secret = load_keypair(keys_dir, "server")
+            public, secret = load_keypair(keys_dir, name)
             self.auth = ThreadAuthenticator(self.ctx)
             self.auth.start()
             self.auth.configure_curve(domain="*", location=str(os.path.join(keys_dir, "allowed")))
@@ -148,9 +150,19 @@ def _power_of_ten(n: int) -> bool:
 
 
 class ClientSocket:
-    def __init__(self, endpoint: str, *, keys_dir: str | os.PathLike | None, name: str, insecure: bool = False):
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        keys_dir: str | os.PathLike | None,
+        name: str,
+        insecure: bool = False,
+        server_key: bytes | None = None,
+    ):
+        """`name`: this party's key pair in `keys_dir`; `server_key`: the server's z85 public key
+        (default: ``server.key`` in `keys_dir`)."""
         self.endpoint = endpoint
-        self.keys_dir, self.name, self.insecure = keys_dir, name, insecure
+        self.keys_dir, self.name, self.insecure, self.server_key = keys_dir, name, insecure, server_key
         self.ctx = zmq.Context()
         self.sock = None
         self.reconnect()
@@ -167,7 +179,7 @@ class ClientSocket:
             public, secret = load_keypair(self.keys_dir, self.name)
             sock.curve_secretkey = secret
             sock.curve_publickey = public
-            sock.curve_serverkey = load_public(self.keys_dir, "server")
+            sock.curve_serverkey = self.server_key or load_public(self.keys_dir, "server")
         sock.connect(self.endpoint)
         self.sock = sock
         self.poller = zmq.Poller()
