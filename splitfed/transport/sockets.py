@@ -57,9 +57,9 @@ class ServerSocket:
         """`send_hwm` / `recv_hwm`: messages queued per peer out / in; `max_frame_bytes`: a peer
         sending a larger frame is disconnected by ZeroMQ before the frame is read (None: no limit);
         `name`: whose key pair in `keys_dir` this socket uses (``NAME.key_secret``)."""
-        for name, value in (("send_hwm", send_hwm), ("recv_hwm", recv_hwm), ("max_frame_bytes", max_frame_bytes)):
+        for option, value in (("send_hwm", send_hwm), ("recv_hwm", recv_hwm), ("max_frame_bytes", max_frame_bytes)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"ServerSocket {name}: expected an integer >= 1, got {value!r}")
+                raise ValueError(f"ServerSocket {option}: expected an integer >= 1, got {value!r}")
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
