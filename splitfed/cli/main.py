@@ -34,16 +34,6 @@ def _cmd_split_info(args) -> int:
     return 0
 
 
-def _cmd_keys_generate(args) -> int:
-    from splitfed.transport import generate_keys
-
-    out = generate_keys(args.dir, args.clients, overwrite=args.force)
-    print(f"wrote CURVE keys for the server and {args.clients} client(s) to {out}")
-    print(f"  server:  {out}/server.key_secret (keep on the server)")
-    print(f"  clients: {out}/client-K.key_secret (give each client only its own); allow-list: {out}/allowed/")
-    return 0
-
-
 def _load_run_config(args):
     from splitfed.config import RunConfig, load_config, parse_overrides
 
@@ -164,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="splitfed",
         description="Split federated fine-tuning of LLMs: clients keep text, labels, embeddings and head; "
         "a server trains the middle blocks.",
-        epilog="Examples:\n  splitfed keys generate --dir keys --clients 3\n"
+        epilog="Examples:\n  splitfed keys init client-0 --dir keys\n  splitfed keys generate --dir keys --clients 3\n"
         "  splitfed server --config examples/run.toml\n  splitfed client --config examples/run.toml --client-id 0\n"
         "  splitfed models prepare smollm2-135m\n  splitfed models inspect /models/my-llama\n"
         "  splitfed data check notes.jsonl --model /models/my-llama\n  splitfed split-info --cut 2 28\n"
@@ -186,13 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None)
     p.set_defaults(func=_cmd_split_info)
 
-    keys = sub.add_parser("keys", help="CURVE key pairs for the server and the clients")
-    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    p = ksub.add_parser("generate", help="write server + client key pairs (secret files 0600) and the allow-list")
-    p.add_argument("--dir", type=Path, default=Path("keys"), help="keys directory (default: keys)")
-    p.add_argument("--clients", type=int, default=3, help="number of client key pairs (default: 3)")
-    p.add_argument("--force", action="store_true", help="replace existing keys")
-    p.set_defaults(func=_cmd_keys_generate)
+    from splitfed.cli.keys import register as register_keys
+
+    register_keys(sub)
 
     run_help = "run configuration (TOML; see examples/run.toml); omitted keys take their defaults"
     set_help = "override one config key, e.g. --set training.rounds=1 (repeatable)"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from splitfed.aggregation import Uploader, client_uploader
+from splitfed.aggregation import Uploader, client_uploader, run_roster
 from splitfed.client.data import load_client_data, pad_id, releases_per_round, round_batches
 from splitfed.client.link import Connection, RemoteTrunk, ServerLost, ServerRefused
 from splitfed.client.privacy import ClientPrivacy
@@ -72,6 +72,7 @@ class Client:
         for part in self.parts.values():
             place(part, self.device)  # float32: the client's parts are small, and DP-SGD wants exact sums
         self.optim = OptimConfig(lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
+        self.roster = run_roster(cfg) if cfg.aggregation.secure else None
         self.uploader = uploader or client_uploader(cfg, client_id, metrics=self.metrics)
         self.privacy = (
             ClientPrivacy(cfg, client_id, self.name, n_examples=len(self.examples)) if cfg.privacy.enabled else None
@@ -185,7 +186,9 @@ class Client:
             meta={
                 "client_id": self.client_id,
                 "config_hash": self.cfg.hash(),
+                "config_keys": self.cfg.key_digests(),
                 "model": self.base_model.fingerprint,
+                **({"roster": self.roster.digest} if self.roster is not None else {}),
                 "n_samples": len(self.examples),
             },
         )

@@ -46,6 +46,7 @@ HASH_EXCLUDED: tuple[str, ...] = (
     "data.completion_field",
     "data.messages_field",
     "client.adapter_dir",
+    "aggregation.roster",
     "transport.keys_dir",
     "transport.endpoint",
     "server.device",
@@ -53,6 +54,7 @@ HASH_EXCLUDED: tuple[str, ...] = (
 )
 
 DTypeName = Literal["float32", "bfloat16", "float16"]
+_FINGERPRINT = re.compile(r"([0-9a-fA-F]{16}|[0-9a-fA-F]{64})?")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 DEVICE_EXPECTED = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
@@ -334,6 +336,19 @@ class AggregationSection(_Section):
     bits: int = _opt(24, "Secure aggregation: quantisation levels per value are 2**bits.", ge=1, lt=32)
     threshold: int = _opt(0, "Secure aggregation: clients needed to finish a round; 0 = a strict majority.", ge=0)
     stage_timeout_s: float = _opt(60.0, "Secure aggregation: clients silent this long in a stage drop out.", gt=0)
+    roster: str = _opt(
+        "",
+        "Secure aggregation: the roster of every client's public signing key (`splitfed keys roster`); "
+        '"" = roster.toml in transport.keys_dir.',
+        path=True,
+    )
+    roster_fingerprint: str = _opt(
+        "",
+        "Secure aggregation: pin the roster's fingerprint (`splitfed keys show roster.toml`); every party refuses "
+        'another roster.  "" = not pinned (the server still compares every client\'s roster with its own).',
+        expected="'' or the roster's fingerprint: 16 or 64 hex digits, spaces allowed",
+        check=lambda v: isinstance(v, str) and bool(_FINGERPRINT.fullmatch(v.replace(" ", ""))),
+    )
 
     def threshold_for(self, n: int) -> int:
         """Clients needed to finish a secure-aggregation round of `n`: `threshold`, or a strict majority if 0."""
@@ -378,9 +393,35 @@ class RunConfig(_Section):
 
         The server compares it with its clients' to refuse one started with a different config.
         """
+        return hashlib.sha256(_canonical(self.agreed()).encode()).hexdigest()
+
+    def agreed(self) -> dict[str, Any]:
+        """The keys every party must agree on: `to_dict` without the local keys in `HASH_EXCLUDED`."""
         data = self.to_dict()
         for key in HASH_EXCLUDED:
             section, name = key.split(".")
             data[section].pop(name, None)
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-        return hashlib.sha256(text.encode()).hexdigest()
+        return data
+
+    def key_digests(self) -> dict[str, str]:
+        """Dotted agreed key (``lora.bottom.r``) -> a short digest of its value: what a client sends at
+        HELLO so that the server can name the keys that differ without either side sending a value."""
+        return {
+            key: hashlib.sha256(_canonical(value).encode()).hexdigest()[:16] for key, value in flat_items(self.agreed())
+        }
+
+
+def flat_items(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, leaf value) of a nested dict; lists (of tables) are leaves."""
+    items: list[tuple[str, Any]] = []
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            items += flat_items(value, key + ".")
+        else:
+            items.append((key, value))
+    return items
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)

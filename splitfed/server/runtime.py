@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from splitfed.aggregation import AdapterLayout, Aggregator, ClientUpdate, RoundOutcome, server_aggregator
+from splitfed.aggregation import AdapterLayout, Aggregator, ClientUpdate, RoundOutcome, run_roster, server_aggregator
 from splitfed.config import RunConfig
 from splitfed.metrics import MetricsWriter
 from splitfed.models.client_adapter import TRUNK_PREFIX
@@ -29,8 +29,9 @@ from splitfed.server.export import export_run_adapter
 from splitfed.server.rounds import RoundPolicy
 from splitfed.server.session import Session, Stage
 from splitfed.server.trunk import TrunkService, load_trunk
-from splitfed.server.validate import check_activations, check_bound
+from splitfed.server.validate import check_activations, check_bound, config_difference
 from splitfed.transport import Ban, Incoming, PeerLimits, RequestLoop, ServerSocket, client_name
+from splitfed.transport.roster import format_fingerprint
 from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, decompress, encode
 from splitfed.wire.messages import short
 
@@ -70,6 +71,8 @@ class Server:
         self.hidden = int(self.trunk.trunk.config.hidden_size)
         layout = AdapterLayout(client_adapter_shapes(self.model_dir, cfg.model.cut, cfg.lora.to_split_lora()))
         self.aggregator: Aggregator = server_aggregator(cfg, layout, metrics=self.metrics)
+        self.roster = run_roster(cfg) if cfg.aggregation.secure else None
+        self.key_digests = cfg.key_digests()
         self.client_state: dict[str, torch.Tensor] = {}
         self.checkpoint_dir = self.run_dir / "checkpoint"
         start = self._resume() if resume else 0
@@ -206,7 +209,15 @@ class Server:
                 ErrorCode.UNKNOWN_CLIENT, f"this key belongs to {self.socket.clients.get(inc.user)}, not {name}"
             )
         if meta.get("config_hash") != self.config_hash:
-            raise WireError(ErrorCode.CONFIG_MISMATCH, "client and server were started with different configurations")
+            raise WireError(ErrorCode.CONFIG_MISMATCH, config_difference(self.cfg, self.key_digests, meta, name))
+        if self.roster is not None and meta.get("roster") != self.roster.digest:
+            theirs = meta.get("roster")
+            theirs = format_fingerprint(theirs) if isinstance(theirs, str) else short(theirs)
+            raise WireError(
+                ErrorCode.CONFIG_MISMATCH,
+                f"different secure-aggregation roster: the server's has fingerprint {self.roster.fingerprint}, "
+                f"{name}'s {theirs} (every party needs the same roster.toml)",
+            )
         fp = meta.get("model")
         if fp != self.base_model.fingerprint:
             theirs = short_fingerprint(fp) if isinstance(fp, str) else short(fp)

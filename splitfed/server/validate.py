@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from splitfed.config import RunConfig
+from splitfed.config.schema import flat_items
 from splitfed.wire import ErrorCode, Message, WireError, decompress
+from splitfed.wire.messages import short
 
 
 def check_activations(msg: Message, cfg: RunConfig, *, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,3 +35,36 @@ def check_bound(name: str, x: torch.Tensor, bound: float) -> None:
         raise WireError(
             ErrorCode.BAD_TENSOR, f"{name}: |value| up to {peak:.3g} exceeds server.max_abs_value {bound:g}"
         )
+
+
+MAX_NAMED_KEYS = 8  # differing keys named in one config-mismatch error
+
+
+def config_difference(cfg: RunConfig, digests: dict[str, str], meta: dict, client: str) -> str:
+    """Why a client's config hash differs from the server's, naming the differing keys (and the
+    server's values) from the per-key digests the client sent at HELLO."""
+    theirs = meta.get("config_keys")
+    generic = f"{client} was started with a different configuration than the server"
+    if (
+        not isinstance(theirs, dict)
+        or len(theirs) > 4 * len(digests) + 64
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in theirs.items())
+    ):
+        return generic + " (it sent no per-key digests: an older splitfed?)"
+    differ = sorted(k for k in digests.keys() & theirs.keys() if digests[k] != theirs[k])
+    only_server = sorted(digests.keys() - theirs.keys())
+    only_client = sorted(theirs.keys() - digests.keys())
+    values = dict(flat_items(cfg.agreed()))
+    parts = [f"{key} (server: {short(values[key], 40)})" for key in differ[:MAX_NAMED_KEYS]]
+    if len(differ) > MAX_NAMED_KEYS:
+        parts.append(f"and {len(differ) - MAX_NAMED_KEYS} more")
+    if only_server:
+        parts.append(f"keys only the server knows: {', '.join(short(k, 40) for k in only_server[:MAX_NAMED_KEYS])}")
+    if only_client:
+        parts.append(f"keys only {client} knows: {', '.join(short(k, 40) for k in only_client[:MAX_NAMED_KEYS])}")
+    if not parts:
+        return generic
+    return (
+        f"{client}'s configuration differs from the server's in {', '.join(parts)}; every party must use the same "
+        "values for these (only local keys such as paths and devices may differ)"
+    )

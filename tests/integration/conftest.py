@@ -51,17 +51,22 @@ class Run:
         self.procs: list[subprocess.Popen] = []
 
     def hello_meta(self, client_id: int, n_samples: int) -> dict:
-        """What an honest client's HELLO says (config hash and base-model fingerprint)."""
+        """What an honest client's HELLO says (config hash, base-model and roster fingerprints)."""
         from splitfed.models.source import resolve_base_model
 
         if not hasattr(self, "_fingerprint"):
             self._fingerprint = resolve_base_model(self.cfg.model, need_tokenizer=False).fingerprint
-        return {
+        meta = {
             "client_id": client_id,
             "config_hash": self.cfg.hash(),
             "model": self._fingerprint,
             "n_samples": n_samples,
         }
+        if self.cfg.aggregation.secure:
+            from splitfed.aggregation import run_roster
+
+            meta["roster"] = run_roster(self.cfg).digest
+        return meta
 
     @property
     def run_dir(self) -> Path:
