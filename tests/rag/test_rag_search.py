@@ -155,8 +155,7 @@ def test_cli_query_lists_contributing_parties(parties, capsys):
     cfg.write_text(
         f'keys_dir = "{tmp_path / "querier"}"\nname = "querier"\ntimeout_s = 120.0\n'
         + "".join(
-            f'[[party]]\nname = "{a.name}"\nendpoint = "{a.endpoint}"\npublic_key = "{a.public_key}"\n'
-            for a in addrs
+            f'[[party]]\nname = "{a.name}"\nendpoint = "{a.endpoint}"\npublic_key = "{a.public_key}"\n' for a in addrs
         )
     )
     assert main(["rag", "query", "Who won the election?", "--parties", str(cfg), "-k", "3", "--no-generate"]) == 0
