@@ -1,8 +1,9 @@
 """Encrypted federated retrieval on loopback: 3 parties hold the bundled news articles, a querier
 asks a few questions, and SmolLM2 answers one of them from the retrieved articles.
 
-Each party is its own process (``splitfed rag party``), reachable only over ZeroMQ with
-CURVE; the querier encrypts every question under CKKS.  The script also measures
+Each party is its own process (``splitfed rag party``) with its own CURVE key pair,
+reachable only over ZeroMQ with CURVE by a querier whose public key is in its allow-list;
+only public key files are exchanged.  The querier encrypts every question under CKKS.  The script also measures
 recall@10 of the encrypted search against plaintext search over the same stores, and
 the cost of the score-noise mitigation.
 
@@ -40,9 +41,10 @@ def main(argv=None) -> int:
 
     from splitfed.rag.corpus import load_news, split_round_robin
     from splitfed.rag.embedder import Embedder
+    from splitfed.rag.parties import own_keys
     from splitfed.rag.querier import PartyAddress, Querier
     from splitfed.rag.store import VectorStore, build_store
-    from splitfed.transport import generate_keys
+    from splitfed.transport.keys import install_public_keys
 
     out = args.out
     docs = load_news(limit=args.docs)
@@ -60,12 +62,15 @@ def main(argv=None) -> int:
                 store.save(path)
             stores.append(store)
 
+    querier_keys = out / "keys" / "querier"
+    querier_key, _ = own_keys(querier_keys, "querier")  # on the querier's machine
+
     def start_parties(noise: float):
         procs, addrs = [], []
         for k in range(args.parties):
-            keys = out / "keys" / f"party-{k}"
-            if not (keys / "server.key_secret").exists():
-                generate_keys(keys, 1)
+            keys = out / "keys" / f"party-{k}"  # on party k's machine
+            party_key, _ = own_keys(keys, f"party-{k}")
+            install_public_keys(keys / "allowed", [querier_key.path], overwrite=True)  # the querier's public file
             endpoint = f"tcp://127.0.0.1:{free_port()}"
             cfg = out / f"party-{k}.toml"
             cfg.write_text(
@@ -79,13 +84,7 @@ def main(argv=None) -> int:
                     stderr=subprocess.STDOUT,
                 )
             )
-            addrs.append(PartyAddress(f"party-{k}", endpoint, keys))
-        (out / "parties.toml").write_text(
-            "timeout_s = 60.0\n"
-            + "".join(
-                f'[[party]]\nname = "{a.name}"\nendpoint = "{a.endpoint}"\nkeys_dir = "{a.keys_dir}"\n' for a in addrs
-            )
-        )
+            addrs.append(PartyAddress(f"party-{k}", endpoint, party_key.path))  # the party's public file
         return procs, addrs
 
     # plaintext reference over the same stores
@@ -99,7 +98,7 @@ def main(argv=None) -> int:
     results = {}
     for label, noise in (("no noise", 0.0), (f"noise {args.noise_std}", args.noise_std)):
         procs, addrs = start_parties(noise)
-        querier = Querier(addrs, embedder=embedder, timeout_s=120.0)
+        querier = Querier(addrs, keys_dir=querier_keys, name="querier", embedder=embedder, timeout_s=120.0)
         try:
             recall, lat, first = [], [], None
             for v in qvecs:

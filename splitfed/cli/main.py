@@ -91,62 +91,6 @@ def _cmd_client(args) -> int:
     return 0
 
 
-def _cmd_rag_index(args) -> int:
-    from tqdm import tqdm
-
-    from splitfed.rag.corpus import load_news
-    from splitfed.rag.index import build_index
-
-    docs = load_news(limit=args.docs)
-    with tqdm(total=len(docs), desc="embedding", unit="doc", file=sys.stdout, mininterval=1.0) as bar:
-        result = build_index(args.out, parties=args.parties, docs=docs, base_port=args.base_port, progress=bar.update)
-    for p in result.parties:
-        print(f"{p.config.name}: {p.documents} documents -> {p.config.index}, config {p.config_path}")
-    print(f"querier config: {result.querier_path}")
-    return 0
-
-
-def _cmd_rag_party(args) -> int:
-    from splitfed.rag.config import load_party_config
-    from splitfed.rag.party import Party
-
-    _setup_logging(True)
-    cfg = load_party_config(args.config)
-    party = Party.from_config(cfg, insecure=args.insecure)
-    print(
-        f"{cfg.name}: {len(party.store.docs)} documents, listening on {party.endpoint} "
-        f"({'INSECURE plaintext' if args.insecure else 'CURVE'})",
-        flush=True,
-    )
-    return party.serve(max_seconds=args.max_seconds)
-
-
-def _cmd_rag_query(args) -> int:
-    from splitfed.rag.config import load_querier_config
-    from splitfed.rag.querier import Querier
-
-    _setup_logging(False)
-    cfg = load_querier_config(args.parties)
-    querier = Querier(list(cfg.parties), timeout_s=cfg.timeout_s, insecure=args.insecure)
-    try:
-        res = querier.search(args.question, k=args.k)
-    finally:
-        querier.close()
-    print(f"parties that contributed: {', '.join(res.contributed) or 'none'}")
-    for name, why in res.failed.items():
-        print(f"left out: {name} ({why})")
-    for i, h in enumerate(res.hits, 1):
-        print(f"{i}. [{h.party}] {h.score:.3f}  {h.title}")
-    if args.no_generate or not res.hits:
-        return 0 if res.hits else 1
-    from splitfed.rag.generate import Generator, build_prompt
-
-    generator = Generator(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
-    answer = generator.generate(build_prompt(args.question, res.hits))
-    print(f"\nanswer: {answer}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from pathlib import Path
 
@@ -205,30 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_client)
 
-    rag = sub.add_parser("rag", help="encrypted federated retrieval (CKKS) for retrieval-augmented generation")
-    rsub = rag.add_subparsers(dest="rag_command", metavar="ACTION", required=True)
-    p = rsub.add_parser("index", help="embed the bundled news articles into one vector store per party")
-    p.add_argument("--out", type=Path, default=Path("rag"), help="output directory (party-K/ for each party)")
-    p.add_argument("--parties", type=int, default=3)
-    p.add_argument("--docs", type=int, default=None, help="use only the first N articles")
-    p.add_argument("--base-port", type=int, default=6000, help="party K listens on 127.0.0.1:base+K (default 6000)")
-    p.set_defaults(func=_cmd_rag_index)
-    p = rsub.add_parser("party", help="serve encrypted scoring over one party's store (ZeroMQ, CURVE)")
-    p.add_argument("--config", type=Path, required=True, help="party TOML (name, index, endpoint, keys_dir, ...)")
-    p.add_argument("--insecure", action="store_true", help="plaintext transport without authentication (warns)")
-    p.add_argument("--max-seconds", type=float, default=None, help="stop after this long (default: run forever)")
-    p.set_defaults(func=_cmd_rag_party)
-    p = rsub.add_parser("query", help="encrypt a question, search every party, answer with SmolLM2")
-    p.add_argument("question")
-    p.add_argument("--parties", type=Path, required=True, help="querier TOML: timeout_s and [[party]] entries")
-    p.add_argument("-k", type=int, default=5, help="documents to retrieve across all parties (default 5)")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--adapter", type=Path, default=None, help="a PEFT adapter exported by a training run")
-    p.add_argument("--no-generate", action="store_true", help="only retrieve")
-    p.add_argument("--device", default="auto", help="where the generator runs: auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="generator precision")
-    p.add_argument("--insecure", action="store_true")
-    p.set_defaults(func=_cmd_rag_query)
+    from splitfed.cli.rag import register as register_rag
+
+    register_rag(sub)
 
     from splitfed.cli.attack import register as register_attack
     from splitfed.cli.privacy import register as register_privacy

@@ -5,10 +5,10 @@ files ``splitfed rag index`` writes are ``dump_toml`` of them.
 
 party.toml::
 
-    name = "party-0"
-    index = "rag/party-0"          # built by `splitfed rag index`
-    endpoint = "tcp://127.0.0.1:6000"
-    keys_dir = "rag/keys/party-0"  # CURVE: server.key* is the party's pair, allowed/ the queriers
+    name = "hospital-a"
+    index = "rag/index"            # built by `splitfed rag index`
+    endpoint = "tcp://0.0.0.0:6000"
+    keys_dir = "rag/keys"          # CURVE: NAME.key* is the party's own pair, allowed/ the queriers' public keys
     noise_std = 0.0                # Gaussian noise on the encrypted scores (DP mechanism, sensitivity 2)
     k_max = 10                     # most documents one fetch may ask for
     delta = 1e-5                   # per-querier (epsilon, delta) statements
@@ -17,11 +17,13 @@ party.toml::
 
 parties.toml (querier)::
 
+    keys_dir = "querier-keys"      # the querier's own pair: NAME.key_secret (never leaves its machine)
+    name = "querier"
     timeout_s = 30.0
     [[party]]
-    name = "party-0"
-    endpoint = "tcp://127.0.0.1:6000"
-    keys_dir = "rag/keys/party-0"  # the party's public key + this querier's pair (client-0)
+    name = "hospital-a"
+    endpoint = "tcp://hospital-a.example:6000"
+    public_key = "querier-keys/parties/hospital-a.key"  # the party's public key file (NAME.key)
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class PartyConfig(_Section):
     index: str = _req("Vector store directory (built by `splitfed rag index`).", nonempty=True, path=True)
     endpoint: str = _req("Address to listen on (tcp://host:port or ipc://path).", **ENDPOINT)
     keys_dir: str = _opt(
-        "", 'CURVE keys: server.key* is the party\'s pair, allowed/ the queriers; "" for none.', path=True
+        "", "CURVE keys: NAME.key* is the party's own pair, allowed/ the queriers' keys; \"\" for none.", path=True
     )
     noise_std: float = _opt(0.0, "Gaussian noise added to the encrypted scores (a DP mechanism, per querier).", ge=0)
     k_max: int = _opt(10, "Most documents one fetch may ask for.", ge=1)
@@ -66,21 +68,23 @@ class PartyAddress(_Section):
 
     name: str = _req("Party name.", nonempty=True)
     endpoint: str = _req("The party's address (tcp://host:port or ipc://path).", **ENDPOINT)
-    keys_dir: str | None = _opt(
+    public_key: str | None = _opt(
         None,
-        "The party's public key (server.key) and the querier's pair (client-0).",
+        "The party's public key file (NAME.key, as the party sent it); needed for CURVE.",
         path=True,
-        expected="a directory (string)",
+        expected="a file path (string)",
     )
 
 
 @dataclass(frozen=True)
 class QuerierConfig(_Section):
-    """The querier: the parties it asks and how long it waits for each."""
+    """The querier: its own key pair, the parties it asks and how long it waits for each."""
 
     parties: tuple[PartyAddress, ...] = _req(
         "[[party]]: one table per party.", toml="party", expected="at least one [[party]] table", check=bool
     )
+    keys_dir: str = _opt("", 'The querier\'s own key pair (NAME.key_secret); "" for none (--insecure).', path=True)
+    name: str = _opt("querier", "Name of the querier's key pair in keys_dir.", nonempty=True)
     timeout_s: float = _opt(30.0, "Seconds to wait for a party before leaving it out.", gt=0)
 
     def _check(self) -> None:

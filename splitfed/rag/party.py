@@ -45,13 +45,15 @@ class Party:
         max_contexts: int = 4,
         budget: ScoreBudget | None = None,
     ):
-        """`budget` accounts the score noise per querier and refuses a querier over its budget."""
+        """`keys_dir` holds the party's own pair (``NAME.key_secret``, NAME = `name`) and ``allowed/``,
+        the public keys of the queriers it answers; `budget` accounts the score noise per querier
+        and refuses a querier over its budget."""
         self.store, self.name, self.k_max = store, name, k_max
         self.noise_std, self.rng = noise_std, rng or np.random.default_rng()
         self.max_bytes = int(max_message_mb * 1024 * 1024)
         self.scorers: collections.OrderedDict[str, object] = collections.OrderedDict()
         self.max_contexts = max_contexts
-        self.socket = ServerSocket(endpoint, keys_dir=keys_dir, insecure=insecure)
+        self.socket = ServerSocket(endpoint, keys_dir=keys_dir, insecure=insecure, name=name)
         self.endpoint = self.socket.endpoint
         self.served = 0
         self.budget = budget
@@ -59,6 +61,8 @@ class Party:
     @classmethod
     def from_config(cls, cfg: PartyConfig, *, insecure: bool = False) -> Party:
         """A party as its TOML file describes it, with its per-querier score budget."""
+        if not insecure:
+            check_party_keys(cfg)
         budget = ScoreBudget(
             cfg.ledger_dir or Path(cfg.index).with_name(Path(cfg.index).name + "-ledger"),
             noise_std=cfg.noise_std,
@@ -167,6 +171,30 @@ class Party:
             for r in rows
         ]
         return encode(Header(MsgType.RAG_FETCH, step=msg.header.step, meta={"docs": docs}))
+
+
+def check_party_keys(cfg: PartyConfig) -> None:
+    """Refuse, with the command that fixes it, a party without its own pair or allow-list."""
+    from splitfed.transport.keys import KeyFileError
+
+    if not cfg.keys_dir:
+        raise KeyFileError(f"{cfg.name}: keys_dir is empty; CURVE needs the party's key pair (or --insecure)")
+    keys = Path(cfg.keys_dir)
+    if not (keys / f"{cfg.name}.key_secret").is_file():
+        raise KeyFileError(
+            f"{cfg.name}: no key pair at {keys / (cfg.name + '.key_secret')}; `splitfed rag index ... "
+            f"--name {cfg.name} --keys-dir {keys}` creates it"
+        )
+    if not (keys / "allowed").is_dir():
+        raise KeyFileError(f"{cfg.name}: no allow-list folder {keys / 'allowed'} (the queriers' public keys)")
+
+
+def allowed_queriers(cfg: PartyConfig) -> dict[str, str]:
+    """name -> fingerprint of every querier in the party's allow-list."""
+    from splitfed.transport.keys import read_public_key_file
+
+    files = sorted((Path(cfg.keys_dir) / "allowed").glob("*.key"))
+    return {k.name: k.fingerprint for k in map(read_public_key_file, files)}
 
 
 # --- the narrow seam to crypto.he -------------------------------------------------------------

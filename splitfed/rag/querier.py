@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import zmq
 
-from splitfed.rag.config import PartyAddress
+from splitfed.rag.config import PartyAddress, QuerierConfig
 from splitfed.transport import ClientSocket
 from splitfed.wire import Header, Message, MsgType, WireError, bytes_tensor, decode, encode
 
@@ -43,31 +44,78 @@ class SearchResult:
     bytes_in: int = 0
 
 
+def party_keys(parties: list[PartyAddress], keys_dir, name: str) -> dict[str, tuple[str, str]]:
+    """party name -> (z85 CURVE key, fingerprint), read from each party's public key file; checks
+    that the querier's own pair is there.  Errors name the party and the file."""
+    from splitfed.transport.keys import KeyFileError, read_public_key_file
+
+    if not keys_dir:
+        raise KeyFileError("the querier has no keys_dir: CURVE needs its own key pair (or --insecure)")
+    secret = Path(keys_dir) / f"{name}.key_secret"
+    if not secret.is_file():
+        raise KeyFileError(f"no querier key pair at {secret}; `splitfed rag add-party` creates it")
+    out = {}
+    for p in parties:
+        if not p.public_key:
+            raise KeyFileError(f"party {p.name}: no public_key file; CURVE needs the party's NAME.key (or --insecure)")
+        try:
+            key = read_public_key_file(p.public_key)
+        except KeyFileError as exc:
+            raise KeyFileError(f"party {p.name}: {exc}") from None
+        out[p.name] = (key.curve, key.fingerprint)
+    return out
+
+
 class Querier:
     def __init__(
         self,
         parties: list[PartyAddress],
         *,
         embedder=None,
+        keys_dir=None,
+        name: str = "querier",
         timeout_s: float = 30.0,
         insecure: bool = False,
         secret=None,
         max_message_mb: float = 256.0,
     ):
+        """`keys_dir` / `name`: the querier's own CURVE pair (``NAME.key_secret``); each party is
+        authenticated by its `PartyAddress.public_key` file (see `fingerprints`)."""
         from crypto.he import SecretContext
 
         if not parties:
             raise ValueError("need at least one party")
+        keys = {} if insecure else party_keys(parties, keys_dir, name)
+        self.fingerprints = {n: fp for n, (_, fp) in keys.items()}  # shown to the user, compared by phone
         self.embedder = embedder
         self.timeout_s = timeout_s
         self.max_bytes = int(max_message_mb * 1024 * 1024)
         self.secret = secret or SecretContext.create()
         self.public = self.secret.public_bytes
         self.socks = {
-            p.name: ClientSocket(p.endpoint, keys_dir=p.keys_dir, name="client-0", insecure=insecure) for p in parties
+            p.name: ClientSocket(
+                p.endpoint,
+                keys_dir=keys_dir,
+                name=name,
+                insecure=insecure,
+                server_key=keys[p.name][0].encode() if keys else None,
+            )
+            for p in parties
         }
         self.key_ok: dict[str, int] = {}  # party -> rows, once it has our public context
         self._req = 0
+
+    @classmethod
+    def from_config(cls, cfg: QuerierConfig, *, insecure: bool = False, **kwargs) -> Querier:
+        """The querier its parties file describes (its own pair, the parties and their keys)."""
+        return cls(
+            list(cfg.parties),
+            keys_dir=cfg.keys_dir or None,
+            name=cfg.name,
+            timeout_s=cfg.timeout_s,
+            insecure=insecure,
+            **kwargs,
+        )
 
     def close(self) -> None:
         for s in self.socks.values():

@@ -11,7 +11,7 @@ from splitfed_testing import DIM, free_port, random_store
 
 from splitfed.rag.budget import BudgetExceeded, ScoreBudget
 from splitfed.rag.querier import PartyAddress, Querier
-from splitfed.transport import generate_keys
+from splitfed.transport.keys import create_party_keys, install_public_keys
 
 
 def test_budget_composes_answers_and_refuses_before_answering(tmp_path):
@@ -42,7 +42,9 @@ def test_querier_over_budget_gets_a_refusal_not_an_answer(tmp_path):
     store = random_store(64, np.random.default_rng(0))
     store.save(tmp_path / "p0")
     keys = tmp_path / "keys"
-    generate_keys(keys, 1)
+    public = create_party_keys(keys, "p0", sign=False).path
+    querier_key = create_party_keys(tmp_path / "querier", "client-0", sign=False).path
+    install_public_keys(keys / "allowed", [querier_key])
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     cfg = tmp_path / "p0.toml"
     cfg.write_text(
@@ -54,7 +56,9 @@ def test_querier_over_budget_gets_a_refusal_not_an_answer(tmp_path):
         [sys.executable, "-m", "splitfed.cli.main", "rag", "party", "--config", str(cfg)], stdout=log, stderr=log
     )
     try:
-        querier = Querier([PartyAddress("p0", endpoint, keys)], timeout_s=60)
+        querier = Querier(
+            [PartyAddress("p0", endpoint, public)], keys_dir=tmp_path / "querier", name="client-0", timeout_s=60
+        )
         q = np.ones(DIM) / np.sqrt(DIM)
         answered = 0
         for _ in range(10):

@@ -12,7 +12,8 @@ from splitfed.config import ConfigError
 from splitfed.config.toml import dump_toml
 from splitfed.rag.config import PartyAddress, PartyConfig, QuerierConfig, load_party_config, load_querier_config
 from splitfed.rag.corpus import Document
-from splitfed.rag.index import build_index
+from splitfed.rag.index import build_news_demo
+from splitfed.transport.keys import read_public_key_file
 
 
 def write(path: Path, text: str) -> Path:
@@ -55,16 +56,20 @@ def test_party_config_defaults(tmp_path):
 
 def test_querier_config_round_trip(tmp_path):
     cfg = QuerierConfig(
-        [PartyAddress("p0", "tcp://127.0.0.1:6000", tmp_path / "k0"), PartyAddress("p1", "tcp://127.0.0.1:6001")],
+        [PartyAddress("p0", "tcp://127.0.0.1:6000", tmp_path / "p0.key"), PartyAddress("p1", "tcp://127.0.0.1:6001")],
+        keys_dir=tmp_path / "me",
+        name="me",
         timeout_s=12.5,
     )
-    assert cfg.parties[0].keys_dir == str(tmp_path / "k0") and cfg.parties[1].keys_dir is None
+    assert cfg.parties[0].public_key == str(tmp_path / "p0.key") and cfg.parties[1].public_key is None
     text = dump_toml(cfg)
-    assert text.startswith("timeout_s = 12.5\n") and text.count("[[party]]") == 2
+    assert text.count("[[party]]") == 2
     assert tomllib.loads(text) == {
+        "keys_dir": str(tmp_path / "me"),
+        "name": "me",
         "timeout_s": 12.5,
         "party": [
-            {"name": "p0", "endpoint": "tcp://127.0.0.1:6000", "keys_dir": str(tmp_path / "k0")},
+            {"name": "p0", "endpoint": "tcp://127.0.0.1:6000", "public_key": str(tmp_path / "p0.key")},
             {"name": "p1", "endpoint": "tcp://127.0.0.1:6001"},
         ],
     }
@@ -133,32 +138,46 @@ class FakeEmbedder:
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def test_build_index_writes_configs_that_load_back(tmp_path):
+def test_news_demo_writes_per_party_keys_and_configs_that_load_back(tmp_path):
     docs = [Document(f"d{i}", f"title {i}", f"text {i}") for i in range(7)]
     seen = []
-    result = build_index(
+    result = build_news_demo(
         tmp_path / "rag", parties=3, docs=docs, base_port=7000, embedder=FakeEmbedder(), progress=seen.append
     )
     assert sum(seen) == 7 and [p.documents for p in result.parties] == [3, 2, 2]
+    querier_key = read_public_key_file(tmp_path / "rag" / "querier" / "querier.key")
+    assert result.querier_key.curve == querier_key.curve
     for k, party in enumerate(result.parties):
-        assert party.config_path == tmp_path / "rag" / f"party-{k}.toml"
+        root = tmp_path / "rag" / f"party-{k}"
+        assert party.config_path == root / "party.toml"
         assert load_party_config(party.config_path) == party.config
         assert tomllib.loads(party.config_path.read_text()) == {
             "name": f"party-{k}",
-            "index": str(tmp_path / "rag" / f"party-{k}"),
+            "index": str(root / "index"),
             "endpoint": f"tcp://127.0.0.1:{7000 + k}",
-            "keys_dir": str(tmp_path / "rag" / "keys" / f"party-{k}"),
+            "keys_dir": str(root / "keys"),
             "noise_std": 0.0,
             "k_max": 10,
             "delta": 1e-5,
             "max_epsilon": 0.0,
             "ledger_dir": "",
         }
-        assert (Path(party.config.keys_dir) / "server.key_secret").is_file()
+        keys = root / "keys"
+        # the party's own pair; only the querier's PUBLIC key in its allow-list; no other secret
+        assert sorted(f.name for f in keys.iterdir()) == ["allowed", f"party-{k}.key", f"party-{k}.key_secret"]
+        assert [f.name for f in (keys / "allowed").iterdir()] == ["querier.key"]
+        assert read_public_key_file(keys / "allowed" / "querier.key").curve == querier_key.curve
         assert (Path(party.config.index) / "meta.json").is_file()
     assert result.querier_path == tmp_path / "rag" / "parties.toml"
     querier = load_querier_config(result.querier_path)
     assert querier == result.querier and querier.timeout_s == 30.0
-    assert [(a.name, a.endpoint, a.keys_dir) for a in querier.parties] == [
-        (p.config.name, p.config.endpoint, p.config.keys_dir) for p in result.parties
-    ]
+    assert (querier.keys_dir, querier.name) == (str(tmp_path / "rag" / "querier"), "querier")
+    for address, party in zip(querier.parties, result.parties, strict=True):
+        assert (address.name, address.endpoint) == (party.config.name, party.config.endpoint)
+        assert read_public_key_file(address.public_key).curve == party.public_key.curve
+    secrets = sorted(f.name for f in (tmp_path / "rag").rglob("*_secret"))
+    assert secrets == ["party-0.key_secret", "party-1.key_secret", "party-2.key_secret", "querier.key_secret"]
+    # a second run keeps every key
+    again = build_news_demo(tmp_path / "rag", parties=3, docs=docs, base_port=7000, embedder=FakeEmbedder())
+    assert [p.public_key.curve for p in again.parties] == [p.public_key.curve for p in result.parties]
+    assert not any(p.new_keys for p in again.parties) and again.querier_key.curve == querier_key.curve

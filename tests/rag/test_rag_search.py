@@ -14,19 +14,32 @@ from splitfed_testing import DIM, free_port, random_store
 from splitfed.rag.corpus import load_news, split_round_robin
 from splitfed.rag.querier import PartyAddress, Querier
 from splitfed.rag.store import StoreError, VectorStore
-from splitfed.transport import ClientSocket, ServerSocket, generate_keys
+from splitfed.transport import ClientSocket, ServerSocket
+from splitfed.transport.keys import create_party_keys, install_public_keys, read_public_key_file
 from splitfed.wire import Header, MsgType, decode, encode
+
+
+def party_keys(keys_dir, name, querier_keys):
+    """`name`'s own pair in `keys_dir`, allowing the querier's public key; returns its public file."""
+    public = create_party_keys(keys_dir, name, sign=False)
+    install_public_keys(keys_dir / "allowed", [querier_keys / "querier.key"])
+    return public.path
+
+
+def querier(addrs, tmp_path, **kwargs):
+    return Querier(addrs, keys_dir=tmp_path / "querier", name="querier", **kwargs)
 
 
 @pytest.fixture
 def parties(tmp_path):
     rng = np.random.default_rng(0)
     procs, addrs, stores = [], [], []
+    create_party_keys(tmp_path / "querier", "querier", sign=False)
     for k, n in enumerate((150, 240, 90)):  # not multiples of any block size
         store = random_store(n, rng)
         store.save(tmp_path / f"p{k}")
         keys = tmp_path / "keys" / f"p{k}"
-        generate_keys(keys, 1)
+        public = party_keys(keys, f"p{k}", tmp_path / "querier")
         endpoint = f"tcp://127.0.0.1:{free_port()}"
         cfg = tmp_path / f"p{k}.toml"
         cfg.write_text(
@@ -40,7 +53,7 @@ def parties(tmp_path):
                 stderr=subprocess.STDOUT,
             )
         )
-        addrs.append(PartyAddress(f"p{k}", endpoint, keys))
+        addrs.append(PartyAddress(f"p{k}", endpoint, public))
         stores.append(store)
     yield addrs, stores, rng, tmp_path
     for p in procs:
@@ -49,8 +62,8 @@ def parties(tmp_path):
 
 
 def test_encrypted_global_top_k_equals_plaintext(parties):
-    addrs, stores, rng, _ = parties
-    q = Querier(addrs, timeout_s=120.0)
+    addrs, stores, rng, tmp_path = parties
+    q = querier(addrs, tmp_path, timeout_s=120.0)
     try:
         for _ in range(3):
             v = rng.standard_normal(DIM)
@@ -70,9 +83,9 @@ def test_encrypted_global_top_k_equals_plaintext(parties):
 def test_a_silent_party_does_not_block_the_answer(parties, tmp_path):
     addrs, stores, rng, _ = parties
     keys = tmp_path / "keys" / "silent"
-    generate_keys(keys, 1)
-    silent = ServerSocket(f"tcp://127.0.0.1:{free_port()}", keys_dir=keys)  # accepts, never answers
-    q = Querier([*addrs, PartyAddress("silent", silent.endpoint, keys)], timeout_s=20.0)
+    public = party_keys(keys, "silent", tmp_path / "querier")
+    silent = ServerSocket(f"tcp://127.0.0.1:{free_port()}", keys_dir=keys, name="silent")  # never answers
+    q = querier([*addrs, PartyAddress("silent", silent.endpoint, public)], tmp_path, timeout_s=20.0)
     try:
         t = time.monotonic()
         res = q.search_vector(stores[0].embeddings[3].astype(np.float64), k=3)
@@ -86,9 +99,10 @@ def test_a_silent_party_does_not_block_the_answer(parties, tmp_path):
 
 
 def test_bad_requests_get_errors_and_the_party_keeps_serving(parties):
-    addrs, stores, rng, _ = parties
+    addrs, stores, rng, tmp_path = parties
     a = addrs[0]
-    sock = ClientSocket(a.endpoint, keys_dir=a.keys_dir, name="client-0")
+    server_key = read_public_key_file(a.public_key).curve.encode()
+    sock = ClientSocket(a.endpoint, keys_dir=tmp_path / "querier", name="querier", server_key=server_key)
 
     def ask(frames):
         sock.send(frames)
@@ -108,7 +122,7 @@ def test_bad_requests_get_errors_and_the_party_keeps_serving(parties):
     r = ask(encode(Header(MsgType.FORWARD)))
     assert r.type == MsgType.ERROR and r.header.meta["code"] == "unknown_type"
     # a garbage ciphertext under a valid context
-    q = Querier([a], timeout_s=120.0)
+    q = querier([a], tmp_path, timeout_s=120.0)
     try:
         q.search_vector(stores[0].embeddings[0].astype(np.float64), k=1)  # sends the context
         r = ask(encode(Header(MsgType.RAG_SCORE, meta={"key_id": q.secret.key_id}), {"query": u8(b"\x00" * 1000)}))
@@ -139,14 +153,16 @@ def test_cli_query_lists_contributing_parties(parties, capsys):
     addrs, _, _, tmp_path = parties
     cfg = tmp_path / "parties.toml"
     cfg.write_text(
-        "timeout_s = 120.0\n"
+        f'keys_dir = "{tmp_path / "querier"}"\nname = "querier"\ntimeout_s = 120.0\n'
         + "".join(
-            f'[[party]]\nname = "{a.name}"\nendpoint = "{a.endpoint}"\nkeys_dir = "{a.keys_dir}"\n' for a in addrs
+            f'[[party]]\nname = "{a.name}"\nendpoint = "{a.endpoint}"\npublic_key = "{a.public_key}"\n' for a in addrs
         )
     )
     assert main(["rag", "query", "Who won the election?", "--parties", str(cfg), "-k", "3", "--no-generate"]) == 0
     out = capsys.readouterr().out
     assert "parties that contributed:" in out and all(a.name in out for a in addrs)
+    for a in addrs:  # each party's key fingerprint is shown before asking it
+        assert f"asking {a.name} at {a.endpoint} (key {read_public_key_file(a.public_key).fingerprint})" in out
     assert out.count("title ") == 3
     bad = tmp_path / "bad.toml"
     bad.write_text("[[party]]\nname = 'x'\n")
@@ -159,8 +175,8 @@ def test_a_party_answering_garbage_is_left_out(parties, tmp_path):
 
     addrs, stores, _, _ = parties
     keys = tmp_path / "keys" / "liar"
-    generate_keys(keys, 1)
-    liar = ServerSocket(f"tcp://127.0.0.1:{free_port()}", keys_dir=keys)
+    public = party_keys(keys, "liar", tmp_path / "querier")
+    liar = ServerSocket(f"tcp://127.0.0.1:{free_port()}", keys_dir=keys, name="liar")
     stop = threading.Event()
 
     def serve():  # acknowledges the context, then answers every query with junk "scores"
@@ -180,7 +196,7 @@ def test_a_party_answering_garbage_is_left_out(parties, tmp_path):
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    q = Querier([*addrs, PartyAddress("liar", liar.endpoint, keys)], timeout_s=60.0)
+    q = querier([*addrs, PartyAddress("liar", liar.endpoint, public)], tmp_path, timeout_s=60.0)
     try:
         res = q.search_vector(stores[1].embeddings[4].astype(np.float64), k=2)
         assert "liar" in res.failed and "undecryptable" in res.failed["liar"]
