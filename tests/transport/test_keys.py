@@ -24,6 +24,7 @@ def test_generate_keys_permissions_and_allow_list(tmp_path):
 
 def test_cli_keys_generate(tmp_path, capsys):
     assert main(["keys", "generate", "--dir", str(tmp_path / "k"), "--clients", "2"]) == 0
-    assert "2 client(s)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "client-1: fingerprint" in out and "client-2" not in out
     assert main(["keys", "generate", "--dir", str(tmp_path / "k"), "--clients", "2"]) == 2
     assert "--force" in capsys.readouterr().err
