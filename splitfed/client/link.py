@@ -119,6 +119,8 @@ class Connection:
         try:
             self.sock.send(frames)
         except NotSent as exc:
+            if self.sock.state == LinkState.REFUSED:
+                raise HandshakeRejected(self.sock.explain(time.monotonic() - self.started)) from None
             raise ServerLost(str(exc)) from None
 
     def _check_transport(self) -> None:

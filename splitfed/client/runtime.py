@@ -354,8 +354,8 @@ class Client:
                     log.warning("%s: %s; reconnecting", self.name, exc)
                 last_reason = str(exc)
                 self.metrics.write("reconnect", reason=str(exc))
-                conn.sock.reconnect()
                 time.sleep(min(1.0, self.cfg.transport.heartbeat_s))
+                conn.sock.reconnect()  # just before the HELLO: a refusal comes after it left
 
     def evaluate(self, link: RemoteTrunk, *, base: bool = False) -> float:
         """Held-out perplexity of the whole split model (trunk forward on the server, no update);

@@ -37,8 +37,8 @@ MONITORED = (
 class LinkEvents:
     """Monitor events over every socket of one `ClientSocket`, and the current socket's state.
 
-    `handshakes` counts every completed handshake; the other counts start again at each one
-    (they describe the trouble since the link last worked)."""
+    `handshakes` counts every completed handshake; the other counts start again at each one and
+    with each fresh socket (they describe the current socket's trouble since it last worked)."""
 
     handshakes: int = 0
     connects: int = 0
@@ -64,7 +64,8 @@ class LinkEvents:
             self.state = LinkState.UNREACHED  # ZeroMQ reconnects by itself (a refused socket it does not)
 
     def new_socket(self) -> None:
-        """A fresh socket starts unconnected; the counts stay (they describe the whole wait)."""
+        """A fresh socket starts unconnected, with no trouble yet."""
+        self.connects = self.refused = self.failed = 0
         self.state = LinkState.UNREACHED
 
 

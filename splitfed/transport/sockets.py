@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,8 +261,11 @@ class ClientSocket:
 
         A DEALER whose handshake the server refused has no connection and would wait forever;
         `NotSent` says why instead."""
-        if not self.sock.poll(timeout_ms, zmq.POLLOUT):
-            raise NotSent(f"message not sent: {self.explain(timeout_ms / 1000)}")
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not self.sock.poll(min(100, timeout_ms), zmq.POLLOUT):
+            # a refused socket never gets a connection back: no point in waiting out the timeout
+            if self.state == LinkState.REFUSED or time.monotonic() >= deadline:
+                raise NotSent(f"message not sent: {self.explain(timeout_ms / 1000)}")
         try:
             self.sock.send_multipart(frames, copy=False, flags=zmq.DONTWAIT)
         except zmq.Again:
