@@ -30,7 +30,7 @@ class LineProgress:
     ):
         self.total, self.desc, self.unit, self.file = total, desc, unit, file
         self.interval_s, self.clock = interval_s, clock
-        self.n = 0
+        self.n = self.printed = 0
         self.postfix: dict = {}
         self.last = clock()
         self.closed = False
@@ -47,7 +47,7 @@ class LineProgress:
         print(text, file=file or self.file, flush=True)
 
     def close(self) -> None:
-        if not self.closed and self.n:
+        if not self.closed and self.n != self.printed:
             self._print()
         self.closed = True
 
@@ -55,7 +55,7 @@ class LineProgress:
         extra = ", ".join(f"{k}={v}" for k, v in self.postfix.items())
         line = f"{self.desc}: {self.n}/{self.total} {self.unit}" + (f" ({extra})" if extra else "")
         print(line, file=self.file, flush=True)
-        self.last = self.clock()
+        self.last, self.printed = self.clock(), self.n
 
     def __enter__(self) -> LineProgress:
         return self
