@@ -262,6 +262,8 @@ class ClientSocket:
         A DEALER whose handshake the server refused has no connection and would wait forever;
         `NotSent` says why instead."""
         deadline = time.monotonic() + timeout_ms / 1000
+        if self.state == LinkState.REFUSED:  # its pipe may linger a moment, but nothing will leave
+            raise NotSent(f"message not sent: {self.explain(timeout_ms / 1000)}")
         while not self.sock.poll(min(100, timeout_ms), zmq.POLLOUT):
             # a refused socket never gets a connection back: no point in waiting out the timeout
             if self.state == LinkState.REFUSED or time.monotonic() >= deadline:
