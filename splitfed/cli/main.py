@@ -60,8 +60,7 @@ def _cmd_server(args) -> int:
 
 
 def _cmd_client(args) -> int:
-    from tqdm import tqdm
-
+    from splitfed.cli.progress import progress_bar
     from splitfed.client.runtime import Client
 
     _setup_logging(False)
@@ -69,9 +68,7 @@ def _cmd_client(args) -> int:
     client = Client(cfg, args.client_id, insecure=args.insecure)
     print(f"{client.name}: base model {client.base_model}; {client.data.describe()}", flush=True)
     total = cfg.training.rounds * cfg.training.local_steps
-    with tqdm(
-        total=total, desc=client.name, unit="step", file=sys.stdout, mininterval=1.0, disable=args.no_progress
-    ) as bar:
+    with progress_bar(total=total, desc=client.name, unit="step", disable=args.no_progress) as bar:
 
         def progress(rnd, step, loss):
             bar.update(1)

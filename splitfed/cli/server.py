@@ -57,12 +57,11 @@ def run_server(args, load_config, setup_logging) -> int:
 
 
 def _serve(cfg, args, trunk) -> int:
-    from tqdm import tqdm
-
+    from splitfed.cli.progress import progress_bar
     from splitfed.server.runtime import Server
 
     total = cfg.training.rounds * cfg.training.local_steps * cfg.data.clients
-    bar = tqdm(total=total, desc="trunk steps", unit="step", file=sys.stdout, mininterval=1.0, disable=args.no_progress)
+    bar = progress_bar(total=total, desc="trunk steps", unit="step", disable=args.no_progress)
 
     def on_step(rnd: int, n: int) -> None:
         bar.update(n)

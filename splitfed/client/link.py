@@ -3,6 +3,11 @@
 `Connection.request` sends one message and waits for the expected reply, sending heartbeats
 while it waits (not for a HELLO: no session exists yet); `RemoteTrunk` is the `TrunkLink` the
 client step talks to.
+
+A HELLO also watches the transport: a server that refuses the handshake (our key is not in its
+allow-list, or we trust the wrong server key) raises `HandshakeRejected` at once, and until the
+first WELCOME a connection that has not come about within ``transport.connect_timeout_s``
+raises `ServerUnreachable`; both say what to check.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from splitfed.config import RunConfig
-from splitfed.transport import ClientSocket, client_name
+from splitfed.transport import ClientSocket, LinkState, NotSent, client_name
 from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, compress, decode, decompress, encode
 
 
@@ -21,8 +26,19 @@ class ServerLost(ConnectionError):
     """No reply from the server within the timeout."""
 
 
+class ServerUnreachable(ServerLost):
+    """The first connection to the server did not come about within ``transport.connect_timeout_s``."""
+
+
+class HandshakeRejected(ServerLost):
+    """The server refused the CURVE handshake (our key, or the server key we trust, is wrong)."""
+
+
 class ServerRefused(RuntimeError):
     """The server answered with an error that retrying cannot fix."""
+
+
+HELLO_POLL_S = 0.25  # how often a HELLO waiting for its WELCOME looks at the transport
 
 
 @dataclass
@@ -44,6 +60,8 @@ class Connection:
             insecure=insecure,
         )
         self.session = ""
+        self.started = time.monotonic()
+        self.welcomed = False  # a WELCOME came back once: from then on the server may restart
         self.max_bytes = int(cfg.transport.max_message_mb * 1024 * 1024)
         self.traffic = Traffic()
 
@@ -53,7 +71,7 @@ class Connection:
         frames = encode(header, tensors)
         t0 = time.perf_counter()
         self.traffic.bytes_out += sum(len(memoryview(f).cast("B")) for f in frames)
-        self.sock.send(frames)
+        self._send(frames)
         hb = self.cfg.transport.heartbeat_s
         last_heard = time.monotonic()
         # No heartbeats while a HELLO waits for its WELCOME: there is no session to keep alive
@@ -63,12 +81,15 @@ class Connection:
         # easily takes longer than heartbeat_s to get to a HELLO.
         beat = header.type != MsgType.HELLO
         while True:
-            reply = self.sock.recv(int(hb * 1000))
+            reply = self.sock.recv(int((hb if beat else min(hb, HELLO_POLL_S)) * 1000))
             if reply is None:
-                if time.monotonic() - last_heard > self.cfg.transport.timeout_s:
-                    raise ServerLost(f"no reply to {header.type.value} within {self.cfg.transport.timeout_s:.0f} s")
+                silent = time.monotonic() - last_heard
+                if silent > self.cfg.transport.timeout_s:
+                    raise ServerLost(f"no reply to {header.type.value}: {self.sock.explain(silent)}")
                 if beat:
-                    self.sock.send(encode(Header(MsgType.HEARTBEAT, self.session, header.round)))
+                    self._send(encode(Header(MsgType.HEARTBEAT, self.session, header.round)))
+                else:
+                    self._check_transport()
                 continue
             last_heard = time.monotonic()
             self.traffic.bytes_in += sum(len(f.buffer) for f in reply)
@@ -80,12 +101,37 @@ class Connection:
                 code, detail = msg.header.meta.get("code"), msg.header.meta.get("detail")
                 if code in (ErrorCode.UNKNOWN_CLIENT.value, ErrorCode.OUT_OF_ORDER.value):
                     raise ServerLost(f"server lost our session ({code}: {detail})")
+                if code == ErrorCode.WRONG_IDENTITY.value:
+                    raise ServerRefused(
+                        f"server refused {header.type.value}: {code}: {detail}; the key pair in "
+                        f"{self.cfg.transport.keys_dir} named {self.sock.name} is not {self.sock.name}'s: start "
+                        "with the --client-id that key belongs to, or give this client its own key files"
+                    )
                 raise ServerRefused(f"server refused {header.type.value}: {code}: {detail}")
             expected = expect if isinstance(expect, frozenset) else frozenset({expect})
             if msg.type in expected and (step is None or msg.header.step == step):
                 self.traffic.transport_s += time.perf_counter() - t0
+                self.welcomed = self.welcomed or msg.type == MsgType.WELCOME
                 return msg
             # heartbeat replies and stale answers are dropped
+
+    def _send(self, frames: list) -> None:
+        try:
+            self.sock.send(frames)
+        except NotSent as exc:
+            if self.sock.state == LinkState.REFUSED:
+                raise HandshakeRejected(self.sock.explain(time.monotonic() - self.started)) from None
+            raise ServerLost(str(exc)) from None
+
+    def _check_transport(self) -> None:
+        """While a HELLO waits: fail fast on a refused handshake, and on no connection at all
+        within ``connect_timeout_s`` until the server has welcomed us once."""
+        state = self.sock.state
+        if state == LinkState.REFUSED or (state != LinkState.READY and self.sock.events.failed):
+            raise HandshakeRejected(self.sock.explain(time.monotonic() - self.started))
+        waited = time.monotonic() - self.started
+        if not self.welcomed and state != LinkState.READY and waited > self.cfg.transport.connect_timeout_s:
+            raise ServerUnreachable(self.sock.explain(waited))
 
     def close(self) -> None:
         self.sock.close()

@@ -6,7 +6,9 @@ Per round: ``training.local_steps`` split steps through the server, then the cli
 goes to the server for aggregation and the aggregate comes back.  If the server goes
 silent for ``transport.timeout_s`` the client reconnects by itself, says hello again and
 continues from the round the server reports (a restarted server resumes from its last
-checkpoint).
+checkpoint), for up to 10 x ``transport.timeout_s``.  Before the first WELCOME it gives up sooner:
+after ``transport.connect_timeout_s`` without a connection, or `REJECTED_GRACE_S` after the server
+refused its handshake, with a message naming the endpoint and what to check.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ import torch
 
 from splitfed.aggregation import Uploader, client_uploader, run_roster
 from splitfed.client.data import load_client_data, pad_id, releases_per_round, round_batches
-from splitfed.client.link import Connection, RemoteTrunk, ServerLost, ServerRefused
+from splitfed.client.link import (
+    Connection,
+    HandshakeRejected,
+    RemoteTrunk,
+    ServerLost,
+    ServerRefused,
+    ServerUnreachable,
+)
 from splitfed.client.privacy import ClientPrivacy
 from splitfed.config import RunConfig
 from splitfed.metrics import MetricsWriter
@@ -31,6 +40,7 @@ from splitfed.transport import client_name
 from splitfed.wire import Header, Message, MsgType, WireError, encode
 
 log = logging.getLogger("splitfed.client")
+REJECTED_GRACE_S = 10.0  # how long a client retries a server that refuses its handshake
 
 
 class Client:
@@ -288,6 +298,7 @@ class Client:
         max_reconnect_s = max_reconnect_s if max_reconnect_s is not None else 10 * self.cfg.transport.timeout_s
         summary: dict = {"client": self.name}
         lost_since: float | None = None
+        last_reason = ""
         conn = None
         while True:
             try:
@@ -326,20 +337,28 @@ class Client:
                     summary["trunk_adapter"] = self.trunk_adapter is not None
                 summary.update(losses=self.losses, bytes_out=conn.traffic.bytes_out, bytes_in=conn.traffic.bytes_in)
                 traffic = {"bytes_out": conn.traffic.bytes_out, "bytes_in": conn.traffic.bytes_in}
-                conn.sock.send(encode(Header(MsgType.BYE, conn.session, rnd, 0, traffic)))
+                with contextlib.suppress(ConnectionError):  # the run is done: a BYE that cannot leave is no loss
+                    conn.sock.send(encode(Header(MsgType.BYE, conn.session, rnd, 0, traffic)), timeout_ms=1000)
                 time.sleep(0.2)  # let the BYE leave before the socket closes
                 conn.close()
                 self.metrics.write("done", **{k: v for k, v in summary.items() if k != "losses"})
                 return summary
             except ServerLost as exc:
+                # before the first WELCOME the wait is short (a server that is not there, or refuses
+                # us, is a setup mistake); once welcomed, a lost server may be restarting: wait long
                 now = time.monotonic()
-                lost_since = lost_since or now
-                if now - lost_since > max_reconnect_s:
-                    raise
-                log.warning("%s: %s; reconnecting", self.name, exc)
+                lost_since = lost_since or (now if conn.welcomed else conn.started)
+                budget = max_reconnect_s if conn.welcomed else self.cfg.transport.connect_timeout_s
+                if isinstance(exc, HandshakeRejected):
+                    budget = min(budget, REJECTED_GRACE_S)  # retried only in case the server is being fixed
+                if isinstance(exc, ServerUnreachable) or now - lost_since > budget:
+                    raise ServerLost(f"{self.name} gave up after {now - lost_since:.0f} s: {exc}") from None
+                if str(exc) != last_reason:
+                    log.warning("%s: %s; reconnecting", self.name, exc)
+                last_reason = str(exc)
                 self.metrics.write("reconnect", reason=str(exc))
-                conn.sock.reconnect()
                 time.sleep(min(1.0, self.cfg.transport.heartbeat_s))
+                conn.sock.reconnect()  # just before the HELLO: a refusal comes after it left
 
     def evaluate(self, link: RemoteTrunk, *, base: bool = False) -> float:
         """Held-out perplexity of the whole split model (trunk forward on the server, no update);

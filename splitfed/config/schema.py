@@ -49,6 +49,7 @@ HASH_EXCLUDED: tuple[str, ...] = (
     "aggregation.roster",
     "transport.keys_dir",
     "transport.endpoint",
+    "transport.connect_timeout_s",
     "server.device",
     "client.device",
 )
@@ -315,6 +316,12 @@ class TransportSection(_Section):
     compression: Compression = _opt("fp32", "Encoding of activations and gradients: fp32, fp16, bf16 or int8.")
     heartbeat_s: float = _opt(2.0, "Seconds between heartbeats.", gt=0)
     timeout_s: float = _opt(60.0, "Seconds of silence after which a peer is considered gone.", gt=0)
+    connect_timeout_s: float = _opt(
+        30.0,
+        "Seconds a client waits for its first connection to the server (TCP and CURVE handshake) before it gives "
+        "up; once welcomed, a client that loses the server keeps reconnecting for 10 x timeout_s.",
+        gt=0,
+    )
     max_message_mb: float = _opt(256.0, "Largest message accepted, in MB.", gt=0)
 
     def _check(self) -> None:

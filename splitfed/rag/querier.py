@@ -18,7 +18,7 @@ import numpy as np
 import zmq
 
 from splitfed.rag.config import PartyAddress, QuerierConfig
-from splitfed.transport import ClientSocket
+from splitfed.transport import ClientSocket, NotSent
 from splitfed.wire import Header, Message, MsgType, WireError, bytes_tensor, decode, encode
 
 log = logging.getLogger("splitfed.rag.querier")
@@ -131,12 +131,18 @@ class Querier:
         owner = {}
         for name, frames in requests.items():
             stats.bytes_out += sum(len(memoryview(f).cast("B")) for f in frames)
-            self.socks[name].send(frames)
+            try:
+                self.socks[name].send(frames, timeout_ms=int(self.timeout_s * 1000))
+            except NotSent as exc:  # no connection takes it (the party refused our key, or is gone)
+                stats.failed[name] = str(exc)
+                self.socks[name].reconnect()
+                self.key_ok.pop(name, None)
+                continue
             poller.register(self.socks[name].sock, zmq.POLLIN)
             owner[self.socks[name].sock] = name
         replies: dict[str, Message] = {}
         deadline = time.monotonic() + self.timeout_s
-        pending = set(requests)
+        pending = set(owner.values())
         while pending and time.monotonic() < deadline:
             for sock, _ in poller.poll(int(max(1, (deadline - time.monotonic()) * 1000))):
                 name = owner[sock]

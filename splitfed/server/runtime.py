@@ -31,6 +31,7 @@ from splitfed.server.session import Session, Stage
 from splitfed.server.trunk import TrunkService, load_trunk
 from splitfed.server.validate import check_activations, check_bound, config_difference
 from splitfed.transport import Ban, Incoming, PeerLimits, RequestLoop, ServerSocket, client_name
+from splitfed.transport.keys import key_fingerprint
 from splitfed.transport.roster import format_fingerprint
 from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, decompress, encode
 from splitfed.wire.messages import short
@@ -206,7 +207,9 @@ class Server:
         name = client_name(cid)
         if inc.user is not None and self.socket.clients.get(inc.user) != name:
             raise WireError(
-                ErrorCode.UNKNOWN_CLIENT, f"this key belongs to {self.socket.clients.get(inc.user)}, not {name}"
+                ErrorCode.WRONG_IDENTITY,
+                f"this key (fingerprint {key_fingerprint(inc.user)}) belongs to {self.socket.clients.get(inc.user)}, "
+                f"not {name}",
             )
         if meta.get("config_hash") != self.config_hash:
             raise WireError(ErrorCode.CONFIG_MISMATCH, config_difference(self.cfg, self.key_digests, meta, name))

@@ -9,8 +9,17 @@ from splitfed.transport.keys import (
     load_public,
     load_signing_key,
 )
+from splitfed.transport.linkstate import LinkState
 from splitfed.transport.service import UNLIMITED, Ban, BanReason, PeerLimits, RequestLoop, TokenBucket, request_step
-from splitfed.transport.sockets import INSECURE_WARNING, ClientSocket, Incoming, SendStats, ServerSocket
+from splitfed.transport.sockets import (
+    INSECURE_WARNING,
+    ClientSocket,
+    Incoming,
+    ListenError,
+    NotSent,
+    SendStats,
+    ServerSocket,
+)
 
 __all__ = [
     "INSECURE_WARNING",
@@ -19,6 +28,9 @@ __all__ = [
     "BanReason",
     "ClientSocket",
     "Incoming",
+    "LinkState",
+    "ListenError",
+    "NotSent",
     "PeerLimits",
     "RequestLoop",
     "SendStats",

@@ -1,8 +1,10 @@
 """ZeroMQ ROUTER (server) and DEALER (client) with CURVE by default.
 
 The server accepts only clients whose public keys are in the allow-list; a client whose
-key is not there never gets a reply (the handshake fails).  Plaintext needs an explicit
-``insecure=True`` and logs a warning.
+key is not there never gets a reply (the handshake fails; the server logs the key's fingerprint
+once).  Plaintext needs an explicit ``insecure=True`` and logs a warning.  A server that cannot
+bind raises `ListenError`; a client watches its DEALER with a socket monitor (`ClientSocket.events`)
+so that a refused key or a wrong server key can be told apart from a server that is not there.
 
 The server never blocks on a peer: `ServerSocket.send` does not wait.  Each peer has a queue
 of at most ``send_hwm`` replies; a reply to a peer whose queue is full (it does not read) or
@@ -13,17 +15,40 @@ beyond that ZeroMQ stops reading from that peer's connection (only that peer wai
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 
-from splitfed.transport.keys import allowed_clients, load_keypair, load_public
+from splitfed.transport.allowlist import AllowList
+from splitfed.transport.keys import allowed_clients, key_fingerprint, load_keypair, load_public
+from splitfed.transport.linkstate import MONITORED, KeyRef, LinkEvents, LinkState, explain
 
 log = logging.getLogger(__name__)
 INSECURE_WARNING = "INSECURE: plaintext transport, no authentication, no encryption (--insecure)"
 MAX_TRACKED_PEERS = 4096  # peers whose dropped replies `ServerSocket.dropped` remembers
+SEND_TIMEOUT_MS = 10_000  # longest a client waits for room to queue a message
+
+
+class ListenError(ConnectionError):
+    """A server socket cannot listen on its endpoint (address in use, not this host's, ...)."""
+
+
+class NotSent(ConnectionError):
+    """A client could not queue a message: it has no connection that takes it (see the text)."""
+
+
+_BIND_HINTS = {
+    errno.EADDRINUSE: "address already in use (another server, or another program, holds the port: stop it "
+    "or choose another port in the endpoint)",
+    errno.EADDRNOTAVAIL: "address not available (the host is not an address of this machine: use its own "
+    "address, or 0.0.0.0 for every interface)",
+    errno.EACCES: "permission denied (ports below 1024 need privileges: choose a higher port)",
+}
 
 
 @dataclass
@@ -70,6 +95,7 @@ class ServerSocket:
         if max_frame_bytes is not None:
             self.sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
         self.stats = SendStats()
+        self.allow_list: AllowList | None = None
         self.dropped: dict[bytes, int] = {}  # routing id -> replies dropped (the latest MAX_TRACKED_PEERS peers)
         self.auth = None
         self.clients: dict[str, str] = {}
@@ -80,13 +106,19 @@ class ServerSocket:
 
             self.clients = allowed_clients(keys_dir)
             public, secret = load_keypair(keys_dir, name)
+            self.allow_list = AllowList(self.clients, where=f"the allow-list {Path(keys_dir) / 'allowed'}")
             self.auth = ThreadAuthenticator(self.ctx)
             self.auth.start()
-            self.auth.configure_curve(domain="*", location=str(os.path.join(keys_dir, "allowed")))
+            self.auth.configure_curve_callback(domain="*", credentials_provider=self.allow_list)
             self.sock.curve_secretkey = secret
             self.sock.curve_publickey = public
             self.sock.curve_server = True
-        self.sock.bind(endpoint)
+        try:
+            self.sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.close()
+            why = _BIND_HINTS.get(exc.errno, str(exc))
+            raise ListenError(f"cannot listen on {endpoint}: {why}") from None
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.poller = zmq.Poller()
         self.poller.register(self.sock, zmq.POLLIN)
@@ -163,30 +195,83 @@ class ClientSocket:
         (default: ``server.key`` in `keys_dir`)."""
         self.endpoint = endpoint
         self.keys_dir, self.name, self.insecure, self.server_key = keys_dir, name, insecure, server_key
+        self.events = LinkEvents()
+        self._public = self._server_public = None  # z85 keys, once loaded
         self.ctx = zmq.Context()
         self.sock = None
+        self.monitor = None
         self.reconnect()
 
-    def reconnect(self) -> None:
-        """Fresh DEALER: drops anything queued for a server that went away."""
+    @property
+    def state(self) -> LinkState:
+        """What the current DEALER has reached (drains the monitor's events first)."""
+        self._drain_events()
+        return self.events.state
+
+    def explain(self, waited_s: float) -> str:
+        """Why the server has not answered for `waited_s` seconds, and what to check (one sentence)."""
+        self._drain_events()
+        own = server = None
+        if not self.insecure:
+            own = KeyRef(str(Path(self.keys_dir) / f"{self.name}.key"), key_fingerprint(self._public))
+            if self.server_key is not None:
+                server = KeyRef("given for this server", key_fingerprint(self.server_key))
+            else:
+                server = KeyRef(str(Path(self.keys_dir) / "server.key"), key_fingerprint(self._server_public))
+        return explain(self.events, self.endpoint, waited_s=waited_s, own=own, server=server)
+
+    def _drain_events(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self.monitor is not None and self.monitor.poll(0):
+            self.events.record(recv_monitor_message(self.monitor)["event"])
+
+    def _close_socket(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(0)
+            self.monitor = None
         if self.sock is not None:
             self.sock.close(0)
+            self.sock = None
+
+    def reconnect(self) -> None:
+        """Fresh DEALER: drops anything queued for a server that went away (and retries a refused handshake)."""
+        self._drain_events()
+        self._close_socket()
+        self.events.new_socket()
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         if self.insecure:
             log.warning(INSECURE_WARNING)
         else:
             public, secret = load_keypair(self.keys_dir, self.name)
+            self._public, self._server_public = public, self.server_key or load_public(self.keys_dir, "server")
             sock.curve_secretkey = secret
             sock.curve_publickey = public
-            sock.curve_serverkey = self.server_key or load_public(self.keys_dir, "server")
+            sock.curve_serverkey = self._server_public
+        self.monitor = sock.get_monitor_socket(MONITORED)
         sock.connect(self.endpoint)
         self.sock = sock
         self.poller = zmq.Poller()
         self.poller.register(sock, zmq.POLLIN)
 
-    def send(self, frames: list) -> None:
-        self.sock.send_multipart(frames, copy=False)
+    def send(self, frames: list, *, timeout_ms: int = SEND_TIMEOUT_MS) -> None:
+        """Queue `frames` for the server, waiting at most `timeout_ms` for room.
+
+        A DEALER whose handshake the server refused has no connection and would wait forever;
+        `NotSent` says why instead."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        if self.state == LinkState.REFUSED:  # its pipe may linger a moment, but nothing will leave
+            raise NotSent(f"message not sent: {self.explain(timeout_ms / 1000)}")
+        while not self.sock.poll(min(100, timeout_ms), zmq.POLLOUT):
+            # a refused socket never gets a connection back: no point in waiting out the timeout
+            if self.state == LinkState.REFUSED or time.monotonic() >= deadline:
+                raise NotSent(f"message not sent: {self.explain(timeout_ms / 1000)}")
+        try:
+            self.sock.send_multipart(frames, copy=False, flags=zmq.DONTWAIT)
+        except zmq.Again:
+            raise NotSent(f"message not sent: {self.explain(timeout_ms / 1000)}") from None
 
     def recv(self, timeout_ms: int) -> list | None:
         if not self.poller.poll(timeout_ms):
@@ -194,6 +279,5 @@ class ClientSocket:
         return self.sock.recv_multipart(copy=False)
 
     def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close(0)
+        self._close_socket()
         self.ctx.term()

@@ -42,6 +42,7 @@ class ErrorCode(enum.Enum):
     TOO_LARGE = "too_large"
     OUT_OF_ORDER = "out_of_order"  # message not allowed at the session's current stage
     UNKNOWN_CLIENT = "unknown_client"
+    WRONG_IDENTITY = "wrong_identity"  # the CURVE key belongs to another client than the one claimed
     CONFIG_MISMATCH = "config_mismatch"
     BUDGET = "budget"  # a privacy budget refuses the request
     SERVER = "server"  # the server failed on a valid message

@@ -361,3 +361,11 @@ def test_hash_ignores_local_paths_and_tracks_training():
     assert base.with_overrides(**{"training.rounds": 4}).hash() != h
     assert base.with_overrides(**{"lora.trunk.r": 4}).hash() != h
     assert base.with_overrides(**{"transport.compression": "fp16"}).hash() != h
+
+
+def test_connect_timeout_is_local_and_positive():
+    cfg = RunConfig()
+    assert cfg.transport.connect_timeout_s == 30.0
+    assert cfg.with_overrides(**{"transport.connect_timeout_s": 2}).hash() == cfg.hash()
+    with pytest.raises(ConfigError, match=r"^transport\.connect_timeout_s"):
+        cfg.with_overrides(**{"transport.connect_timeout_s": 0})

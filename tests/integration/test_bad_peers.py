@@ -88,7 +88,7 @@ def test_malformed_messages_get_errors_and_a_good_client_finishes(make_run):
     hello = Header(MsgType.HELLO, meta=run.hello_meta(1, 3))
     bad.expect_error(
         encode(Header(MsgType.HELLO, meta=run.hello_meta(0, 3))),
-        "unknown_client",
+        "wrong_identity",
         "belongs to client-1",
     )
     bad.expect_error(
