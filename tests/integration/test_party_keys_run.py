@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
+from splitfed.cli.main import main
 from splitfed.config import dump_toml
 from splitfed.transport.roster import load_roster
 
 
 def _keys(*args: str, cwd: Path) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "splitfed.cli.main", "keys", *args], cwd=cwd, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
+    """`splitfed keys ...` run in ``cwd`` (in this process: the CLI itself is tested in tests/cli)."""
+    out = io.StringIO()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out):
+            assert main(["keys", *args]) == 0
+    finally:
+        os.chdir(here)
+    return out.getvalue()
 
 
 def _exchange(root: Path, clients: int) -> dict[str, Path]:
