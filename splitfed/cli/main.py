@@ -6,6 +6,7 @@ Heavy imports (torch, transformers) happen inside the commands so `--help` stays
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from splitfed import __version__
@@ -162,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_hf_progress() -> None:
+    """No Hugging Face download bars; without importing transformers when the command needs none."""
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    else:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -169,9 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+        _quiet_hf_progress()
         return int(args.func(args) or 0)
     except (
         ValueError,
