@@ -83,6 +83,8 @@ def _cmd_client(args) -> int:
     if "stopped" in summary:
         parts.append(f"stopped early: {summary['stopped']}")
     print("; ".join(parts), flush=True)
+    if "privacy" in summary:
+        print(f"{client.name}: {summary['privacy']}", flush=True)
     if "adapter" in summary:
         what = "whole model" if summary["trunk_adapter"] else "bottom and top only (the server kept the trunk adapter)"
         print(f"{client.name}: fine-tuned PEFT adapter ({what}): {summary['adapter']}", flush=True)

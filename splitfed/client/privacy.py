@@ -8,15 +8,26 @@ record (a round cut short still counts in full).  Channels and whom they reach:
 - gradients (Top -> server; they carry label information): likewise with ``privacy.gradients``;
 - the adapter update (-> aggregator): DP-SGD if ``privacy.dpsgd``, else non-private.
 
+Side information (`Disclosure`, composed into no epsilon, listed next to every one):
+
+- ``lengths`` (-> server, each round that sends activations): the attention mask travels in
+  the clear and padding positions are exact zeros, so the server learns every example's length;
+- ``sample_count`` (-> aggregator, once at HELLO): the FedAvg weight is the client's |D|.
+
 Composition: an example's releases are composed over every time it is used (once per pass
-over the client's data, i.e. per epoch); no amplification by subsampling is claimed for
-the cut traffic, because the server sees every release of the batch it is given.  DP-SGD's
-Poisson subsampling is accounted with amplification for the update channel only, where the
-aggregator sees just the result.
+over the client's data, i.e. per epoch).  No amplification by subsampling is claimed against
+anyone: the server sees every release of the batch it is given, and as aggregator it also
+sees each Poisson batch's size and which DP-SGD steps were empty (`ledger.NO_AMPLIFICATION`).
+
+Noise is secret: `SecureNoise` and `secure_generator()` (seeded from the OS).  Reproducible
+noise is a test-only injection (`noise=`, `generator=`); ``privacy.secure_noise = false``
+seeds it from ``run.seed``, which the server holds, so every noised channel is then recorded
+as non-private (`ledger.REPRODUCIBLE_NOISE`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -26,7 +37,16 @@ from splitfed.config import RunConfig
 from splitfed.config.privacy import CutNoise
 from splitfed.privacy.dpsgd import DPClientStep, DPSGDConfig, poisson_batches, secure_generator
 from splitfed.privacy.events import NonPrivateEvent, Party
-from splitfed.privacy.ledger import Ledger, LedgerEntry, spent
+from splitfed.privacy.ledger import (
+    REPRODUCIBLE_NOISE,
+    Disclosure,
+    Ledger,
+    LedgerEntry,
+    Relation,
+    Statement,
+    spent,
+    statements,
+)
 from splitfed.privacy.mechanisms import GaussianLDP, NoiseSource, SecureNoise, TorchNoise
 from splitfed.privacy.report import write_settings
 
@@ -45,22 +65,43 @@ def mechanism_of(channel: CutNoise, delta: float) -> GaussianLDP | None:
     return GaussianLDP(clip=channel.clip, noise_multiplier=nm, unit=channel.unit)
 
 
+LENGTHS = "the attention mask travels in the clear (padding is exact zeros): every example's length"
+SAMPLE_COUNT = "HELLO's n_samples (the FedAvg weight): the client's number of training examples"
+
+
 class ClientPrivacy:
-    def __init__(self, cfg: RunConfig, client_id: int, name: str, *, n_examples: int):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        client_id: int,
+        name: str,
+        *,
+        n_examples: int,
+        noise: NoiseSource | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        """`noise` / `generator` (tests only): injected noise and DP-SGD generator, taken as secret."""
         p = cfg.privacy
         self.cfg, self.name = cfg, name
         self.activations = mechanism_of(p.activations, p.delta)
         self.gradients = mechanism_of(p.gradients, p.delta)
+        # secure_noise = false: seeded from run.seed, which the server holds -> recorded as non-private
+        self.reproducible = not p.secure_noise
         seed = cfg.run.seed * 1000 + client_id
-        self.noise: NoiseSource = SecureNoise() if p.secure_noise else TorchNoise(torch.Generator().manual_seed(seed))
+        if noise is None:
+            noise = TorchNoise(torch.Generator().manual_seed(seed)) if self.reproducible else SecureNoise()
+        self.noise: NoiseSource = noise
         # DP-SGD noise and Poisson sampling (Opacus takes a torch.Generator)
-        self.generator = secure_generator() if p.secure_noise else torch.Generator().manual_seed(seed + 1)
+        if generator is None:
+            generator = torch.Generator().manual_seed(seed + 1) if self.reproducible else secure_generator()
+        self.generator = generator
         self.dpsgd = None
         if p.dpsgd.enabled:
             q = p.dpsgd.sample_rate or min(1.0, cfg.data.batch_size / n_examples)
             self.dpsgd = DPSGDConfig(p.dpsgd.noise_multiplier, p.dpsgd.max_grad_norm, q)
         root = Path(cfg.run.dir) / "privacy"
         self.ledger = Ledger(root / f"{name}.jsonl")
+        self.ledger.entries()  # a damaged ledger (LedgerError, file:line) stops the client before it releases
         write_settings(root, delta=p.delta, accountant=p.accountant, max_epsilon=p.max_epsilon)
 
     # ------------------------------------------------------------------ mechanisms on the step
@@ -71,24 +112,42 @@ class ClientPrivacy:
         return g if self.gradients is None else self.gradients.apply(g, mask, self.noise)
 
     # ------------------------------------------------------------------ accounting
+    def hello_entries(self) -> list[LedgerEntry]:
+        """What HELLO discloses (once per run: nothing when the ledger already records it)."""
+        if any(e.mechanism == "sample_count" for e in self.ledger.entries()):
+            return []
+        return [LedgerEntry(0, "sample_count", Party.AGGREGATOR, Disclosure(1), reason=SAMPLE_COUNT)]
+
     def round_entries(self, rnd: int, releases: int) -> list[LedgerEntry]:
         """What round `rnd` releases: `releases` uses of its most-used example, and the update."""
         positions = self.cfg.data.max_length
         out = []
+        if releases > 0:  # a DP-SGD round whose Poisson batches were all empty sends nothing
+            out.append(LedgerEntry(rnd, "lengths", Party.SERVER, Disclosure(releases), reason=LENGTHS))
         for channel, mech in (("activation", self.activations), ("gradient", self.gradients)):
-            if releases == 0:  # a DP-SGD round whose Poisson batches were all empty sends nothing
+            if releases == 0:
                 continue
             if mech is None:
                 out.append(LedgerEntry(rnd, f"raw_{channel}s", Party.SERVER, NonPrivateEvent(releases)))
             else:
                 event = mech.event(releases, max_positions=positions)
-                out.append(LedgerEntry(rnd, f"{channel}_ldp", Party.SERVER, event, mech.unit, mech.clip))
+                out.append(self._noised(LedgerEntry(rnd, f"{channel}_ldp", Party.SERVER, event, mech.unit, mech.clip)))
         if self.dpsgd is None:
             out.append(LedgerEntry(rnd, "raw_update", Party.AGGREGATOR, NonPrivateEvent(1)))
         else:
             for event in self.dpsgd.events(self.cfg.training.local_steps):
-                out.append(LedgerEntry(rnd, "dpsgd", Party.AGGREGATOR, event, clip=self.dpsgd.max_grad_norm))
+                entry = LedgerEntry(
+                    rnd, "dpsgd", Party.AGGREGATOR, event, clip=self.dpsgd.max_grad_norm, relation=Relation.ADD_REMOVE
+                )
+                out.append(self._noised(entry))
         return out
+
+    def _noised(self, entry: LedgerEntry) -> LedgerEntry:
+        """`entry`, or a non-private one when the noise is reproducible from the shared config."""
+        if not self.reproducible or isinstance(entry.event, NonPrivateEvent):
+            return entry
+        count = entry.event.count
+        return dataclasses.replace(entry, event=NonPrivateEvent(count), reason=REPRODUCIBLE_NOISE)
 
     def poisson_round(self, n_examples: int) -> list[list[int]]:
         """DP-SGD: the indices of each of the round's Poisson batches (drawn before any release)."""
@@ -113,6 +172,11 @@ class ClientPrivacy:
     def spent(self, extra: list[LedgerEntry] = ()) -> dict[str, float]:
         p = self.cfg.privacy
         return spent([*self.ledger.entries(), *extra], p.delta, accountant=p.accountant)
+
+    def statements(self) -> list[Statement]:
+        """Every stated epsilon with its relation and what it does not cover."""
+        p = self.cfg.privacy
+        return statements(self.ledger.entries(), p.delta, accountant=p.accountant)
 
     def over_budget(self, upcoming: list[LedgerEntry]) -> float | None:
         """The total epsilon after `upcoming` if that exceeds ``privacy.max_epsilon``, else None."""

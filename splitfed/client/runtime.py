@@ -35,7 +35,7 @@ from splitfed.client.privacy import ClientPrivacy
 from splitfed.config import RunConfig
 from splitfed.metrics import MetricsWriter
 from splitfed.models.client_adapter import client_adapter_state, load_client_adapter_state
-from splitfed.privacy.ledger import finite
+from splitfed.privacy.ledger import describe, finite
 from splitfed.transport import client_name
 from splitfed.wire import Header, Message, MsgType, WireError, encode
 
@@ -191,6 +191,8 @@ class Client:
         tmp.replace(path)
 
     def _hello(self, conn: Connection) -> Message:
+        if self.privacy is not None:  # n_samples below is disclosed: recorded before it leaves
+            self.privacy.ledger.append(self.privacy.hello_entries())
         h = Header(
             MsgType.HELLO,
             meta={
@@ -289,8 +291,13 @@ class Client:
             transport_s=conn.traffic.transport_s,
         )
         if self.privacy is not None:
-            eps = {k: finite(v) for k, v in self.privacy.spent().items()}
-            self.metrics.write("privacy", round=rnd, delta=self.cfg.privacy.delta, epsilon=eps)
+            stated = self.privacy.statements()
+            eps = {s.party: finite(s.epsilon) for s in stated}
+            relation = {s.party: s.relation.value for s in stated}
+            left = sorted({line for s in stated for line in s.not_covered})
+            self.metrics.write(
+                "privacy", round=rnd, delta=self.cfg.privacy.delta, epsilon=eps, relation=relation, not_covered=left
+            )
         return result
 
     def run(self, *, progress=None, max_reconnect_s: float | None = None) -> dict:
@@ -335,6 +342,8 @@ class Client:
                 if done:
                     summary["adapter"] = str(self.export())
                     summary["trunk_adapter"] = self.trunk_adapter is not None
+                if self.privacy is not None:
+                    summary["privacy"] = describe(self.privacy.statements(), self.cfg.privacy.delta)
                 summary.update(losses=self.losses, bytes_out=conn.traffic.bytes_out, bytes_in=conn.traffic.bytes_in)
                 traffic = {"bytes_out": conn.traffic.bytes_out, "bytes_in": conn.traffic.bytes_in}
                 with contextlib.suppress(ConnectionError):  # the run is done: a BYE that cannot leave is no loss
