@@ -51,14 +51,27 @@ def _report_text(r: dict) -> list[str]:
         eps = c["epsilon"]
         parties = ", ".join(f"{k} {_eps(v)}" for k, v in eps.items() if k != "total")
         lines.append(f"{c['client']}: epsilon total {_eps(eps['total'])} ({parties}) after rounds {c['rounds']}")
+        for st in c["statements"]:
+            who = "total (the server process, which also aggregates)" if st["party"] == "total" else st["party"]
+            lines.append(
+                f"  against {who}: epsilon {_eps(st['epsilon'])} under {st['relation']}, composing "
+                + (", ".join(st["composes"]) or "nothing")
+            )
+            lines += [f"    note: {n}" for n in st["notes"]]
+        left = "" if c["not_covered"] else "none"
+        lines.append(f"  not covered by any epsilon (released in the clear): {left}")
+        lines += [f"    {line}" for line in c["not_covered"]]
         if c["budget_left"] is not None:
             lines.append(f"  budget left: {_eps(c['budget_left'])}")
         for m in c["mechanisms"]:
             nm = "no noise" if m["noise_multiplier"] is None else f"noise multiplier {m['noise_multiplier']:.4g}"
             clip = "" if m["clip"] is None else f", clip {m['clip']:g}"
-            lines.append(f"  {m['mechanism']:<16} -> {m['against']:<10} unit {m['unit']}{clip}, {nm}")
+            why = f" ({m['reason']})" if m.get("reason") else ""
+            lines.append(
+                f"  {m['mechanism']:<16} -> {m['against']:<10} unit {m['unit']}{clip}, {nm}, {m['relation']}{why}"
+            )
         if eps["total"] is None:
-            lines.append("  (infinite: a channel above was released without noise)")
+            lines.append("  (infinite: a channel above was released without noise, or with noise the server rebuilds)")
     if r["plot"]:
         lines.append(f"plot: {r['plot']}")
     return lines

@@ -64,7 +64,10 @@ class PrivacySection(_Section):
         0.0, "Budget: a client whose next round would exceed this epsilon stops (0 = no budget).", ge=0
     )
     secure_noise: bool = _opt(
-        True, "Noise from a ChaCha20 keystream seeded by the OS; false: a torch generator seeded from run.seed."
+        True,
+        "Noise from a ChaCha20 keystream seeded by the OS.  false (kept for old configs): noise seeded from "
+        "run.seed, which the server holds and can replay; every noised channel is then recorded as "
+        "non-private (epsilon = inf).",
     )
     activations: CutNoise = _sub(CutNoise, "[privacy.activations]: the Bottom's activations sent to the server.")
     gradients: CutNoise = _sub(CutNoise, "[privacy.gradients]: the gradient the Top returns to the server.")

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from splitfed.privacy.ledger import LedgerEntry, finite, read_ledger, spent
+from splitfed.privacy.ledger import Disclosure, LedgerEntry, finite, not_covered, read_ledger, spent, statements
 
 SETTINGS = "settings.json"
 
@@ -34,12 +34,16 @@ class ClientReport:
     rounds: list[int] = field(default_factory=list)
     total_by_round: list[float] = field(default_factory=list)  # cumulative total epsilon after each round
     budget_left: float | None = None
+    statements: list[dict] = field(default_factory=list)  # per party: relation, epsilon, composes, not covered
+    not_covered: list[str] = field(default_factory=list)  # released in the clear, covered by no epsilon
 
     def to_json(self) -> dict:
         return {
             "client": self.client,
             "mechanisms": self.mechanisms,
             "epsilon": {k: finite(v) for k, v in self.epsilon.items()},
+            "statements": self.statements,
+            "not_covered": self.not_covered,
             "rounds": self.rounds,
             "total_by_round": [finite(v) for v in self.total_by_round],
             "budget_left": None if self.budget_left is None else finite(self.budget_left),
@@ -64,13 +68,26 @@ def _client(name: str, entries: list[LedgerEntry], settings: dict) -> ClientRepo
     delta, acc = settings["delta"], settings["accountant"]
     mechanisms = []
     for e in entries:
+        if isinstance(e.event, Disclosure):
+            continue
         row = {"mechanism": e.mechanism, "against": e.against.value, "unit": e.unit, "clip": e.clip}
         row["noise_multiplier"] = getattr(e.event, "noise_multiplier", None)
+        row["relation"] = e.relation.value
+        row["reason"] = e.reason
         if row not in mechanisms:
             mechanisms.append(row)
     rounds = sorted({e.round for e in entries})
     by_round = [spent([e for e in entries if e.round <= r], delta, accountant=acc)["total"] for r in rounds]
-    report = ClientReport(name, mechanisms, spent(entries, delta, accountant=acc), rounds, by_round)
+    stated = statements(entries, delta, accountant=acc)
+    report = ClientReport(
+        name,
+        mechanisms,
+        {st.party: st.epsilon for st in stated},
+        rounds,
+        by_round,
+        statements=[st.to_json() for st in stated],
+        not_covered=not_covered(entries),
+    )
     if settings.get("max_epsilon", 0) > 0:
         report.budget_left = max(0.0, settings["max_epsilon"] - report.epsilon["total"])
     return report

@@ -1,0 +1,76 @@
+"""ClientPrivacy's ledger entries: lengths and the sample count disclosed, secret noise only."""
+
+import math
+
+import pytest
+import torch
+
+from splitfed.client.privacy import ClientPrivacy
+from splitfed.config import parse_config
+from splitfed.privacy.events import GaussianEvent, NonPrivateEvent, Party
+from splitfed.privacy.ledger import REPRODUCIBLE_NOISE, Disclosure, LedgerError, Relation
+from splitfed.privacy.mechanisms import SecureNoise, TorchNoise
+
+
+def _cfg(tmp_path, **privacy):
+    return parse_config(
+        {
+            "run": {"dir": str(tmp_path)},
+            "privacy": {
+                "enabled": True,
+                "activations": {"enabled": True, "noise_multiplier": 2.0},
+                "dpsgd": {"enabled": True, "noise_multiplier": 4.0, "sample_rate": 0.1},
+                **privacy,
+            },
+        }
+    )
+
+
+def test_round_entries_disclose_lengths_and_name_relations(tmp_path):
+    cp = ClientPrivacy(_cfg(tmp_path), 0, "client-0", n_examples=50)
+    assert isinstance(cp.noise, SecureNoise)
+    lengths, act, grad, dpsgd = cp.round_entries(3, releases=2)
+    assert (lengths.mechanism, lengths.against, lengths.event) == ("lengths", Party.SERVER, Disclosure(2))
+    assert act.event == GaussianEvent(2.0, 2) and act.relation is Relation.REPLACE_ONE and act.reason is None
+    assert grad.event == NonPrivateEvent(2) and grad.mechanism == "raw_gradients"
+    assert dpsgd.relation is Relation.ADD_REMOVE and dpsgd.event.noise_multiplier == 4.0
+    assert [e.mechanism for e in cp.round_entries(3, releases=0)] == ["dpsgd"]  # all Poisson batches empty
+
+
+def test_sample_count_is_recorded_once_per_run(tmp_path):
+    cp = ClientPrivacy(_cfg(tmp_path), 0, "client-0", n_examples=50)
+    (hello,) = cp.hello_entries()
+    assert (hello.mechanism, hello.against, hello.event) == ("sample_count", Party.AGGREGATOR, Disclosure(1))
+    cp.ledger.append([hello])
+    assert cp.hello_entries() == []  # a reconnect or a resumed run says hello again: nothing new is disclosed
+    cp.ledger.append(cp.round_entries(0, releases=1))
+    stated = cp.statements()
+    assert all(any(line.startswith("sample_count -> aggregator") for line in s.not_covered) for s in stated[1:])
+
+
+def test_reproducible_noise_is_recorded_as_non_private(tmp_path):
+    cp = ClientPrivacy(_cfg(tmp_path, secure_noise=False), 0, "client-0", n_examples=50)
+    assert isinstance(cp.noise, TorchNoise)
+    entries = cp.round_entries(0, releases=1)
+    noised = [e for e in entries if e.mechanism in ("activation_ldp", "dpsgd")]
+    assert len(noised) == 2 and all(isinstance(e.event, NonPrivateEvent) for e in noised)
+    assert all(e.reason == REPRODUCIBLE_NOISE for e in noised)
+    cp.ledger.append(entries)
+    assert all(math.isinf(v) for v in cp.spent().values())
+
+
+def test_injected_noise_is_a_test_hook_that_keeps_the_epsilon(tmp_path):
+    noise, gen = TorchNoise(torch.Generator().manual_seed(1)), torch.Generator().manual_seed(2)
+    cfg = _cfg(tmp_path, gradients={"enabled": True, "noise_multiplier": 2.0})
+    cp = ClientPrivacy(cfg, 0, "client-0", n_examples=50, noise=noise, generator=gen)
+    assert cp.noise is noise and cp.generator is gen
+    cp.ledger.append(cp.round_entries(0, releases=1))
+    assert math.isfinite(cp.spent()["total"])
+
+
+def test_a_damaged_ledger_stops_the_client_before_it_releases(tmp_path):
+    path = tmp_path / "privacy" / "client-0.jsonl"
+    path.parent.mkdir()
+    path.write_text("garbage\n{}\n")
+    with pytest.raises(LedgerError, match=r"client-0.jsonl:1: not a complete ledger entry"):
+        ClientPrivacy(_cfg(tmp_path), 0, "client-0", n_examples=50)
