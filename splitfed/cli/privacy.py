@@ -52,10 +52,15 @@ def register(subparsers) -> None:
 
 def _add_epsilon(psub) -> None:
     p = psub.add_parser("epsilon", help="epsilon spent by N steps of the sampled Gaussian (DP-SGD)")
-    p.add_argument("--noise-multiplier", type=_positive, required=True, help="noise std / L2 sensitivity")
-    p.add_argument("--sample-rate", type=_rate, required=True, help="Poisson sampling rate q in (0, 1]")
-    p.add_argument("--steps", type=_count, required=True, help="steps (integer >= 1)")
-    p.add_argument("--delta", type=_delta, required=True, help="delta in (0, 1)")
+    p.add_argument(
+        "--noise-multiplier",
+        type=_noise_multiplier,
+        required=True,
+        help=f"noise std / L2 sensitivity, in [{MIN_NOISE_MULTIPLIER:g}, {MAX_NOISE_MULTIPLIER:g}]",
+    )
+    p.add_argument("--sample-rate", type=_rate, required=True, help=_RATE_HELP)
+    p.add_argument("--steps", type=_count, required=True, help=f"steps, an integer in [1, {MAX_COUNT:g}]")
+    p.add_argument("--delta", type=_delta, required=True, help=f"delta in [{MIN_DELTA:g}, 1)")
     _add_accountant(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=lambda args: _run(args, _epsilon, _epsilon_text))
@@ -63,10 +68,12 @@ def _add_epsilon(psub) -> None:
 
 def _add_noise(psub) -> None:
     p = psub.add_parser("noise", help="smallest noise multiplier for a target (epsilon, delta) over N steps")
-    p.add_argument("--epsilon", type=_positive, required=True, help="target epsilon > 0")
-    p.add_argument("--delta", type=_delta, required=True, help="delta in (0, 1)")
-    p.add_argument("--sample-rate", type=_rate, required=True, help="Poisson sampling rate q in (0, 1]")
-    p.add_argument("--steps", type=_count, required=True, help="steps (integer >= 1)")
+    p.add_argument(
+        "--epsilon", type=_epsilon_target, required=True, help=f"target epsilon in [{MIN_EPSILON:g}, {MAX_EPSILON:g}]"
+    )
+    p.add_argument("--delta", type=_delta, required=True, help=f"delta in [{MIN_DELTA:g}, 1)")
+    p.add_argument("--sample-rate", type=_rate, required=True, help=_RATE_HELP)
+    p.add_argument("--steps", type=_count, required=True, help=f"steps, an integer in [1, {MAX_COUNT:g}]")
     _add_accountant(p)
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=lambda args: _run(args, _noise, _noise_text))
@@ -74,8 +81,13 @@ def _add_noise(psub) -> None:
 
 def _add_ldp(psub) -> None:
     p = psub.add_parser("ldp", help="local DP: Gaussian noise per release of clipped activations")
-    p.add_argument("--epsilon", type=_positive, required=True, help="target epsilon > 0 per unit")
-    p.add_argument("--delta", type=_delta, required=True, help="delta in (0, 1)")
+    p.add_argument(
+        "--epsilon",
+        type=_epsilon_target,
+        required=True,
+        help=f"target epsilon per unit, in [{MIN_EPSILON:g}, {MAX_EPSILON:g}]",
+    )
+    p.add_argument("--delta", type=_delta, required=True, help=f"delta in [{MIN_DELTA:g}, 1)")
     p.add_argument("--releases", type=_count, default=1, help="releases of the same unit, composed (default 1)")
     p.add_argument(
         "--unit",
@@ -83,7 +95,9 @@ def _add_ldp(psub) -> None:
         default="sequence",
         help="what is clipped to C: a whole example's activations, or each position's vector (default sequence)",
     )
-    p.add_argument("--clip", type=_positive, default=1.0, help="L2 clipping norm C (default 1)")
+    p.add_argument(
+        "--clip", type=_clip, default=1.0, help=f"L2 clipping norm C in [{MIN_CLIP:g}, {MAX_CLIP:g}] (default 1)"
+    )
     p.add_argument("--max-length", type=_count, default=None, help="T, the most positions per example (--unit token)")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(func=lambda args: _run(args, _ldp, _ldp_text))
@@ -94,13 +108,15 @@ def _add_accountant(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args, compute: Callable[[argparse.Namespace], dict], render: Callable[[dict], list[str]]) -> int:
-    """Compute, then print text or one JSON object; a library ValueError is one line and exit 2."""
+    """Compute, then print text or one JSON object (finite numbers only); a library ValueError is
+    one line and exit 2."""
     try:
         result = compute(args)
-    except ValueError as exc:
+        text = _finite_json(result) if args.json else "\n".join(render(result))
+    except ValueError as exc:  # a LedgerError too: a damaged ledger is refused, never undercounted
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result) if args.json else "\n".join(render(result)))
+    print(text)
     return 0
 
 
@@ -235,7 +251,17 @@ def _method(r: dict) -> str:
     return f"{r['accountant']} accountant"
 
 
-# argparse `type=` functions: each refuses with a message that names the expected range.
+# argparse `type=` functions: each refuses with a message that names the accepted range.
+# The ranges keep every computation finite: a noise multiplier of 1e-300 or a sample rate of
+# 1e-320 would divide by zero inside the accountant, a clip of 1e308 overflow sigma.
+
+MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER = 1e-2, 1e6
+MIN_EPSILON, MAX_EPSILON = 1e-6, 1e3
+MIN_DELTA = 1e-100
+MIN_SAMPLE_RATE = 1e-9
+_RATE_HELP = f"Poisson sampling rate q in [{MIN_SAMPLE_RATE:g}, 1]"
+MIN_CLIP, MAX_CLIP = 1e-12, 1e12
+MAX_COUNT = 10**9
 
 
 def _number(text: str) -> float:
@@ -248,32 +274,48 @@ def _number(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _in_range(lo: float, hi: float, *, hi_open: bool = False) -> Callable[[str], float]:
+    """A `type=` for a number in [lo, hi] (or [lo, hi) with `hi_open`)."""
+    shown = f"[{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+    def parse(text: str) -> float:
+        value = _number(text)
+        if not (lo <= value < hi if hi_open else lo <= value <= hi):
+            raise argparse.ArgumentTypeError(f"must be a number in {shown}, got {text}")
+        return value
+
+    return parse
 
 
-def _delta(text: str) -> float:
-    value = _number(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
-    return value
-
-
-def _rate(text: str) -> float:
-    value = _number(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
+_noise_multiplier = _in_range(MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER)
+_epsilon_target = _in_range(MIN_EPSILON, MAX_EPSILON)
+_delta = _in_range(MIN_DELTA, 1.0, hi_open=True)
+_rate = _in_range(MIN_SAMPLE_RATE, 1.0)
+_clip = _in_range(MIN_CLIP, MAX_CLIP)
 
 
 def _count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+        raise argparse.ArgumentTypeError(f"expected an integer in [1, {MAX_COUNT:g}], got {text!r}") from None
+    if not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be an integer in [1, {MAX_COUNT:g}], got {text}")
     return value
+
+
+def _finite_json(result: dict) -> str:
+    """One JSON line; ValueError naming the key when a number is not finite (never `Infinity`)."""
+
+    def check(obj: object, key: str) -> None:
+        if isinstance(obj, float) and not math.isfinite(obj):
+            raise ValueError(f"{key} came out as {obj} for these inputs; no finite answer to state")
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                check(v, k)
+        elif isinstance(obj, list):
+            for v in obj:
+                check(v, key)
+
+    check(result, "result")
+    return json.dumps(result, allow_nan=False)

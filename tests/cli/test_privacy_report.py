@@ -71,3 +71,13 @@ def test_report_refuses_a_run_without_ledgers(tmp_path, capsys):
     assert main(["privacy", "report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no privacy ledgers (was the run started with privacy.enabled = true?)" in err[0]
+
+
+def test_report_refuses_a_damaged_ledger_naming_file_and_line(tmp_path, capsys):
+    run = _run_dir(tmp_path)
+    path = run / "privacy" / "client-0.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:2]) + "{not json\n" + "".join(lines[2:]))
+    assert main(["privacy", "report", str(run), "--no-plot"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}:3: not a complete ledger entry" in err[0] and "Traceback" not in err[0]
