@@ -146,7 +146,6 @@ def privacy_config(cfg: AttackConfig, d: DefenseSpec, clip: dict[str, float], n:
             "privacy": {
                 "enabled": True,
                 "delta": t.delta,
-                "secure_noise": False,
                 "activations": channel("activation"),
                 "gradients": channel("gradient"),
                 "dpsgd": dpsgd,
@@ -235,7 +234,9 @@ def train_cell(cfg: AttackConfig, cut: tuple[int, int], d: DefenseSpec, data: Ev
     priv = None
     for k in range(clients):
         rc = privacy_config(cfg, d, clip, n, run_dir)
-        p = ClientPrivacy(rc, k, f"client-{k}", n_examples=n)
+        seed = t.seed * 1000 + k  # reproducible cells: injected noise (secure_noise = false would state inf)
+        noise, gen = TorchNoise(torch.Generator().manual_seed(seed)), torch.Generator().manual_seed(seed + 1)
+        p = ClientPrivacy(rc, k, f"client-{k}", n_examples=n, noise=noise, generator=gen)
         p.ledger.append(p.round_entries(0, releases_per_round(rc, n)))
         for attr in ("release_activations", "release_gradient"):  # compression after the noise, as on the wire
             setattr(p, attr, _compressed(getattr(p, attr), d.compression))
