@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from splitfed.privacy.events import GaussianEvent, NonPrivateEvent, Party
-from splitfed.privacy.ledger import read_ledger
+from splitfed.privacy.ledger import Disclosure, read_ledger
 
 
 def test_private_run_records_every_channel(make_run):
@@ -15,7 +15,6 @@ def test_private_run_records_every_channel(make_run):
         clients=1,
         training__rounds=2,
         privacy__enabled=True,
-        privacy__secure_noise=False,
         privacy__activations={"enabled": True, "noise_multiplier": 0.5, "clip": 4.0},
         privacy__gradients={"enabled": True, "noise_multiplier": 0.5, "clip": 0.05, "unit": "token"},
     )
@@ -23,10 +22,12 @@ def test_private_run_records_every_channel(make_run):
     assert run.wait(client) == 0, run.log("client-0") + run.log("server")
     assert run.wait(server) == 0, run.log("server")
     entries = read_ledger(run.run_dir / "privacy" / "client-0.jsonl")
-    assert [(e.round, e.mechanism) for e in entries] == [
-        (r, m) for r in (0, 1) for m in ("activation_ldp", "gradient_ldp", "raw_update")
+    assert [(e.round, e.mechanism) for e in entries] == [(0, "sample_count")] + [
+        (r, m) for r in (0, 1) for m in ("lengths", "activation_ldp", "gradient_ldp", "raw_update")
     ]
-    act, grad, update = entries[:3]
+    hello, lengths, act, grad, update = entries[:5]
+    assert hello.event == Disclosure(1) and hello.against is Party.AGGREGATOR
+    assert lengths.event == Disclosure(1) and lengths.against is Party.SERVER
     assert act.event == GaussianEvent(0.5, 1) and act.against is Party.SERVER and act.unit == "sequence"
     assert grad.event == GaussianEvent(0.5 / math.sqrt(48), 1) and grad.unit == "token" and grad.clip == 0.05
     assert update.event == NonPrivateEvent(1) and update.against is Party.AGGREGATOR
@@ -34,6 +35,12 @@ def test_private_run_records_every_channel(make_run):
     assert [m["round"] for m in stated] == [0, 1]
     assert 0 < stated[0]["epsilon"]["server"] < stated[1]["epsilon"]["server"] < math.inf
     assert stated[1]["epsilon"]["aggregator"] is None and stated[1]["epsilon"]["total"] is None  # infinite
+    assert stated[1]["relation"] == {"server": "replace-one", "aggregator": "replace-one", "total": "replace-one"}
+    assert [line.split(":")[0] for line in stated[1]["not_covered"]] == [
+        "lengths -> server",
+        "sample_count -> aggregator",
+    ]
+    assert "not covered (released in the clear): lengths -> server, sample_count -> aggregator" in run.log("client-0")
     updates = [m for m in run.metrics("server") if m["event"] == "update"]
     assert updates and all(m["loss"] is None for m in updates)  # the loss stays on the client
 
