@@ -122,7 +122,7 @@ def unit_norm_quantile(split, examples: list[Example], unit: str, q: float, pad:
 def privacy_config(cfg: AttackConfig, d: DefenseSpec, clip: dict[str, float], n: int, run_dir: Path):
     """The product's `RunConfig` for this defense (privacy on, so every channel gets a ledger entry)."""
     from splitfed.config import parse_config
-    from splitfed.privacy.calibrate import noise_multiplier_for
+    from splitfed.privacy.calibrate import ldp_release_sigma
 
     t = cfg.train
 
@@ -136,7 +136,8 @@ def privacy_config(cfg: AttackConfig, d: DefenseSpec, clip: dict[str, float], n:
     q = min(1.0, t.batch_size / n)
     dpsgd = {"enabled": False}
     if d.dpsgd_epsilon > 0:
-        nm = noise_multiplier_for(d.dpsgd_epsilon, t.delta, sample_rate=q, steps=t.steps)
+        # no amplification against the server-aggregator: the steps are Gaussian releases, composed exactly
+        nm = ldp_release_sigma(d.dpsgd_epsilon, t.delta, releases=t.steps)
         dpsgd = {"enabled": True, "noise_multiplier": nm, "max_grad_norm": 1.0, "sample_rate": q}
     return parse_config(
         {
@@ -206,7 +207,7 @@ def train_cell(cfg: AttackConfig, cut: tuple[int, int], d: DefenseSpec, data: Ev
 
     from splitfed.client.data import releases_per_round
     from splitfed.client.privacy import ClientPrivacy
-    from splitfed.privacy.ledger import compose
+    from splitfed.privacy.ledger import statements
     from splitfed.privacy.mechanisms import TorchNoise
     from splitfed.training import LocalTrunk, OptimConfig
 
@@ -253,7 +254,8 @@ def train_cell(cfg: AttackConfig, cut: tuple[int, int], d: DefenseSpec, data: Ev
     epsilon = {k: float(v) for k, v in priv.spent().items()}
     entries = priv.ledger.entries()
     for channel, mechanisms in _CHANNELS.items():  # each channel on its own, as the ledger records it
-        epsilon[channel] = compose([e.event for e in entries if e.mechanism in mechanisms], t.delta)
+        mine = [e for e in entries if e.mechanism in mechanisms]  # one party: its statement, no amplification
+        epsilon[channel] = statements(mine, t.delta)[0].epsilon if mine else 0.0
 
     def attacker_release(mech) -> Release | None:
         if mech is None:
