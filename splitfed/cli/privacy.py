@@ -143,6 +143,7 @@ def _epsilon(args) -> dict:
         "steps": args.steps,
         "accountant": args.accountant,
         "fallback_reason": fallback,
+        "relation": "add/remove",  # Opacus' relation; amplification assumes the sample stays secret
     }
 
 
@@ -150,7 +151,8 @@ def _epsilon_text(r: dict) -> list[str]:
     return [
         f"epsilon {r['epsilon']:.4g} at delta {r['delta']:g} ({_method(r)})",
         f"  {r['steps']} steps of the sampled Gaussian: noise multiplier {r['noise_multiplier']:g}, "
-        f"sample rate {r['sample_rate']:g}",
+        f"sample rate {r['sample_rate']:g}; add/remove neighbours, amplified by secret Poisson sampling "
+        "(a run's ledger claims no amplification: its aggregator sees the sampling)",
     ]
 
 
@@ -170,13 +172,14 @@ def _noise(args) -> dict:
         "accountant": args.accountant,
         "epsilon_spent": spent,
         "fallback_reason": fallback,
+        "relation": "add/remove",
     }
 
 
 def _noise_text(r: dict) -> list[str]:
     return [
         f"noise multiplier {r['noise_multiplier']:.6g} for epsilon {r['epsilon']:g} at delta {r['delta']:g} "
-        f"over {r['steps']} steps at sample rate {r['sample_rate']:g}",
+        f"over {r['steps']} steps at sample rate {r['sample_rate']:g} (add/remove neighbours)",
         f"  check: it spends epsilon {r['epsilon_spent']:.6g} ({_method(r)})",
     ]
 
