@@ -17,9 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from splitfed.privacy.events import GaussianEvent, NonPrivateEvent, Party, PrivacyEvent, SampledGaussianEvent
+from splitfed.privacy.events import (
+    DiscreteGaussianEvent,
+    GaussianEvent,
+    NonPrivateEvent,
+    Party,
+    PrivacyEvent,
+    SampledGaussianEvent,
+)
 
-_EVENTS = {"gaussian": GaussianEvent, "sampled_gaussian": SampledGaussianEvent, "non_private": NonPrivateEvent}
+_EVENTS = {
+    "gaussian": GaussianEvent,
+    "discrete_gaussian": DiscreteGaussianEvent,
+    "sampled_gaussian": SampledGaussianEvent,
+    "non_private": NonPrivateEvent,
+}
 _NAMES = {cls: name for name, cls in _EVENTS.items()}
 
 
