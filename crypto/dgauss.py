@@ -32,12 +32,13 @@ import numpy as np
 
 from crypto.prg import expand
 
-__all__ = ["CDTSampler", "ExactSampler", "KeystreamBytes", "as_sigma2", "cdt_sampler"]
+__all__ = ["MAX_TV_PER_DRAW", "CDTSampler", "ExactSampler", "KeystreamBytes", "as_sigma2", "cdt_sampler"]
 
 RandBytes = Callable[[int], bytes]
 _PREC = 256  # bits of the fixed-point weights the table is built from
 _OUT = 128  # bits of the table entries and of the uniforms
 _NARROW = 63  # guide buckets up to this many entries are searched in lock-step
+MAX_TV_PER_DRAW = 2.0**-100  # every table's TV bound is below this (checked when it is built)
 MAX_SIGMA2 = Fraction(10**14)  # ~1e7 standard deviations: tables beyond this are impractically large
 
 
@@ -149,6 +150,8 @@ class CDTSampler:
     def __init__(self, sigma2: Fraction | int | float):
         self.sigma2 = as_sigma2(sigma2)
         self.hi, self.lo, self.tv = _build(self.sigma2)
+        if not self.tv <= MAX_TV_PER_DRAW:
+            raise ValueError(f"sigma2 {float(self.sigma2):g}: TV bound {self.tv:g} above {MAX_TV_PER_DRAW:g}")
         # guide table: the first entry of each bucket of the top `_bits` bits of hi
         self._bits = min(20, max(8, len(self.hi).bit_length() + 4))
         starts = np.arange((1 << self._bits) + 1, dtype=np.uint64)

@@ -27,30 +27,46 @@ from splitfed.config.privacy import CutNoise
 from splitfed.privacy.dpsgd import DPClientStep, DPSGDConfig, poisson_batches, secure_generator
 from splitfed.privacy.events import NonPrivateEvent, Party
 from splitfed.privacy.ledger import Ledger, LedgerEntry, spent
-from splitfed.privacy.mechanisms import GaussianLDP, NoiseSource, SecureNoise, TorchNoise
+from splitfed.privacy.mechanisms import (
+    MAX_RELEASE_TV,
+    DiscreteGaussianLDP,
+    GaussianLDP,
+    NoiseSource,
+    SecureNoise,
+    TorchNoise,
+)
 from splitfed.privacy.report import write_settings
 
 log = logging.getLogger("splitfed.client")
 
 
-def mechanism_of(channel: CutNoise, delta: float) -> GaussianLDP | None:
-    """The configured local-DP mechanism of a channel, its noise calibrated when given as epsilon."""
+def mechanism_of(
+    channel: CutNoise, delta: float, *, max_positions: int = 1
+) -> DiscreteGaussianLDP | GaussianLDP | None:
+    """The configured local-DP mechanism of a channel, its noise calibrated when given as epsilon
+    (discrete: with RDP, the way its events are composed; float: analytic Gaussian)."""
     if not channel.enabled:
         return None
     nm = channel.noise_multiplier
-    if nm == 0:
-        from splitfed.privacy.calibrate import analytic_gaussian_sigma
+    if channel.mechanism == "float":
+        if nm == 0:
+            from splitfed.privacy.calibrate import analytic_gaussian_sigma
 
-        nm = analytic_gaussian_sigma(channel.epsilon, delta, sensitivity=1.0)
-    return GaussianLDP(clip=channel.clip, noise_multiplier=nm, unit=channel.unit)
+            nm = analytic_gaussian_sigma(channel.epsilon, delta, sensitivity=1.0)
+        return GaussianLDP(clip=channel.clip, noise_multiplier=nm, unit=channel.unit)
+    if nm == 0:
+        from splitfed.privacy.calibrate import discrete_gaussian_noise_multiplier
+
+        nm = discrete_gaussian_noise_multiplier(channel.epsilon, delta, tv=MAX_RELEASE_TV)
+    return DiscreteGaussianLDP(channel.clip, nm, channel.unit, max_positions, channel.grid_step)
 
 
 class ClientPrivacy:
     def __init__(self, cfg: RunConfig, client_id: int, name: str, *, n_examples: int):
         p = cfg.privacy
         self.cfg, self.name = cfg, name
-        self.activations = mechanism_of(p.activations, p.delta)
-        self.gradients = mechanism_of(p.gradients, p.delta)
+        self.activations = mechanism_of(p.activations, p.delta, max_positions=cfg.data.max_length)
+        self.gradients = mechanism_of(p.gradients, p.delta, max_positions=cfg.data.max_length)
         seed = cfg.run.seed * 1000 + client_id
         self.noise: NoiseSource = SecureNoise() if p.secure_noise else TorchNoise(torch.Generator().manual_seed(seed))
         # DP-SGD noise and Poisson sampling (Opacus takes a torch.Generator)
