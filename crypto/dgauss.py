@@ -233,24 +233,29 @@ def _build(s2: Fraction) -> tuple[np.ndarray, np.ndarray, float]:
     while True:
         w = (w * big_r) >> p
         big_r = (big_r * r2) >> p
-        tail = (w + 3 * (len(weights) + 1) ** 2 + 1) * one // max(one - big_r - 4 * len(weights) ** 2, 1) + 1
-        if tail << (_OUT + 3) < one:  # S >= W_0 = 2^P, so 2 T / S < 2^-(OUT+2)
-            break
+        if (w << (_OUT + 3)) < one:  # only then can the tail bound below be small enough
+            n = len(weights)
+            tail = (w + 3 * (n + 1) ** 2 + 1) * one // max(one - big_r - 4 * n**2, 1) + 1
+            if tail << (_OUT + 3) < one:  # S >= W_0 = 2^P, so 2 T / S < 2^-(OUT+2)
+                break
         weights.append(w)
     n = len(weights)
     total = weights[0] + 2 * sum(weights[1:])
-    cum, cs = 0, []
-    exact_round_err = 0  # sum over i of |q_i - f_i| in units of 2^-OUT / total
-    prev_c = 0
+    # c_i ~ 2^OUT F_i through one reciprocal (nondecreasing; the TV bound uses the actual c_i)
+    shift = p + _OUT + 64
+    inv = (1 << shift) // total
+    cum, cs, prev_c = 0, [], 0
+    exact_round_err = 0  # sum over i of |q_i - f_i|, in units of 2^-OUT / total
     for x, wx in enumerate(weights):
-        cum += wx if x == 0 else 2 * wx
-        c = ((cum << _OUT) + total // 2) // total
+        fw = wx if x == 0 else 2 * wx
+        cum += fw
+        c = (cum * inv) >> (shift - _OUT)
         cs.append(c)
-        exact_round_err += abs((c - prev_c) * total - ((wx if x == 0 else 2 * wx) << _OUT))
+        exact_round_err += abs((c - prev_c) * total - (fw << _OUT))
         prev_c = c
-    cs = [c for c in cs if c < 1 << _OUT]  # entries of 2^128 (the last, and any that round up) are never <= u
-    exact_round_err += abs(((1 << _OUT) - prev_c) * total)  # mass given to the last entry beyond the table's sum
-    weight_err = 2 * sum(3 * (x + 1) ** 2 for x in range(n))
+    exact_round_err += ((1 << _OUT) - prev_c) * total  # the last entry takes all u >= c_{N-1}
+    cs = [c for c in cs[:-1] if c < 1 << _OUT]  # c_{N-1} := 2^128 (every remaining u); entries of 2^128 never count
+    weight_err = n * (n + 1) * (2 * n + 1) // 2  # 2 * sum_{x<n} 3 (x + 1)^2
     bound = Fraction(exact_round_err, total << (_OUT + 1)) + Fraction(weight_err + 2 * tail, total)
     tv = math.nextafter(float(bound), math.inf)
     hi = np.array([c >> 64 for c in cs], dtype=np.uint64)

@@ -80,6 +80,12 @@ class ClientPrivacy:
         write_settings(root, delta=p.delta, accountant=p.accountant, max_epsilon=p.max_epsilon)
 
     # ------------------------------------------------------------------ mechanisms on the step
+    def prepare(self, hidden: int) -> None:
+        """Build the discrete noise tables for a model of width `hidden` before the first step."""
+        for mech in (self.activations, self.gradients):
+            if isinstance(mech, DiscreteGaussianLDP):
+                mech.prepare(hidden)
+
     def release_activations(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return h if self.activations is None else self.activations.apply(h, mask, self.noise)
 

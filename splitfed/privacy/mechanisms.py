@@ -194,6 +194,10 @@ class DiscreteGaussianLDP:
                 raise ValueError(f"grid_step {gamma:g}: releases could reach 2^24 grid steps, not exact in float32")
             gamma *= 2.0
 
+    def prepare(self, hidden: int) -> None:
+        """Build the noise table for width `hidden` now (seconds for a large sigma), not at the first release."""
+        cdt_sampler(self.grid(hidden)[2])
+
     def quantize(self, clipped: torch.Tensor, gamma: float, delta: Fraction) -> torch.Tensor:
         """int64 k = round(clipped / gamma), every unit checked in integers to ||k|| <= Delta / 2."""
         x = clipped.detach().double() / gamma  # exact: float32 over a power of two, in float64

@@ -6,8 +6,9 @@ import json
 import math
 from pathlib import Path
 
-from splitfed.privacy.events import GaussianEvent, NonPrivateEvent, Party
+from splitfed.privacy.events import DiscreteGaussianEvent, NonPrivateEvent, Party
 from splitfed.privacy.ledger import read_ledger
+from splitfed.privacy.mechanisms import MAX_RELEASE_TV
 
 
 def test_private_run_records_every_channel(make_run):
@@ -27,8 +28,10 @@ def test_private_run_records_every_channel(make_run):
         (r, m) for r in (0, 1) for m in ("activation_ldp", "gradient_ldp", "raw_update")
     ]
     act, grad, update = entries[:3]
-    assert act.event == GaussianEvent(0.5, 1) and act.against is Party.SERVER and act.unit == "sequence"
-    assert grad.event == GaussianEvent(0.5 / math.sqrt(48), 1) and grad.unit == "token" and grad.clip == 0.05
+    assert act.event == DiscreteGaussianEvent(0.5, 1, MAX_RELEASE_TV)
+    assert act.against is Party.SERVER and act.unit == "sequence"
+    assert grad.event == DiscreteGaussianEvent(0.5 / math.sqrt(48), 1, MAX_RELEASE_TV)
+    assert grad.unit == "token" and grad.clip == 0.05
     assert update.event == NonPrivateEvent(1) and update.against is Party.AGGREGATOR
     stated = [m for m in run.metrics("client-0") if m["event"] == "privacy"]
     assert [m["round"] for m in stated] == [0, 1]
