@@ -18,7 +18,7 @@ def test_private_run_records_every_channel(make_run):
         privacy__enabled=True,
         privacy__secure_noise=False,
         privacy__activations={"enabled": True, "noise_multiplier": 0.5, "clip": 4.0},
-        privacy__gradients={"enabled": True, "noise_multiplier": 0.5, "clip": 0.05, "unit": "token"},
+        privacy__gradients={"enabled": True, "noise_multiplier": 4.0, "clip": 0.05, "unit": "token"},
     )
     server, client = run.server(), run.client(0)
     assert run.wait(client) == 0, run.log("client-0") + run.log("server")
@@ -30,7 +30,7 @@ def test_private_run_records_every_channel(make_run):
     act, grad, update = entries[:3]
     assert act.event == DiscreteGaussianEvent(0.5, 1, MAX_RELEASE_TV)
     assert act.against is Party.SERVER and act.unit == "sequence"
-    assert grad.event == DiscreteGaussianEvent(0.5 / math.sqrt(48), 1, MAX_RELEASE_TV)
+    assert grad.event == DiscreteGaussianEvent(4.0 / math.sqrt(48), 1, MAX_RELEASE_TV)
     assert grad.unit == "token" and grad.clip == 0.05
     assert update.event == NonPrivateEvent(1) and update.against is Party.AGGREGATOR
     stated = [m for m in run.metrics("client-0") if m["event"] == "privacy"]
