@@ -47,22 +47,38 @@ from splitfed.privacy.ledger import (
     spent,
     statements,
 )
-from splitfed.privacy.mechanisms import GaussianLDP, NoiseSource, SecureNoise, TorchNoise
+from splitfed.privacy.mechanisms import (
+    MAX_RELEASE_TV,
+    DiscreteGaussianLDP,
+    GaussianLDP,
+    NoiseSource,
+    SecureNoise,
+    TorchNoise,
+)
 from splitfed.privacy.report import write_settings
 
 log = logging.getLogger("splitfed.client")
 
 
-def mechanism_of(channel: CutNoise, delta: float) -> GaussianLDP | None:
-    """The configured local-DP mechanism of a channel, its noise calibrated when given as epsilon."""
+def mechanism_of(
+    channel: CutNoise, delta: float, *, max_positions: int = 1
+) -> DiscreteGaussianLDP | GaussianLDP | None:
+    """The configured local-DP mechanism of a channel, its noise calibrated when given as epsilon
+    (discrete: with RDP, the way its events are composed; float: analytic Gaussian)."""
     if not channel.enabled:
         return None
     nm = channel.noise_multiplier
-    if nm == 0:
-        from splitfed.privacy.calibrate import analytic_gaussian_sigma
+    if channel.mechanism == "float":
+        if nm == 0:
+            from splitfed.privacy.calibrate import analytic_gaussian_sigma
 
-        nm = analytic_gaussian_sigma(channel.epsilon, delta, sensitivity=1.0)
-    return GaussianLDP(clip=channel.clip, noise_multiplier=nm, unit=channel.unit)
+            nm = analytic_gaussian_sigma(channel.epsilon, delta, sensitivity=1.0)
+        return GaussianLDP(clip=channel.clip, noise_multiplier=nm, unit=channel.unit)
+    if nm == 0:
+        from splitfed.privacy.calibrate import discrete_gaussian_noise_multiplier
+
+        nm = discrete_gaussian_noise_multiplier(channel.epsilon, delta, tv=MAX_RELEASE_TV)
+    return DiscreteGaussianLDP(channel.clip, nm, channel.unit, max_positions, channel.grid_step)
 
 
 LENGTHS = "the attention mask travels in the clear (padding is exact zeros): every example's length"
@@ -83,8 +99,8 @@ class ClientPrivacy:
         """`noise` / `generator` (tests only): injected noise and DP-SGD generator, taken as secret."""
         p = cfg.privacy
         self.cfg, self.name = cfg, name
-        self.activations = mechanism_of(p.activations, p.delta)
-        self.gradients = mechanism_of(p.gradients, p.delta)
+        self.activations = mechanism_of(p.activations, p.delta, max_positions=cfg.data.max_length)
+        self.gradients = mechanism_of(p.gradients, p.delta, max_positions=cfg.data.max_length)
         # secure_noise = false: seeded from run.seed, which the server holds -> recorded as non-private
         self.reproducible = not p.secure_noise
         seed = cfg.run.seed * 1000 + client_id
@@ -105,6 +121,12 @@ class ClientPrivacy:
         write_settings(root, delta=p.delta, accountant=p.accountant, max_epsilon=p.max_epsilon)
 
     # ------------------------------------------------------------------ mechanisms on the step
+    def prepare(self, hidden: int) -> None:
+        """Build the discrete noise tables for a model of width `hidden` before the first step."""
+        for mech in (self.activations, self.gradients):
+            if isinstance(mech, DiscreteGaussianLDP):
+                mech.prepare(hidden)
+
     def release_activations(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return h if self.activations is None else self.activations.apply(h, mask, self.noise)
 

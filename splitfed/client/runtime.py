@@ -87,6 +87,8 @@ class Client:
         self.privacy = (
             ClientPrivacy(cfg, client_id, self.name, n_examples=len(self.examples)) if cfg.privacy.enabled else None
         )
+        if self.privacy is not None:  # noise tables take seconds: build them before talking to the server
+            self.privacy.prepare(self.bottom.config.hidden_size)
         self.trunk_adapter: dict[str, torch.Tensor] | None = None  # the server's, once the run is done
         if self.privacy is not None and self.eval_set and cfg.data.train:
             log.warning(

@@ -1,18 +1,21 @@
 """[privacy]: local DP on what crosses the cuts, DP-SGD on the client adapters, the budget.
 
-Noise is given either as a per-release target ``epsilon`` (calibrated with the analytic
-Gaussian mechanism at ``privacy.delta``) or directly as ``noise_multiplier`` (sigma over the
-L2 sensitivity); exactly one of the two is set when a mechanism is enabled.
+Noise is given either as a per-release target ``epsilon`` (calibrated at ``privacy.delta``:
+with RDP for the default discrete mechanism, with the analytic Gaussian for the float one)
+or directly as ``noise_multiplier`` (sigma over the L2 sensitivity); exactly one of the two
+is set when a mechanism is enabled.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from splitfed.config.fields import _key_error, _opt, _Section, _sub
 
 PrivacyUnit = Literal["sequence", "token"]
+CutMechanism = Literal["discrete", "float"]
 AccountantName = Literal["rdp", "prv"]
 
 
@@ -27,10 +30,20 @@ class CutNoise(_Section):
         "sequence", "sequence: one example's valid positions clipped as one vector; token: each position on its own."
     )
     clip: float = _opt(1.0, "L2 bound of one unit (sensitivity is 2 * clip: local DP, replace-one).", gt=0)
-    epsilon: float = _opt(0.0, "Target epsilon per release at privacy.delta (analytic Gaussian); 0 = not used.", ge=0)
-    noise_multiplier: float = _opt(0.0, "Noise sigma / (2 * clip), given directly; 0 = not used.", ge=0)
+    epsilon: float = _opt(0.0, "Target epsilon per release at privacy.delta; 0 = not used.", ge=0)
+    noise_multiplier: float = _opt(0.0, "Noise sigma / sensitivity, given directly; 0 = not used.", ge=0)
+    mechanism: CutMechanism = _opt(
+        "discrete",
+        "discrete: integers on a power-of-two grid plus discrete Gaussian noise (exact sampling); "
+        "float: float32 Gaussian noise (not covered by the stated epsilon; for comparison only).",
+    )
+    grid_step: float = _opt(
+        0.0, "discrete: the grid step, a power of two; 0 = automatic (rounding <= 1% of the sensitivity).", ge=0
+    )
 
     def _check(self) -> None:
+        if self.grid_step and math.frexp(self.grid_step)[0] != 0.5:
+            raise _key_error(f"{self._key}.grid_step", f"must be 0 or a power of two, got {self.grid_step!r}")
         if self.enabled and (self.epsilon > 0) == (self.noise_multiplier > 0):
             raise _key_error(
                 f"{self._key}.epsilon",

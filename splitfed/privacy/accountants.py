@@ -12,7 +12,12 @@ Opacus and Google's dp_accounting, over Opacus 1.6's maths:
   `fallback_reason` and warns with `AccountingFallbackWarning`.
 
 A `GaussianEvent` is the sampled Gaussian at sample rate 1; after a `NonPrivateEvent`
-epsilon is infinite.  Importing this module imports neither torch nor opacus: the RDP maths
+epsilon is infinite.  A `DiscreteGaussianEvent` has the Renyi curve of the Gaussian at its
+noise multiplier and is always composed with RDP (its privacy-loss distribution is not the
+continuous one PRV would assume); its sampler's total-variation slack T is added to delta:
+the stated epsilon solves epsilon = eps_RDP(delta - (1 + e^epsilon) T).
+
+Importing this module imports neither torch nor opacus: the RDP maths
 (numpy and scipy only) is loaded from Opacus' file on first use, and the PRV accountant
 imports opacus (and with it torch, ~3 s) only when it computes.
 """
@@ -29,7 +34,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
-from splitfed.privacy.events import GaussianEvent, NonPrivateEvent, PrivacyEvent, SampledGaussianEvent
+from splitfed.privacy.events import (
+    DiscreteGaussianEvent,
+    GaussianEvent,
+    NonPrivateEvent,
+    PrivacyEvent,
+    SampledGaussianEvent,
+)
 
 # Opacus' RDPAccountant.DEFAULT_ALPHAS, so that our RDP epsilon is the one Opacus reports.
 OPACUS_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
@@ -70,6 +81,8 @@ class RDPAccountant:
         self.fallback_reason: str | None = None
         # Composition is commutative: steps summed per (noise multiplier, sample rate).
         self.steps: dict[tuple[float, float], int] = {}
+        self.discrete: dict[float, int] = {}  # discrete Gaussian releases per noise multiplier
+        self.tv = 0.0  # total-variation slack of the discrete samplers, summed over releases
         self.non_private = False
         self._events = 0
 
@@ -78,20 +91,41 @@ class RDPAccountant:
         key, steps = _gaussian_steps(self.name, event, count)
         if key is None:
             self.non_private = True
+        elif isinstance(event, DiscreteGaussianEvent):
+            self.discrete[key[0]] = self.discrete.get(key[0], 0) + steps
+            self.tv += event.tv * steps
         else:
             self.steps[key] = self.steps.get(key, 0) + steps
         self._events += count
 
     def epsilon(self, delta: float) -> float:
+        """Epsilon at `delta`, the discrete samplers' slack ``(1 + e^epsilon) * tv`` taken out of delta."""
         check_delta(delta)
         if self.non_private:
             return math.inf
-        if not self.steps:
+        if not self.steps and not self.discrete:
             return 0.0
+        if self.tv == 0.0:
+            return self._rdp_epsilon(delta)
+        eps = self._rdp_epsilon_within(delta - 2.0 * self.tv)  # a lower bound: e^eps >= 1
+        for _ in range(8):  # the fixed point, verified: eps' = eps_RDP(delta - (1 + e^eps') tv) <= eps'
+            eps = eps * (1 + 1e-12) + 1e-12
+            if self._rdp_epsilon_within(delta - (1.0 + _exp(eps)) * self.tv) <= eps:
+                return eps
+            eps = self._rdp_epsilon_within(delta - (1.0 + _exp(eps)) * self.tv)
+        return math.inf
+
+    def _rdp_epsilon_within(self, delta: float) -> float:
+        return self._rdp_epsilon(delta) if 0.0 < delta < 1.0 and math.isfinite(delta) else math.inf
+
+    def _rdp_epsilon(self, delta: float) -> float:
         analysis = _opacus_rdp()
         orders = list(self.orders)
+        steps = dict(self.steps)
+        for nm, n in self.discrete.items():  # rho-zCDP: the Gaussian's Renyi curve at sample rate 1
+            steps[(nm, 1.0)] = steps.get((nm, 1.0), 0) + n
         rdp = sum(
-            analysis.compute_rdp(q=q, noise_multiplier=nm, steps=n, orders=orders) for (nm, q), n in self.steps.items()
+            analysis.compute_rdp(q=q, noise_multiplier=nm, steps=n, orders=orders) for (nm, q), n in steps.items()
         )
         with warnings.catch_warnings():
             # "Optimal order is the smallest/largest alpha": the bound holds, it is only looser.
@@ -128,6 +162,9 @@ class PRVAccountant:
         check_delta(delta)
         self.fallback_reason = None
         bound = self._rdp.epsilon(delta)
+        if self._rdp.discrete and not self._rdp.non_private:  # no PRV for the discrete Gaussian, by design
+            self.fallback_reason = "discrete Gaussian releases are composed with RDP"
+            return bound
         if self._rdp.non_private or not self._rdp.steps:
             return bound
         reason = self._unreliable(delta, bound)
@@ -189,14 +226,18 @@ def _gaussian_steps(name: str, event: object, count: int) -> tuple[tuple[float, 
         raise ValueError(f"count must be an integer >= 1, got {count!r}")
     if isinstance(event, SampledGaussianEvent):
         return (float(event.noise_multiplier), float(event.sample_rate)), event.count * count
-    if isinstance(event, GaussianEvent):
+    if isinstance(event, GaussianEvent | DiscreteGaussianEvent):
         return (float(event.noise_multiplier), 1.0), event.count * count
     if isinstance(event, NonPrivateEvent):
         return None, event.count * count
     raise ValueError(
         f"{name} accountant: unsupported event {type(event).__name__}; "
-        "supported: GaussianEvent, SampledGaussianEvent, NonPrivateEvent"
+        "supported: GaussianEvent, DiscreteGaussianEvent, SampledGaussianEvent, NonPrivateEvent"
     )
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
 
 
 @functools.cache

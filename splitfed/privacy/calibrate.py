@@ -5,6 +5,8 @@
 - `noise_multiplier_for`: `steps` Poisson-subsampled Gaussian steps (DP-SGD) through an
   accountant, like Opacus' `get_noise_multiplier` but to a relative precision of 1e-4.
 - `ldp_release_sigma`: local DP, `releases` Gaussian releases of the same unit composed.
+- `discrete_gaussian_noise_multiplier`: `releases` discrete Gaussian releases composed with
+  RDP (how they are accounted), the sampler's TV slack taken out of delta.
 
 A noise multiplier is the Gaussian standard deviation divided by the L2 sensitivity.
 Imports scipy.special; no torch.
@@ -20,7 +22,7 @@ from collections.abc import Callable, Iterable
 from scipy.special import log_ndtr
 
 from splitfed.privacy.accountants import AccountingFallbackWarning, check_delta, make_accountant
-from splitfed.privacy.events import GaussianEvent, SampledGaussianEvent
+from splitfed.privacy.events import DiscreteGaussianEvent, GaussianEvent, SampledGaussianEvent
 
 MAX_NOISE_MULTIPLIER = 1e6  # above this, a target is called unreachable
 _SEARCH_RTOL = 1e-4  # relative precision of the accountant-based search
@@ -110,6 +112,30 @@ def ldp_release_sigma(epsilon: float, delta: float, *, releases: int = 1) -> flo
     check_delta(delta)
     _check_count("releases", releases)
     return analytic_gaussian_sigma(epsilon, delta) * math.sqrt(releases)
+
+
+def discrete_gaussian_noise_multiplier(epsilon: float, delta: float, *, releases: int = 1, tv: float = 0.0) -> float:
+    """The smallest noise multiplier (to 1e-4 relative, rounded up) at which `releases` discrete
+    Gaussian releases, each with sampler slack `tv`, are (epsilon, delta)-DP as the RDP accountant
+    states them (the accountant every `DiscreteGaussianEvent` is composed with)."""
+    from splitfed.privacy.accountants import RDPAccountant
+
+    _check_positive("epsilon", epsilon)
+    check_delta(delta)
+    _check_count("releases", releases)
+
+    def within_budget(nm: float) -> bool:
+        acc = RDPAccountant()
+        acc.compose(DiscreteGaussianEvent(nm, int(releases), float(tv)))
+        return acc.epsilon(delta) <= epsilon
+
+    hi = 1.0
+    while not within_budget(hi):
+        hi *= 2.0
+        if hi > MAX_NOISE_MULTIPLIER:
+            raise ValueError(f"epsilon {epsilon} at delta {delta} is out of reach for {releases} discrete releases")
+    lo = 0.0 if hi == 1.0 else hi / 2.0
+    return _bisect(within_budget, lo, hi, _SEARCH_RTOL)
 
 
 def gaussian_composition_epsilon(events: Iterable[GaussianEvent], delta: float) -> float:

@@ -15,6 +15,7 @@ the example count) and never composed.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import math
@@ -24,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from splitfed.privacy.events import GaussianEvent, NonPrivateEvent, Party, PrivacyEvent, SampledGaussianEvent
+from splitfed.privacy.events import (
+    DiscreteGaussianEvent,
+    GaussianEvent,
+    NonPrivateEvent,
+    Party,
+    PrivacyEvent,
+    SampledGaussianEvent,
+)
 
 
 class Relation(enum.Enum):
@@ -49,6 +57,7 @@ class Disclosure:
 LedgerEvent = PrivacyEvent | Disclosure
 _EVENTS = {
     "gaussian": GaussianEvent,
+    "discrete_gaussian": DiscreteGaussianEvent,
     "sampled_gaussian": SampledGaussianEvent,
     "non_private": NonPrivateEvent,
     "disclosure": Disclosure,
@@ -258,9 +267,10 @@ def _under(entry: LedgerEntry, relation: Relation) -> PrivacyEvent:
     event = entry.event
     if isinstance(event, SampledGaussianEvent):
         event = GaussianEvent(event.noise_multiplier, event.count)  # sample rate 1: see NO_AMPLIFICATION
-    if isinstance(event, GaussianEvent) and entry.relation is Relation.ADD_REMOVE and relation is Relation.REPLACE_ONE:
-        event = GaussianEvent(event.noise_multiplier / 2.0, event.count)
-    if isinstance(event, GaussianEvent) and entry.relation is Relation.REPLACE_ONE and relation is Relation.ADD_REMOVE:
+    gaussian = isinstance(event, GaussianEvent | DiscreteGaussianEvent)
+    if gaussian and entry.relation is Relation.ADD_REMOVE and relation is Relation.REPLACE_ONE:
+        event = dataclasses.replace(event, noise_multiplier=event.noise_multiplier / 2.0)
+    if gaussian and entry.relation is Relation.REPLACE_ONE and relation is Relation.ADD_REMOVE:
         raise ValueError(f"{entry.mechanism}: a replace-one release has no add/remove statement here")
     return event
 

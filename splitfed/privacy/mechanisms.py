@@ -18,6 +18,12 @@ Sensitivity is ``2 * clip`` (local DP, replace-one: any two clipped inputs are a
 far apart); ``noise_multiplier`` is sigma over that sensitivity.  Noise comes from a
 `NoiseSource`: `SecureNoise` (ChaCha20 keystream from `crypto.prg`, seeded from the OS) by
 default, `TorchNoise` with an injected generator for reproducible tests.
+
+`DiscreteGaussianLDP` (the default) releases integers: the clipped unit divided by a grid
+step gamma (a power of two), rounded, plus discrete Gaussian noise sampled without floating
+point (`crypto.dgauss`); the value sent is k * gamma, exact in float32.  `GaussianLDP` (float
+noise, ``fl32(x + fl32(z sigma))``) is kept for comparison only: its low-order bits reveal
+the input (Mironov 2012), so no epsilon it states covers the bytes it sends.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal, Protocol
 
 import numpy as np
 import torch
 
-from splitfed.privacy.events import GaussianEvent
+from crypto.dgauss import MAX_TV_PER_DRAW, cdt_sampler
+from splitfed.privacy.events import DiscreteGaussianEvent, GaussianEvent
 
 Unit = Literal["sequence", "token"]
 UNITS: tuple[str, ...] = ("sequence", "token")
@@ -39,6 +47,10 @@ UNITS: tuple[str, ...] = ("sequence", "token")
 class NoiseSource(Protocol):
     def gaussian(self, shape: tuple[int, ...]) -> torch.Tensor:
         """Standard normal float32 samples."""
+        ...
+
+    def randbytes(self, n: int) -> bytes:
+        """Uniform random bytes (the discrete sampler's seed)."""
         ...
 
 
@@ -50,6 +62,9 @@ class TorchNoise:
 
     def gaussian(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.randn(shape, generator=self.generator)
+
+    def randbytes(self, n: int) -> bytes:
+        return bytes(torch.randint(0, 256, (n,), generator=self.generator, dtype=torch.uint8).tolist())
 
 
 class SecureNoise:
@@ -112,3 +127,113 @@ class GaussianLDP:
         """`releases` releases of one example, as an example-level event (see the module doc)."""
         nm = self.noise_multiplier if self.unit == "sequence" else self.noise_multiplier / math.sqrt(max_positions)
         return GaussianEvent(nm, count=releases)
+
+
+GRID_ROUNDING_SHARE = 0.01  # the default grid's rounding adds at most this share of 2 * clip / gamma
+MAX_UNIT_COORDS = 2**28  # coordinates of one example's release (positions x hidden) at most
+MAX_RELEASE_TV = MAX_UNIT_COORDS * MAX_TV_PER_DRAW  # sampler TV slack of one release, all coordinates
+_EXACT_F32 = 2**24  # integers below this times a power of two are exact in float32
+
+
+class _SendInsteadOf(torch.autograd.Function):
+    """Forward: the released tensor, bit for bit; backward: the gradient goes to the clipped input as is."""
+
+    @staticmethod
+    def forward(ctx, clipped: torch.Tensor, released: torch.Tensor) -> torch.Tensor:
+        return released.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+@dataclass(frozen=True)
+class DiscreteGaussianLDP:
+    """Clip each unit, snap it to the grid gamma Z, add discrete Gaussian noise in grid units.
+
+    One unit of ``d`` coordinates (``hidden`` for a token, ``max_positions * hidden`` for a
+    sequence) is rounded to k = round(x / gamma) with ||k|| <= clip / gamma + sqrt(d) / 2, so
+    the integer sensitivity (replace-one) is Delta = 2 (clip / gamma + sqrt(d) / 2) and sigma
+    = noise_multiplier * Delta grid units.  The default gamma is the largest power of two with
+    sqrt(d) / 2 <= GRID_ROUNDING_SHARE * clip / gamma (rounding costs at most 1% of Delta),
+    made coarser only if the released integers could reach 2^24 (not exact in float32).
+    """
+
+    clip: float
+    noise_multiplier: float
+    unit: Unit = "sequence"
+    max_positions: int = 1
+    grid_step: float = 0.0  # gamma, a power of two; 0 = the default above
+
+    def __post_init__(self) -> None:
+        GaussianLDP(self.clip, self.noise_multiplier, self.unit)  # the same checks
+        if isinstance(self.max_positions, bool) or not isinstance(self.max_positions, int) or self.max_positions < 1:
+            raise ValueError(f"max_positions must be an integer >= 1, got {self.max_positions!r}")
+        g = self.grid_step
+        if not (isinstance(g, int | float) and math.isfinite(g) and g >= 0 and (g == 0 or math.frexp(g)[0] == 0.5)):
+            raise ValueError(f"grid_step must be 0 (automatic) or a power of two, got {g!r}")
+
+    def clip_only(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return GaussianLDP.clip_only(self, x, mask)  # type: ignore[arg-type]
+
+    def grid(self, hidden: int) -> tuple[float, Fraction, Fraction]:
+        """(gamma, Delta, sigma^2 in grid units) for a model of width `hidden`; all exact."""
+        d = hidden if self.unit == "token" else self.max_positions * hidden
+        if d > MAX_UNIT_COORDS:
+            raise ValueError(f"a unit of {d} coordinates is above the supported {MAX_UNIT_COORDS}")
+        root = math.isqrt(d)
+        sqrt_d = Fraction(root) if root * root == d else Fraction(math.isqrt(d << 40) + 1, 1 << 20)  # >= sqrt(d)
+        gamma = self.grid_step or 2.0 ** math.floor(math.log2(2 * GRID_ROUNDING_SHARE * self.clip / float(sqrt_d)))
+        while True:
+            delta = 2 * Fraction(self.clip) / Fraction(gamma) + sqrt_d
+            sigma2 = (Fraction(self.noise_multiplier) * delta) ** 2
+            reach = delta / 2 + 14 * math.sqrt(sigma2) + 2  # the CDT table stops near 13.3 sigma
+            if reach < _EXACT_F32:
+                return gamma, delta, sigma2
+            if self.grid_step:
+                raise ValueError(f"grid_step {gamma:g}: releases could reach 2^24 grid steps, not exact in float32")
+            gamma *= 2.0
+
+    def prepare(self, hidden: int) -> None:
+        """Build the noise table for width `hidden` now (seconds for a large sigma), not at the first release."""
+        cdt_sampler(self.grid(hidden)[2])
+
+    def quantize(self, clipped: torch.Tensor, gamma: float, delta: Fraction) -> torch.Tensor:
+        """int64 k = round(clipped / gamma), every unit checked in integers to ||k|| <= Delta / 2."""
+        x = clipped.detach().double() / gamma  # exact: float32 over a power of two, in float64
+        bound = math.floor((delta / 2) ** 2)  # ||k||^2 is an integer: <= (Delta/2)^2 iff <= its floor
+        shape = (x.shape[0], 1, 1) if self.unit == "sequence" else (*x.shape[:-1], 1)
+        scale = torch.ones(shape, dtype=torch.float64, device=x.device)
+        for j in range(30):
+            k = torch.round(x * scale).to(torch.int64)
+            sq = (k * k).flatten(1).sum(dim=1) if self.unit == "sequence" else (k * k).sum(dim=-1)
+            over = (sq > bound).reshape(shape)
+            if not bool(over.any()):
+                return k
+            scale = torch.where(over, scale * (1.0 - 2.0 ** (j - 30)), scale)  # a float clip overshot: shrink it
+        raise RuntimeError("could not bring a unit within the clipping bound")
+
+    def apply(self, x: torch.Tensor, mask: torch.Tensor, noise: NoiseSource) -> torch.Tensor:
+        """The released tensor k * gamma (float32, exact); gradients flow as through the clipping."""
+        clipped = self.clip_only(x.float(), mask)
+        if self.unit == "sequence" and clipped.shape[1] > self.max_positions:
+            raise ValueError(f"{clipped.shape[1]} positions, above max_positions = {self.max_positions}")
+        gamma, delta, sigma2 = self.grid(clipped.shape[-1])
+        k = self.quantize(clipped, gamma, delta)
+        z = cdt_sampler(sigma2).sample(k.numel(), noise.randbytes)
+        valid = mask.to(torch.int64).unsqueeze(-1).to(k.device)
+        out = k + torch.from_numpy(z).reshape(k.shape).to(k.device) * valid
+        if out.numel() and int(out.abs().max()) >= _EXACT_F32:
+            raise RuntimeError("released integer reached 2^24")  # excluded by `grid`; never silently inexact
+        released = out.to(torch.float32) * gamma
+        return _SendInsteadOf.apply(clipped, released)
+
+    def event(self, releases: int, *, max_positions: int) -> DiscreteGaussianEvent:
+        """`releases` releases of one example (token units: all its positions together, nm / sqrt(T))."""
+        nm = self.noise_multiplier if self.unit == "sequence" else self.noise_multiplier / math.sqrt(max_positions)
+        return DiscreteGaussianEvent(nm, count=releases, tv=MAX_RELEASE_TV)
+
+
+def noise_tv(sigma2: Fraction, coords: int) -> float:
+    """The sampler's TV slack of one release of `coords` coordinates at grid variance `sigma2`."""
+    return coords * cdt_sampler(sigma2).tv

@@ -6,9 +6,10 @@ import json
 import math
 from pathlib import Path
 
-from splitfed.privacy.calibrate import analytic_gaussian_epsilon
-from splitfed.privacy.events import GaussianEvent, NonPrivateEvent, Party
+from splitfed.privacy.accountants import epsilon_of
+from splitfed.privacy.events import DiscreteGaussianEvent, GaussianEvent, NonPrivateEvent, Party
 from splitfed.privacy.ledger import Disclosure, Ledger, LedgerEntry, read_ledger
+from splitfed.privacy.mechanisms import MAX_RELEASE_TV
 
 
 def test_private_run_records_every_channel(make_run):
@@ -17,7 +18,7 @@ def test_private_run_records_every_channel(make_run):
         training__rounds=2,
         privacy__enabled=True,
         privacy__activations={"enabled": True, "noise_multiplier": 0.5, "clip": 4.0},
-        privacy__gradients={"enabled": True, "noise_multiplier": 0.5, "clip": 0.05, "unit": "token"},
+        privacy__gradients={"enabled": True, "noise_multiplier": 4.0, "clip": 0.05, "unit": "token"},
     )
     server, client = run.server(), run.client(0)
     assert run.wait(client) == 0, run.log("client-0") + run.log("server")
@@ -29,8 +30,10 @@ def test_private_run_records_every_channel(make_run):
     hello, lengths, act, grad, update = entries[:5]
     assert hello.event == Disclosure(1) and hello.against is Party.AGGREGATOR
     assert lengths.event == Disclosure(1) and lengths.against is Party.SERVER
-    assert act.event == GaussianEvent(0.5, 1) and act.against is Party.SERVER and act.unit == "sequence"
-    assert grad.event == GaussianEvent(0.5 / math.sqrt(48), 1) and grad.unit == "token" and grad.clip == 0.05
+    assert act.event == DiscreteGaussianEvent(0.5, 1, MAX_RELEASE_TV)
+    assert act.against is Party.SERVER and act.unit == "sequence"
+    assert grad.event == DiscreteGaussianEvent(4.0 / math.sqrt(48), 1, MAX_RELEASE_TV)
+    assert grad.unit == "token" and grad.clip == 0.05
     assert update.event == NonPrivateEvent(1) and update.against is Party.AGGREGATOR
     stated = [m for m in run.metrics("client-0") if m["event"] == "privacy"]
     assert [m["round"] for m in stated] == [0, 1]
@@ -72,7 +75,8 @@ PRIOR, BUDGET = 0.73, 1.2
 def test_budget_stops_one_client_and_the_others_finish(make_run, capsys):
     from splitfed.cli.main import main
 
-    budget = analytic_gaussian_epsilon(BUDGET**-0.5, 1e-5)
+    # the cut channels are discrete Gaussian releases: the total is an RDP composition
+    budget = epsilon_of([GaussianEvent(BUDGET**-0.5)], 1e-5, accountant="rdp")
     run = _budget_run(make_run, privacy__max_epsilon=budget)
     prior = LedgerEntry(0, "activation_ldp", Party.SERVER, GaussianEvent(PRIOR**-0.5), "sequence", 4.0)
     Ledger(run.run_dir / "privacy" / "client-0.jsonl").append([prior])
