@@ -5,6 +5,8 @@ as one client, `--steps` steps of batch 4 in process (the same client step the n
 client runs; the trunk in process), then the held-out perplexity of the exported model on
 48 test reviews *without* noise (what the trained adapter is worth).  Rows:
 
+- the public base model (every adapter off), evaluated the same way: the utility floor; each
+  other row says whether it beats it (a private model that does not bought no utility);
 - no privacy (epsilon = inf);
 - activation LDP, unit sequence and unit token, at per-release epsilon 1 / 3 / 8 (each
   example is released once: steps * 4 <= 600), clip = the median unit norm measured on the
@@ -48,11 +50,13 @@ def main(argv=None) -> int:
         set_adapter_state,
         split_model,
     )
+    from splitfed.models.lora import adapters_disabled
     from splitfed.privacy.calibrate import analytic_gaussian_sigma, gaussian_composition_epsilon, noise_multiplier_for
     from splitfed.privacy.dpsgd import DPClientStep, DPSGDConfig, poisson_batches
     from splitfed.privacy.events import GaussianEvent
     from splitfed.privacy.mechanisms import GaussianLDP, TorchNoise
     from splitfed.training import ClientStep, LocalTrunk, OptimConfig, evaluate
+    from splitfed.utility import Utility
 
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore")
@@ -96,12 +100,22 @@ def main(argv=None) -> int:
 
     rows = []
 
-    def record(name, unit, eps_server, eps_aggregator, ppl, secs):
-        rows.append(dict(mechanism=name, unit=unit, eps_server=eps_server, eps_aggregator=eps_aggregator, ppl=ppl))
-        print(f"{name:<22}{unit:<10}{_e(eps_server):>12}{_e(eps_aggregator):>12}{ppl:>10.2f}{secs:>8.0f}s", flush=True)
+    base: list[float] = []  # the public base model's perplexity, once
 
-    print(f"{'mechanism':<22}{'unit':<10}{'eps server':>12}{'eps aggr.':>12}{'ppl':>10}{'time':>9}")
-    record("none (before training)", "-", 0.0, 0.0, held_out(), 0.0)
+    def record(name, unit, eps_server, eps_aggregator, ppl, secs):
+        beats = None if not base else Utility(base[0], ppl).beats_base
+        row = dict(mechanism=name, unit=unit, eps_server=eps_server, eps_aggregator=eps_aggregator, ppl=ppl)
+        rows.append(row | {"beats_base": beats})
+        mark = "-" if beats is None else ("yes" if beats else "NO")
+        print(
+            f"{name:<24}{unit:<10}{_e(eps_server):>12}{_e(eps_aggregator):>12}{ppl:>10.2f}{mark:>7}{secs:>8.0f}s",
+            flush=True,
+        )
+
+    print(f"{'mechanism':<24}{'unit':<10}{'eps server':>12}{'eps aggr.':>12}{'ppl':>10}{'beats':>7}{'time':>9}")
+    with adapters_disabled(*split.parts.values()):  # the floor: the untouched public model
+        base.append(held_out())
+    record("public base model", "-", 0.0, 0.0, base[0], 0.0)
     cs = lambda link, **kw: ClientStep(split.bottom, split.top, link, optim, **kw)  # noqa: E731
     ppl, secs = train_with(lambda link: lambda i, s=cs(link): s.step(order[i]))
     record("none", "-", math.inf, math.inf, ppl, secs)

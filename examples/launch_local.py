@@ -2,8 +2,9 @@
 
 Every process talks only over ZeroMQ with CURVE (keys are generated into the run directory
 if missing).  Their output is streamed with a prefix; one progress bar counts the clients'
-steps.  At the end it prints per-round loss, held-out perplexity before/after, bytes per
-client and where the merged adapter is.  Exits non-zero if any process fails.
+steps.  At the end it prints per-round loss, held-out perplexity of the public base model and
+of the fine-tuned one (with a warning for a client whose fine-tuned model does not beat the
+base), bytes per client and where the merged adapter is.  Exits non-zero if any process fails.
 
     python examples/launch_local.py --config examples/run.toml
     python examples/launch_local.py --set model.name=tiny-llama --set training.rounds=2
@@ -149,15 +150,25 @@ def report(run_dir: Path, cfg) -> int:
         # with privacy on the clients keep their loss (a statistic of their data) to themselves
         mean = f"{sum(losses) / len(losses):15.3f}" if losses else f"{'withheld':>15}"
         print(f"{m['round']:>5}  {len(m['participants']):>7}  {mean}")
-    print("\nclient     base ppl  fine-tuned ppl    sent MB  received MB  adapter")
+    from splitfed.utility import utility_from_summary
+
+    # base ppl: the public base model on the client's held-out data, evaluated the same way
+    print("\nclient     base ppl  fine-tuned ppl  beats base    sent MB  received MB  adapter")
+    warnings = []
     for k in range(cfg.data.clients):
         cm = read_metrics(run_dir / "metrics" / f"client-{k}.jsonl")
         done = next((m for m in cm if m["event"] == "done"), {})
-        before, after = done.get("ppl_before", float("nan")), done.get("ppl_after", float("nan"))
+        before, after = done.get("ppl_before") or float("nan"), done.get("ppl_after") or float("nan")
+        utility = utility_from_summary(done)
+        beats = "-" if utility is None else ("yes" if utility.beats_base else "NO")
+        if utility is not None and utility.warning():
+            warnings.append(f"client-{k}: {utility.warning()}")
         print(
-            f"client-{k}  {before:8.2f}  {after:14.2f}  {done.get('bytes_out', 0) / 1e6:9.1f}"
+            f"client-{k}  {before:8.2f}  {after:14.2f}  {beats:>10}  {done.get('bytes_out', 0) / 1e6:9.1f}"
             f"  {done.get('bytes_in', 0) / 1e6:11.1f}  {done.get('adapter', '-')}"
         )
+    for line in warnings:
+        print(line)
     print(f"\nserver's merged PEFT adapter: {run_dir / 'adapter'}")
     print("load one with PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(<its base model>), <adapter>)")
     return 0

@@ -76,15 +76,20 @@ def _cmd_client(args) -> int:
             bar.set_postfix(round=rnd, loss=f"{loss:.3f}")
 
         summary = client.run(progress=progress)
+    from splitfed.utility import utility_from_summary
+
     parts = [f"{client.name}: {len(summary['losses'])} steps"]
-    if "ppl_before" in summary and "ppl_after" in summary:
-        parts.append(f"held-out perplexity {summary['ppl_before']:.2f} (base model) -> {summary['ppl_after']:.2f}")
+    utility = utility_from_summary(summary)
+    if utility is not None:
+        parts.append(utility.summary())
     parts.append(f"sent {summary['bytes_out'] / 1e6:.1f} MB, received {summary['bytes_in'] / 1e6:.1f} MB")
     if "stopped" in summary:
         parts.append(f"stopped early: {summary['stopped']}")
     print("; ".join(parts), flush=True)
     if "privacy" in summary:
         print(f"{client.name}: {summary['privacy']}", flush=True)
+    if utility is not None and utility.warning():
+        print(f"{client.name}: {utility.warning()}", flush=True)
     if "adapter" in summary:
         what = "whole model" if summary["trunk_adapter"] else "bottom and top only (the server kept the trunk adapter)"
         print(f"{client.name}: fine-tuned PEFT adapter ({what}): {summary['adapter']}", flush=True)

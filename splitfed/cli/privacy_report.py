@@ -72,6 +72,18 @@ def _report_text(r: dict) -> list[str]:
             )
         if eps["total"] is None:
             lines.append("  (infinite: a channel above was released without noise, or with noise the server rebuilds)")
+        lines.append(_utility_text(c.get("utility")))
     if r["plot"]:
         lines.append(f"plot: {r['plot']}")
     return lines
+
+
+def _utility_text(u: dict | None) -> str:
+    """One line: the client's held-out perplexity against the public base model's."""
+    if u is None:
+        return "  utility not recorded (no held-out perplexity in the client's metrics)"
+    fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+    line = f"  held-out perplexity {fmt(u['tuned_ppl'])} fine-tuned vs {fmt(u['base_ppl'])} public base model"
+    if u["beats_base"]:
+        return line + ": beats the base model"
+    return line + ": does NOT beat the public base model: this privacy bought no utility"

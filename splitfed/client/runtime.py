@@ -37,6 +37,7 @@ from splitfed.metrics import MetricsWriter
 from splitfed.models.client_adapter import client_adapter_state, load_client_adapter_state
 from splitfed.privacy.ledger import describe, finite
 from splitfed.transport import client_name
+from splitfed.utility import utility_from_summary
 from splitfed.wire import Header, Message, MsgType, WireError, encode
 
 log = logging.getLogger("splitfed.client")
@@ -341,6 +342,9 @@ class Client:
                 if self.eval_set:
                     summary["ppl_after"] = self.evaluate(link)
                     self.metrics.write("eval", round=rnd, model="fine-tuned", perplexity=summary["ppl_after"])
+                    utility = utility_from_summary(summary)
+                    if utility is not None:  # the public base model: the floor a fine-tuned model must beat
+                        summary["utility"] = utility.to_json()
                 if done:
                     summary["adapter"] = str(self.export())
                     summary["trunk_adapter"] = self.trunk_adapter is not None

@@ -12,6 +12,7 @@ from splitfed.eval.results import (
     ROUGE_GOAL,
     attack_names,
     attack_ok,
+    base_ppl,
     baseline,
     best_inversion,
     epsilon_of,
@@ -59,6 +60,9 @@ def _attack_vs_ppl(results: dict, path: Path, plt) -> Path | None:
         base = baseline(results, cut)
         if base is not None and number(base.get("ppl")):
             ax.axvline(PPL_RATIO_GOAL * base["ppl"], linestyle="--", color="red", label=f"{PPL_RATIO_GOAL:g}× none ppl")
+        floor = base_ppl(results)
+        if floor is not None:  # right of it a defended model is worse than the untouched public one
+            ax.axvline(floor, linestyle="-", color="purple", label=f"public base model ({floor:.1f})")
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))  # perplexities span little: plain numbers
         ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))

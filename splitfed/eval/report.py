@@ -16,6 +16,8 @@ from splitfed.eval.results import (
     ROUGE_GOAL,
     ReportError,
     attack_names,
+    base_ppl,
+    beats_base,
     best_inversion,
     eps_text,
     fmt_epsilon,
@@ -26,8 +28,8 @@ from splitfed.eval.results import (
     ppl_ratio,
 )
 
-__all__ = ["CHANCE", "PPL_RATIO_GOAL", "ROUGE_GOAL", "ReportError", "best_inversion", "fmt_epsilon", "goal",
-           "load_results", "ppl_ratio", "render_markdown", "write_report"]  # fmt: skip
+__all__ = ["CHANCE", "PPL_RATIO_GOAL", "ROUGE_GOAL", "ReportError", "base_ppl", "beats_base", "best_inversion",
+           "fmt_epsilon", "goal", "load_results", "ppl_ratio", "render_markdown", "write_report"]  # fmt: skip
 
 
 def _frac(x) -> str:
@@ -70,6 +72,23 @@ def _ppl(results: dict, cell: dict) -> str:
     return f"{cell['ppl']:.1f}" + (f" (×{ratio:.2f})" if ratio is not None else "")
 
 
+def _beats(results: dict, cell: dict) -> str:
+    b = beats_base(results, cell)
+    return "-" if b is None else ("yes" if b else "**no**")
+
+
+def _base_line(results: dict) -> list[str]:
+    floor = base_ppl(results)
+    if floor is None:
+        return []
+    return [
+        f"Public base model (not fine-tuned, evaluated the same way): ppl {floor:.1f}. "
+        '"beats base" says whether a cell\'s fine-tuned model has a lower perplexity; one that does not '
+        "bought no utility, whatever its privacy.",
+        "",
+    ]
+
+
 def _setting(setting: dict) -> list[str]:
     lines = ["## Setting", ""]
     lines += [f"- {k.replace('_', ' ')}: {_md(v)}" for k, v in setting.items() if k != "attackers"]
@@ -85,13 +104,13 @@ def _inversion_table(results: dict, cells: list[dict]) -> list[str]:
     cells = [c for c in cells if any(n in c["attacks"] for n in names)]
     if not cells:
         return []
-    header = ["cut", "defense", "ε activations", "ε server", "ε aggregator", "ppl (× none)"]
+    header = ["cut", "defense", "ε activations", "ε server", "ε aggregator", "ppl (× none)", "beats base"]
     header += [f"{n} ROUGE-L / acc" for n in names] + ["best"]
     rows = []
     for c in cells:
         best = best_inversion(c)
         eps = [eps_text(c, party) for party in ("activations", "server", "aggregator")]
-        row = [str(c["cut"]), c["defense"], *eps, _ppl(results, c)]
+        row = [str(c["cut"]), c["defense"], *eps, _ppl(results, c), _beats(results, c)]
         row += [_entry(c, n, [("rouge_l", "token_accuracy")])[0] for n in names]
         rows.append(row + [f"{best[0]} {_frac(best[1])}" if best else "-"])
     intro = (
@@ -100,7 +119,12 @@ def _inversion_table(results: dict, cells: list[dict]) -> list[str]:
         "ε activations: the activation channel alone; ε server: everything the server receives "
         "(activations and returned gradients, composed); ∞ = no guarantee."
     )
-    return ["## Table 1: activation inversion", "", intro, ""] + _table(header, rows) + _errors(cells, names)
+    return (
+        ["## Table 1: activation inversion", "", intro, ""]
+        + _base_line(results)
+        + _table(header, rows)
+        + _errors(cells, names)
+    )
 
 
 def _top_table(cells: list[dict]) -> list[str]:

@@ -2,9 +2,11 @@
 
 The runner writes one *cell* per (cut, defense) with the held-out perplexity, the epsilon per
 party and one entry per attack (or ``{"target": ..., "error": ...}``).  An epsilon of ``null``
-means no formal guarantee (infinite).  `goal` answers the question the runs ask: at the goal
+means no formal guarantee (infinite).  ``base`` holds the public base model's held-out
+perplexity, evaluated as the cells are and computed once per run: the utility floor, since
+anyone can download the base model.  `goal` answers the question the runs ask: at the goal
 cut, does any defense keep the best inversion's ROUGE-L <= 0.1 at <= 1.1x the undefended
-perplexity?
+perplexity, with a model that beats the base model?
 """
 
 from __future__ import annotations
@@ -79,6 +81,25 @@ def baseline(results: dict, cut: int) -> dict | None:
     return next((c for c in results["cells"] if c["cut"] == cut and c["family"] == "none"), None)
 
 
+def base_ppl(results: dict) -> float | None:
+    """The public base model's held-out perplexity: ``results["base"]`` (once per run), else the
+    cells' ``ppl_before`` (runs before it was recorded: the model before training, LoRA B = 0,
+    which is the base model evaluated the same way)."""
+    base = results.get("base")
+    if isinstance(base, dict) and number(base.get("ppl")):
+        return float(base["ppl"])
+    before = [c["ppl_before"] for c in results["cells"] if number(c.get("ppl_before"))]
+    return float(before[0]) if before else None
+
+
+def beats_base(results: dict, cell: dict) -> bool | None:
+    """Whether the cell's model has a lower held-out perplexity than the public base model; None if unknown."""
+    floor = base_ppl(results)
+    if floor is None or not number(cell.get("ppl")):
+        return None
+    return cell["ppl"] < floor
+
+
 def ppl_ratio(results: dict, cell: dict) -> float | None:
     """The cell's perplexity over that of the undefended cell (family "none") at the same cut."""
     base = baseline(results, cell["cut"])
@@ -124,7 +145,10 @@ def goal(results: dict, rouge_max: float = ROUGE_GOAL, ppl_ratio_max: float = PP
     meeting = [
         c
         for ppl, r, c in sorted(points, key=lambda p: (p[0], p[1]))
-        if r <= rouge_max and (ratio := ppl_ratio(results, c)) is not None and ratio <= ppl_ratio_max
+        if r <= rouge_max
+        and (ratio := ppl_ratio(results, c)) is not None
+        and ratio <= ppl_ratio_max
+        and beats_base(results, c) is not False  # a model no better than the public one bought nothing
     ]
     frontier = _frontier(points)
     target = f"best inversion ROUGE-L ≤ {rouge_max:g} at ≤ {ppl_ratio_max:g}× the undefended perplexity"
@@ -140,6 +164,12 @@ def goal(results: dict, rouge_max: float = ROUGE_GOAL, ppl_ratio_max: float = PP
         verdict = f"No setting reaches {target} at cut {cut}. The frontier (no cell better on both): {listed}."
         if baseline(results, cut) is None:
             verdict += f" There is no undefended cell at cut {cut} to compare perplexity with."
+    floor = base_ppl(results)
+    if floor is not None:
+        verdict += (
+            f" The public base model, not fine-tuned, has ppl {floor:.1f}: a cell that does not beat it "
+            "bought no utility and does not meet the goal."
+        )
     return {"cut": cut, "meeting": meeting, "frontier": frontier, "verdict": verdict}
 
 
@@ -162,7 +192,10 @@ def _describe(results: dict, cell: dict) -> str:
     name, rouge_l = best_inversion(cell) or ("-", math.nan)
     ratio = ppl_ratio(results, cell)
     cost = f" (×{ratio:.2f} of none)" if ratio is not None else ""
-    return f"`{cell['key']}` ({cell['defense']}): ppl {cell['ppl']:.1f}{cost}, best ROUGE-L {rouge_l:.2f} ({name})"
+    floor = "" if beats_base(results, cell) is not False else ", no better than the public base model"
+    return (
+        f"`{cell['key']}` ({cell['defense']}): ppl {cell['ppl']:.1f}{cost}, best ROUGE-L {rouge_l:.2f} ({name}){floor}"
+    )
 
 
 def fmt_epsilon(eps: float) -> str:

@@ -31,7 +31,7 @@ from splitfed.eval.config import AttackConfig, DefenseSpec, cell_key
 from splitfed.eval.data import AUX_DATA, PRIVATE_DATA, EvalData, load_eval_data
 from splitfed.eval.registry import attacks_for
 from splitfed.eval.results import RESULTS, VERSION
-from splitfed.eval.train import Trained, fresh_split, lora_config, resolve_cut, train_cell
+from splitfed.eval.train import Trained, base_perplexity, fresh_split, lora_config, resolve_cut, train_cell
 
 
 class RunDirError(ValueError):
@@ -298,6 +298,10 @@ def run(cfg: AttackConfig, run_dir: str | os.PathLike, *, restart: bool = False,
     done = {c["key"] for c in results["cells"]}
     todo = [(a, d) for a, d in cfg.cells() if cell_key(a, d) not in done]
     data = load_eval_data(cfg, tokenizer)
+    if "base" not in results:  # once per run (the config is fixed per run directory), kept on resume
+        cut = resolve_cut(cfg, n_layers, cfg.model.cuts[0])
+        results["base"] = {"model": cfg.model.name, "ppl": base_perplexity(cfg, cut, data)}
+        _atomic_json(run_dir / RESULTS, results)
     bar = tqdm(total=len(cfg.cells()), initial=len(done), desc="cells", disable=not show_progress, unit="cell")
     for a, d in todo:
         key = cell_key(a, d)

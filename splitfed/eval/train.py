@@ -169,11 +169,20 @@ def _compressed(release: Release, kind: str) -> Release:
     return run
 
 
-def _perplexity(split, examples: list[Example], pad: int) -> float:
+def heldout_perplexity(split, examples: list[Example], pad: int) -> float:
+    """Every cell's utility: the perplexity of `split`, evaluated clean, on the held-out reviews."""
     from splitfed.training import evaluate
 
     split.eval()
     return evaluate(lambda i, k: split(i, k), batches(examples, 8, pad_token_id=pad)).perplexity
+
+
+def base_perplexity(cfg: AttackConfig, cut: tuple[int, int], data: EvalData) -> float:
+    """The public base model (no adapter) evaluated exactly as the cells are: the utility floor.
+
+    A defended model that does not beat it bought no utility: anyone can download the base
+    model.  The cut does not change it (the split forward is the whole model's)."""
+    return heldout_perplexity(fresh_split(cfg.model.name, cut), data.heldout, data.pad)
 
 
 def _train_client(split, priv, examples: list[Example], cfg: AttackConfig, optim, link, pad: int, progress: Progress,
@@ -217,7 +226,7 @@ def train_cell(cfg: AttackConfig, cut: tuple[int, int], d: DefenseSpec, data: Ev
     split = fresh_split(cfg.model.name, cut, lora=lora_config(cfg.model.lora_r), seed=t.seed)
     pad = data.pad
     before = client_states(split)
-    ppl_before = _perplexity(split, data.heldout, pad)
+    ppl_before = heldout_perplexity(split, data.heldout, pad)
     clip = {}
     if d.activation_noise:
         clip["activation"] = unit_norm_quantile(
@@ -250,7 +259,7 @@ def train_cell(cfg: AttackConfig, cut: tuple[int, int], d: DefenseSpec, data: Ev
             priv, victim = p, states[0]
     aggregate = mean_states(states) if clients > 1 else None
     load_client_states(split, victim)
-    ppl = _perplexity(split, data.heldout, pad)
+    ppl = heldout_perplexity(split, data.heldout, pad)
     epsilon = {k: float(v) for k, v in priv.spent().items()}
     entries = priv.ledger.entries()
     for channel, mechanisms in _CHANNELS.items():  # each channel on its own, as the ledger records it

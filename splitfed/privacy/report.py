@@ -36,6 +36,7 @@ class ClientReport:
     budget_left: float | None = None
     statements: list[dict] = field(default_factory=list)  # per party: relation, epsilon, composes, not covered
     not_covered: list[str] = field(default_factory=list)  # released in the clear, covered by no epsilon
+    utility: dict | None = None  # held-out perplexity, public base vs fine-tuned (`add_utility`); None: not recorded
 
     def to_json(self) -> dict:
         return {
@@ -47,6 +48,7 @@ class ClientReport:
             "rounds": self.rounds,
             "total_by_round": [finite(v) for v in self.total_by_round],
             "budget_left": None if self.budget_left is None else finite(self.budget_left),
+            "utility": self.utility,
         }
 
 
@@ -61,7 +63,19 @@ def privacy_report(run_dir: str | os.PathLike, *, delta: float | None = None) ->
     if delta is not None:
         settings["delta"] = delta
     reports = [_client(p.stem, read_ledger(p), settings) for p in sorted(root.glob("*.jsonl"))]
+    add_utility(run_dir, reports)
     return settings, reports
+
+
+def add_utility(run_dir: str | os.PathLike, reports: list[ClientReport]) -> None:
+    """Each client's held-out perplexity after training next to the public base model's, from what
+    the client recorded in ``<run_dir>/metrics/<client>.jsonl``: an epsilon that bought a model no
+    better than the public base model bought nothing."""
+    from splitfed.utility import client_utility
+
+    for r in reports:
+        utility = client_utility(run_dir, r.client)
+        r.utility = None if utility is None else utility.to_json()
 
 
 def _client(name: str, entries: list[LedgerEntry], settings: dict) -> ClientReport:

@@ -6,6 +6,8 @@ import pytest
 
 from splitfed.eval.report import (
     ReportError,
+    base_ppl,
+    beats_base,
     best_inversion,
     fmt_epsilon,
     goal,
@@ -229,7 +231,29 @@ def test_goal_not_met_lists_the_frontier():
     assert [c["key"] for c in g["frontier"]] == ["a2/none", "a2/ldp-seq@1", "a2/ldp-seq@4"]
     assert g["verdict"].startswith("No setting reaches best inversion ROUGE-L ≤ 0.1 at ≤ 1.1× the undefended")
     assert "`a2/ldp-seq@4` (act LDP seq σ=4): ppl 40.0 (×1.49 of none), best ROUGE-L 0.08" in g["verdict"]
-    assert goal(_results(), rouge_max=0.1, ppl_ratio_max=1.5)["meeting"][0]["key"] == "a2/ldp-seq@4"
+    assert (
+        "ppl 40.0 (×1.49 of none), best ROUGE-L 0.08 (learned-inversion), no better than the public base"
+        in (g["verdict"])
+    )
+    assert g["verdict"].endswith("The public base model, not fine-tuned, has ppl 32.7: a cell that does not beat it "
+                                 "bought no utility and does not meet the goal.")  # fmt: skip
+    # within 1.5x of none, but worse than the public base model (32.7): it bought nothing
+    assert goal(_results(), rouge_max=0.1, ppl_ratio_max=1.5)["meeting"] == []
+    better_base = _results() | {"base": {"model": "smollm2-135m", "ppl": 45.0}}
+    assert goal(better_base, rouge_max=0.1, ppl_ratio_max=1.5)["meeting"][0]["key"] == "a2/ldp-seq@4"
+
+
+def test_base_model_floor_from_the_run_or_the_cells():
+    results = _results()
+    cells = {c["key"]: c for c in results["cells"]}
+    assert base_ppl(results) == 32.7  # older runs: the cells' ppl before training (LoRA B = 0)
+    assert beats_base(results, cells["a2/none"]) is True and beats_base(results, cells["a2/ldp-seq@4"]) is False
+    results["base"] = {"model": "smollm2-135m", "ppl": 26.85}
+    assert base_ppl(results) == 26.85 and beats_base(results, cells["a6/none"]) is False
+    for c in results["cells"]:
+        del c["ppl_before"]
+    del results["base"]
+    assert base_ppl(results) is None and beats_base(results, cells["a2/none"]) is None
 
 
 def test_goal_met_names_the_cheapest_cell_and_its_epsilon():
@@ -237,7 +261,7 @@ def test_goal_met_names_the_cheapest_cell_and_its_epsilon():
     assert [c["key"] for c in g["meeting"]] == ["a2/ldp-seq@2", "a2/mix"]
     assert g["verdict"].startswith("The goal (best inversion ROUGE-L ≤ 0.1 at ≤ 1.1× the undefended perplexity)")
     assert "met at cut 2 (2 settings meet it; this one costs the least perplexity) by `a2/ldp-seq@2`" in g["verdict"]
-    assert g["verdict"].endswith("ε activations = 31.4 (δ = 1e-05), ε server (all cut traffic) = 31.4.")
+    assert "ε activations = 31.4 (δ = 1e-05), ε server (all cut traffic) = 31.4. The public base model" in g["verdict"]
 
 
 def test_write_report(tmp_path):
@@ -252,18 +276,24 @@ def test_write_report(tmp_path):
     assert "- goal cut: 2" in md
     assert "| nearest-embedding | server | activations | public weights |" in md
     assert "No setting reaches" in md
+    assert "Public base model (not fine-tuned, evaluated the same way): ppl 32.7." in md
     header = (
-        "| cut | defense | ε activations | ε server | ε aggregator | ppl (× none) | nearest-embedding ROUGE-L / acc"
+        "| cut | defense | ε activations | ε server | ε aggregator | ppl (× none) | beats base "
+        "| nearest-embedding ROUGE-L / acc"
         " | learned-inversion ROUGE-L / acc | white-box ROUGE-L / acc | chance ROUGE-L / acc | best |"
     )
     assert header in md
     assert (
-        "| 2 | none | ∞ | ∞ | ∞ | 26.8 (×1.00) | 0.91 / 0.95 | 0.85 / 0.90 | err | 0.040 / 0.020 "
+        "| 2 | none | ∞ | ∞ | ∞ | 26.8 (×1.00) | yes | 0.91 / 0.95 | 0.85 / 0.90 | err | 0.040 / 0.020 "
         "| nearest-embedding 0.91 |" in md
     )
-    assert "| 2 | act LDP seq σ=4 | 8 | 8 | ∞ | 40.0 (×1.49) | 0.060 / 0.10 | 0.080 / 0.12 | - | 0.030 / 0.020 |" in md
     assert (
-        "| 6 | act LDP token σ=2 | 1.23e+04 | 1.23e+04 | ∞ | 28.0 (×1.04) | 0.20 / 0.25 | 0.15 / 0.20 | - | - |" in md
+        "| 2 | act LDP seq σ=4 | 8 | 8 | ∞ | 40.0 (×1.49) | **no** | 0.060 / 0.10 | 0.080 / 0.12 | - | 0.030 / 0.020 |"
+        in md
+    )
+    assert (
+        "| 6 | act LDP token σ=2 | 1.23e+04 | 1.23e+04 | ∞ | 28.0 (×1.04) | yes | 0.20 / 0.25 | 0.15 / 0.20 | - | - |"
+        in md
     )
     assert "- `a2/none` white-box: CUDA out of memory" in md
     assert "- `a2/dpsgd` learned-inversion: diverged" in md
