@@ -12,6 +12,9 @@ client runs; the trunk in process), then the held-out perplexity of the exported
   example is released once: steps * 4 <= 600), clip = the median unit norm measured on the
   first batches;
 - activation + gradient LDP (sequence) at 8 each: the server's epsilon is their composition;
+- each LDP row twice: ``float`` (float32 Gaussian, comparison only: no epsilon holds for its
+  bytes, see docs/privacy.md) and ``integer`` (the default discrete Gaussian release on a
+  power-of-two grid, calibrated to the same epsilon with RDP and the sampler's slack);
 - DP-SGD on the client adapters at epsilon 1 / 3 / 8 over the steps (Poisson q = 4 / 600).
 
     python benchmarks/privacy_utility.py --steps 30
@@ -51,10 +54,16 @@ def main(argv=None) -> int:
         split_model,
     )
     from splitfed.models.lora import adapters_disabled
-    from splitfed.privacy.calibrate import analytic_gaussian_sigma, gaussian_composition_epsilon, noise_multiplier_for
+    from splitfed.privacy.accountants import epsilon_of
+    from splitfed.privacy.calibrate import (
+        analytic_gaussian_sigma,
+        discrete_gaussian_noise_multiplier,
+        gaussian_composition_epsilon,
+        noise_multiplier_for,
+    )
     from splitfed.privacy.dpsgd import DPClientStep, DPSGDConfig, poisson_batches
     from splitfed.privacy.events import GaussianEvent
-    from splitfed.privacy.mechanisms import GaussianLDP, TorchNoise
+    from splitfed.privacy.mechanisms import MAX_RELEASE_TV, DiscreteGaussianLDP, GaussianLDP, SecureNoise, TorchNoise
     from splitfed.training import ClientStep, LocalTrunk, OptimConfig, evaluate
     from splitfed.utility import Utility
 
@@ -132,7 +141,16 @@ def main(argv=None) -> int:
                 if unit == "sequence"
                 else gaussian_composition_epsilon([mech.event(1, max_positions=128)], args.delta)
             )
-            record("activation LDP", unit, eps_seq, math.inf, ppl, secs)
+            record("activation LDP float", unit, eps_seq, math.inf, ppl, secs)
+            # the same epsilon with the integer release (the default): discrete Gaussian, secret noise
+            nm = discrete_gaussian_noise_multiplier(eps, args.delta, tv=MAX_RELEASE_TV)
+            dmech = DiscreteGaussianLDP(clip[unit], nm, unit, max_positions=128)
+            dhook = lambda x, k, m=dmech: m.apply(x, k, SecureNoise())  # noqa: E731
+            ppl, secs = train_with(
+                lambda link, hook=dhook: lambda i, s=cs(link, release_activations=hook): s.step(order[i])
+            )
+            stated = epsilon_of([dmech.event(1, max_positions=128)], args.delta, accountant="rdp")
+            record("activation LDP integer", unit, stated, math.inf, ppl, secs)
     # both server channels at 8 each (sequence unit); gradient clip = median returned-gradient norm
     grad_norms = []
     probe = cs(
@@ -151,7 +169,17 @@ def main(argv=None) -> int:
     }
     ppl, secs = train_with(lambda link: lambda i, s=cs(link, **hooks): s.step(order[i]))
     both = gaussian_composition_epsilon([GaussianEvent(nm8), GaussianEvent(nm8)], args.delta)
-    record("activation+gradient LDP", "sequence", both, math.inf, ppl, secs)
+    record("act.+grad. LDP float", "sequence", both, math.inf, ppl, secs)
+    dnm8 = discrete_gaussian_noise_multiplier(8.0, args.delta, tv=MAX_RELEASE_TV)
+    dact = DiscreteGaussianLDP(clip["sequence"], dnm8, "sequence", max_positions=128)
+    dgrd = DiscreteGaussianLDP(statistics.median(grad_norms), dnm8, "sequence", max_positions=128)
+    dhooks = {
+        "release_activations": lambda x, k: dact.apply(x, k, SecureNoise()),
+        "release_gradient": lambda g, k: dgrd.apply(g, k, SecureNoise()),
+    }
+    ppl, secs = train_with(lambda link: lambda i, s=cs(link, **dhooks): s.step(order[i]))
+    dboth = epsilon_of([dact.event(1, max_positions=128), dgrd.event(1, max_positions=128)], args.delta)
+    record("act.+grad. LDP integer", "sequence", dboth, math.inf, ppl, secs)
     q = 4 / len(train)
     for eps in args.epsilons:
         nm = noise_multiplier_for(eps, args.delta, sample_rate=q, steps=args.steps)

@@ -65,5 +65,7 @@ def _summary_writer(log_dir: Path):
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The complete records of a metrics file; a last line without its newline (being written,
+    or torn by a crash) is not a record yet."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [json.loads(line) for line in f if line.strip() and line.endswith("\n")]

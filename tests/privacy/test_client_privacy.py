@@ -7,9 +7,9 @@ import torch
 
 from splitfed.client.privacy import ClientPrivacy
 from splitfed.config import parse_config
-from splitfed.privacy.events import GaussianEvent, NonPrivateEvent, Party
+from splitfed.privacy.events import DiscreteGaussianEvent, NonPrivateEvent, Party
 from splitfed.privacy.ledger import REPRODUCIBLE_NOISE, Disclosure, LedgerError, Relation
-from splitfed.privacy.mechanisms import SecureNoise, TorchNoise
+from splitfed.privacy.mechanisms import MAX_RELEASE_TV, SecureNoise, TorchNoise
 
 
 def _cfg(tmp_path, **privacy):
@@ -31,7 +31,11 @@ def test_round_entries_disclose_lengths_and_name_relations(tmp_path):
     assert isinstance(cp.noise, SecureNoise)
     lengths, act, grad, dpsgd = cp.round_entries(3, releases=2)
     assert (lengths.mechanism, lengths.against, lengths.event) == ("lengths", Party.SERVER, Disclosure(2))
-    assert act.event == GaussianEvent(2.0, 2) and act.relation is Relation.REPLACE_ONE and act.reason is None
+    assert (
+        act.event == DiscreteGaussianEvent(2.0, 2, MAX_RELEASE_TV)
+        and act.relation is Relation.REPLACE_ONE
+        and act.reason is None
+    )
     assert grad.event == NonPrivateEvent(2) and grad.mechanism == "raw_gradients"
     assert dpsgd.relation is Relation.ADD_REMOVE and dpsgd.event.noise_multiplier == 4.0
     assert [e.mechanism for e in cp.round_entries(3, releases=0)] == ["dpsgd"]  # all Poisson batches empty
