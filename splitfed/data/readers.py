@@ -151,6 +151,13 @@ def _find_bad_json(path: Path, raw: bytes, array: bool) -> None:
             if not isinstance(item, dict):
                 raise DataError(f"{path} row {i}: expected a JSON object, got {describe(item)}")
         return
+    for _ in json_lines(path, text):
+        pass
+
+
+def json_lines(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines text; a `DataError` naming the
+    line for one that is not a JSON object."""
     for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
@@ -160,6 +167,7 @@ def _find_bad_json(path: Path, raw: bytes, array: bool) -> None:
             raise DataError(f"{path} line {lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
         if not isinstance(item, dict):
             raise DataError(f"{path} line {lineno}: expected a JSON object, got {describe(item)}")
+        yield lineno, item
 
 
 def _read_csv(path: Path) -> Read:

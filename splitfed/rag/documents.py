@@ -17,12 +17,12 @@ Nothing is printed.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from splitfed.data.readers import json_lines
 from splitfed.data.records import DataError, describe
 from splitfed.rag.corpus import Document
 
@@ -148,15 +148,7 @@ def _jsonl(path: Path, rel: str, fields: Fields) -> Iterable[Document]:
         raise DataError(f"{path}: expected UTF-8 text, got bytes that are not UTF-8") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read it: {exc.strerror or exc}") from None
-    for lineno, line in enumerate(raw.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} line {lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path} line {lineno}: expected a JSON object, got {describe(row)}")
+    for lineno, row in json_lines(path, raw):
         yield _row_document(row, path, rel, "line", lineno, fields)
 
 
