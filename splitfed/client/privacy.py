@@ -19,7 +19,8 @@ over the client's data, i.e. per epoch).  No amplification by subsampling is cla
 anyone: the server sees every release of the batch it is given, and as aggregator it also
 sees each Poisson batch's size and which DP-SGD steps were empty (`ledger.NO_AMPLIFICATION`).
 
-Noise is secret: `SecureNoise` and `secure_generator()` (seeded from the OS).  Reproducible
+Noise is secret: `SecureNoise` (the cut channels' and DP-SGD's discrete noise) and
+`secure_generator()` (Poisson sampling, float DP-SGD noise), both seeded from the OS.  Reproducible
 noise is a test-only injection (`noise=`, `generator=`); ``privacy.secure_noise = false``
 seeds it from ``run.seed``, which the server holds, so every noised channel is then recorded
 as non-private (`ledger.REPRODUCIBLE_NOISE`).
@@ -114,7 +115,8 @@ class ClientPrivacy:
         self.dpsgd = None
         if p.dpsgd.enabled:
             q = p.dpsgd.sample_rate or min(1.0, cfg.data.batch_size / n_examples)
-            self.dpsgd = DPSGDConfig(p.dpsgd.noise_multiplier, p.dpsgd.max_grad_norm, q)
+            d = p.dpsgd
+            self.dpsgd = DPSGDConfig(d.noise_multiplier, d.max_grad_norm, q, d.mechanism, d.grid_step)
         root = Path(cfg.run.dir) / "privacy"
         self.ledger = Ledger(root / f"{name}.jsonl")
         self.ledger.entries()  # a damaged ledger (LedgerError, file:line) stops the client before it releases
@@ -188,7 +190,15 @@ class ClientPrivacy:
 
             return ClientStep(bottom, top, link, optim, **hooks)
         return DPClientStep(
-            bottom, top, link, optim, self.dpsgd, n_examples=n_examples, generator=self.generator, **hooks
+            bottom,
+            top,
+            link,
+            optim,
+            self.dpsgd,
+            n_examples=n_examples,
+            generator=self.generator,
+            randbytes=self.noise.randbytes,
+            **hooks,
         )
 
     def spent(self, extra: list[LedgerEntry] = ()) -> dict[str, float]:

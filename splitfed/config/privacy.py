@@ -62,6 +62,19 @@ class DPSGDSection(_Section):
     noise_multiplier: float = _opt(1.0, "Noise sigma / max_grad_norm.", gt=0)
     max_grad_norm: float = _opt(1.0, "Per-example gradient L2 bound over all client LoRA parameters.", gt=0)
     sample_rate: float = _opt(0.0, "Poisson sampling rate; 0 = data.batch_size / the client's examples.", ge=0, le=1)
+    mechanism: CutMechanism = _opt(
+        "discrete",
+        "discrete: clipped per-example gradients snapped to a power-of-two grid, summed as integers, "
+        "discrete Gaussian noise (exact sampling); float: Opacus' float32 Gaussian noise (not covered by "
+        "the stated epsilon; for comparison only).",
+    )
+    grid_step: float = _opt(
+        0.0, "discrete: the grid step, a power of two; 0 = automatic (rounding <= 1% of the sensitivity).", ge=0
+    )
+
+    def _check(self) -> None:
+        if self.grid_step and math.frexp(self.grid_step)[0] != 0.5:
+            raise _key_error(f"{self._key}.grid_step", f"must be 0 or a power of two, got {self.grid_step!r}")
 
 
 @dataclass(frozen=True)

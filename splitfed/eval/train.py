@@ -122,7 +122,8 @@ def unit_norm_quantile(split, examples: list[Example], unit: str, q: float, pad:
 def privacy_config(cfg: AttackConfig, d: DefenseSpec, clip: dict[str, float], n: int, run_dir: Path):
     """The product's `RunConfig` for this defense (privacy on, so every channel gets a ledger entry)."""
     from splitfed.config import parse_config
-    from splitfed.privacy.calibrate import ldp_release_sigma
+    from splitfed.privacy.calibrate import discrete_gaussian_noise_multiplier
+    from splitfed.privacy.dpsgd import STEP_TV
 
     t = cfg.train
 
@@ -136,8 +137,8 @@ def privacy_config(cfg: AttackConfig, d: DefenseSpec, clip: dict[str, float], n:
     q = min(1.0, t.batch_size / n)
     dpsgd = {"enabled": False}
     if d.dpsgd_epsilon > 0:
-        # no amplification against the server-aggregator: the steps are Gaussian releases, composed exactly
-        nm = ldp_release_sigma(d.dpsgd_epsilon, t.delta, releases=t.steps)
+        # no amplification against the server-aggregator: the steps are discrete Gaussian releases (RDP + slack)
+        nm = discrete_gaussian_noise_multiplier(d.dpsgd_epsilon, t.delta, releases=t.steps, tv=STEP_TV)
         dpsgd = {"enabled": True, "noise_multiplier": nm, "max_grad_norm": 1.0, "sample_rate": q}
     return parse_config(
         {

@@ -3,8 +3,16 @@
 One step, over every trainable parameter the client holds (the LoRA tensors of Bottom and Top):
 
     per-example gradients (Opacus `GradSampleModule`, "hooks")  ->  one flat L2 norm per example
-    over all of them  ->  clip to `max_grad_norm` (C)  ->  sum  ->  + N(0, (sigma * C)^2), once
-    ->  / expected batch size (q * n)  ->  AdamW (`make_optimizer`), via Opacus' `DPOptimizer`.
+    over all of them  ->  clip to `max_grad_norm` (C)  ->  snap to the grid gamma Z (integers k_i,
+    ||k_i|| <= C / gamma + sqrt(d) / 2 = Delta, checked in integers)  ->  sum the integers  ->
+    + discrete Gaussian noise of sigma = nm * Delta grid units, drawn without floating point
+    (`crypto.dgauss`, a ChaCha20 keystream seeded from the OS)  ->  * gamma / expected batch
+    size (q * n)  ->  AdamW (`make_optimizer`), via `DiscreteDPOptimizer` (Opacus' `DPOptimizer`).
+
+The noised integer sum is the release: everything after it (the float gradient, AdamW, the
+adapter update the aggregator sees) is post-processing, so floating-point rounding cannot
+leak the input as it does for a float Gaussian sum (Mironov 2012).  ``mechanism = "float"``
+keeps Opacus' own float Gaussian noise, for comparison only.
 
 Objective.  The loss of one example is its mean next-token loss (labels -100 ignored; 0 for an
 example without targets), the batch loss the mean over the examples.  `ClientStep` instead
@@ -30,13 +38,16 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from splitfed.privacy.events import NonPrivateEvent, PrivacyEvent, SampledGaussianEvent
+from crypto.dgauss import MAX_TV_PER_DRAW, RandBytes
+from splitfed.privacy.events import DiscreteGaussianEvent, NonPrivateEvent, PrivacyEvent, SampledGaussianEvent
+from splitfed.privacy.grid import default_step, row_bound
 
 if TYPE_CHECKING:  # the model stack (transformers) loads only when a step is built
     from splitfed.models import SplitPart
@@ -44,6 +55,8 @@ if TYPE_CHECKING:  # the model stack (transformers) loads only when a step is bu
     from splitfed.training.inprocess import Release
 
 IGNORE_INDEX = -100
+MAX_COORDS = 2**28  # trainable client parameters at most: the events' TV slack is charged for this many
+STEP_TV = MAX_COORDS * MAX_TV_PER_DRAW  # sampler TV slack of one discrete DP-SGD step, all coordinates
 _HOOK_ATTRS = ("activations", "max_batch_len")  # what Opacus leaves on a module mid-step
 
 
@@ -53,11 +66,18 @@ def _number(x: object) -> bool:
 
 @dataclass(frozen=True)
 class DPSGDConfig:
-    """DP-SGD knobs; `noise_multiplier` 0 is allowed and gives no privacy (a `NonPrivateEvent`)."""
+    """DP-SGD knobs; `noise_multiplier` 0 is allowed and gives no privacy (a `NonPrivateEvent`).
 
-    noise_multiplier: float  # noise std / max_grad_norm
+    ``mechanism``: "discrete" (integer release, the default) or "float" (Opacus' float noise, for
+    comparison only: no epsilon holds for its bytes).  ``grid_step``: the discrete grid, a power
+    of two; 0 = the largest at which rounding adds at most 1% to the sensitivity.
+    """
+
+    noise_multiplier: float  # noise std / sensitivity (max_grad_norm, or Delta grid units)
     max_grad_norm: float  # C: L2 bound of one example's gradient over all client adapters
     sample_rate: float  # q: probability that an example joins a (Poisson) batch
+    mechanism: str = "discrete"
+    grid_step: float = 0.0
 
     def __post_init__(self) -> None:
         if not _number(self.noise_multiplier) or self.noise_multiplier < 0:
@@ -66,6 +86,19 @@ class DPSGDConfig:
             raise ValueError(f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm!r}")
         if not _number(self.sample_rate) or not 0 < self.sample_rate <= 1:
             raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate!r}")
+        if self.mechanism not in ("discrete", "float"):
+            raise ValueError(f"mechanism must be 'discrete' or 'float', got {self.mechanism!r}")
+        g = self.grid_step
+        if not (_number(g) and g >= 0 and (g == 0 or math.frexp(g)[0] == 0.5)):
+            raise ValueError(f"grid_step must be 0 (automatic) or a power of two, got {g!r}")
+
+    def grid(self, coords: int) -> tuple[float, Fraction, Fraction]:
+        """(gamma, Delta, sigma^2 in grid units) of the discrete mechanism over `coords` parameters."""
+        if isinstance(coords, bool) or not isinstance(coords, int) or not 1 <= coords <= MAX_COORDS:
+            raise ValueError(f"DP-SGD over {coords!r} parameters: expected 1 to {MAX_COORDS}")
+        gamma = self.grid_step or default_step(self.max_grad_norm, coords)
+        delta = row_bound(self.max_grad_norm, gamma, coords)
+        return gamma, delta, (Fraction(self.noise_multiplier) * delta) ** 2
 
     def events(self, steps: int) -> tuple[PrivacyEvent, ...]:
         """What `steps` DP-SGD steps release: () for none."""
@@ -75,7 +108,10 @@ class DPSGDConfig:
             return ()
         if self.noise_multiplier == 0:
             return (NonPrivateEvent(count=steps),)
-        return (SampledGaussianEvent(self.noise_multiplier, self.sample_rate, count=steps),)
+        if self.mechanism == "float":
+            return (SampledGaussianEvent(self.noise_multiplier, self.sample_rate, count=steps),)
+        # no sample rate: no amplification is claimed (the server, as aggregator, sees the sampling)
+        return (DiscreteGaussianEvent(self.noise_multiplier, count=steps, tv=STEP_TV),)
 
 
 def secure_generator() -> torch.Generator:
@@ -119,9 +155,10 @@ class DPClientStep:
     """`ClientStep` under DP-SGD: Bottom and Top adapters clipped jointly, noised, one AdamW step.
 
     `n_examples` is the client's dataset size n; batches must be Poisson samples of it at
-    `dp.sample_rate` (see `poisson_batches`) for `events()` to be the privacy spent.  The noise
-    comes from `generator` (default: `secure_generator()`); `secure_mode` turns on Opacus'
-    noise that resists floating-point attacks.  Only LoRA tensors may be trainable.
+    `dp.sample_rate` (see `poisson_batches`) for `events()` to be the privacy spent.  The discrete
+    noise comes from `randbytes` (default `os.urandom`; an injected source is for tests only);
+    the float mechanism's from `generator` (default: `secure_generator()`), with Opacus'
+    `secure_mode` if asked.  Only LoRA tensors may be trainable.
     """
 
     def __init__(
@@ -135,6 +172,7 @@ class DPClientStep:
         n_examples: int,
         generator: torch.Generator | None = None,
         secure_mode: bool = False,
+        randbytes: RandBytes = os.urandom,
         release_activations: Release | None = None,
         release_gradient: Release | None = None,
     ):
@@ -169,15 +207,24 @@ class DPClientStep:
         ]
         for w in self._wrappers:
             w.disable_hooks()  # on only inside a step: other forwards (evaluation) stay untouched
-        self.optimizer = DPOptimizer(
-            make_optimizer(self.params, optim),
-            noise_multiplier=dp.noise_multiplier,
-            max_grad_norm=dp.max_grad_norm,
-            expected_batch_size=self.expected_batch_size,
-            loss_reduction="mean",
-            generator=generator if generator is not None else secure_generator(),
-            secure_mode=secure_mode,
-        )
+        common = {
+            "noise_multiplier": dp.noise_multiplier,
+            "max_grad_norm": dp.max_grad_norm,
+            "expected_batch_size": self.expected_batch_size,
+            "loss_reduction": "mean",
+        }
+        if dp.mechanism == "float" or dp.noise_multiplier == 0:
+            generator = generator if generator is not None else secure_generator()
+            self.optimizer = DPOptimizer(
+                make_optimizer(self.params, optim), generator=generator, secure_mode=secure_mode, **common
+            )
+        else:
+            from splitfed.privacy.discrete_optimizer import DiscreteDPOptimizer
+
+            grid = dp.grid(sum(p.numel() for p in self.params))
+            self.optimizer = DiscreteDPOptimizer(
+                make_optimizer(self.params, optim), grid=grid, randbytes=randbytes, **common
+            )
 
     def step(self, batch: dict[str, torch.Tensor]) -> StepResult:
         """One DP-SGD step on a collated batch; a batch of zero rows takes `empty_step`."""

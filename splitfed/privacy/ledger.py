@@ -252,7 +252,7 @@ def _statement(party: str, entries: list[LedgerEntry], relation: Relation, delta
     releases = [e for e in entries if not isinstance(e.event, Disclosure)]
     events = [_under(e, relation) for e in releases]
     notes = []
-    if any(isinstance(e.event, SampledGaussianEvent) for e in releases):
+    if any(isinstance(e.event, SampledGaussianEvent) or e.mechanism == "dpsgd" for e in releases):
         notes.append(NO_AMPLIFICATION)
     if any(e.relation is not relation for e in releases):
         notes.append(f"add/remove releases converted to {relation.value}: sensitivity doubles, multiplier halves")

@@ -7,9 +7,11 @@ import pytest
 import torch
 from splitfed_testing import padded_batch, tiny_model
 
+from crypto.dgauss import KeystreamBytes, cdt_sampler
 from splitfed.models import LoraSpec, SplitLoraConfig, adapter_parameters, apply_lora, split_model
 from splitfed.privacy.dpsgd import DPClientStep, DPSGDConfig, per_example_loss, poisson_batches, secure_generator
-from splitfed.privacy.events import NonPrivateEvent, SampledGaussianEvent
+from splitfed.privacy.events import DiscreteGaussianEvent, NonPrivateEvent, SampledGaussianEvent
+from splitfed.privacy.grid import snap_rows
 from splitfed.training import ClientStep, LocalTrunk, OptimConfig
 
 NO_DROPOUT = {"llama": {}, "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}}
@@ -36,9 +38,13 @@ def client_params(split):
 
 
 def dp_step(split, dp, *, n_examples, seed=0, link=None):
+    """A step whose noise is reproducible from `seed` (torch generator: float; keystream: discrete)."""
     link = link or LocalTrunk(split.trunk, OPTIM)
     gen = torch.Generator().manual_seed(seed)
-    return DPClientStep(split.bottom, split.top, link, OPTIM, dp, n_examples=n_examples, generator=gen)
+    randbytes = KeystreamBytes(seed.to_bytes(32, "little"))
+    return DPClientStep(
+        split.bottom, split.top, link, OPTIM, dp, n_examples=n_examples, generator=gen, randbytes=randbytes
+    )
 
 
 def single_example_grads(split, batch):
@@ -85,7 +91,7 @@ def test_one_step_equals_hand_computed_dp_sgd(arch):
     grads = single_example_grads(split, batch)
     norms = torch.stack([torch.cat([g.flatten() for g in ex]).norm() for ex in grads])
     clip = float(norms.median())  # some examples clipped, some not
-    dp = DPSGDConfig(noise_multiplier=0.7, max_grad_norm=clip, sample_rate=0.25)
+    dp = DPSGDConfig(noise_multiplier=0.7, max_grad_norm=clip, sample_rate=0.25, mechanism="float")
     n = 20  # expected batch q * n = 5, not the realised 4
     step = dp_step(split, dp, n_examples=n, seed=123)
     step.step(batch)
@@ -104,6 +110,57 @@ def test_one_step_equals_hand_computed_dp_sgd(arch):
     for p, g, e in zip(step.params, expected_grads, expected, strict=True):
         torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-4)
         torch.testing.assert_close(p.detach(), e.detach(), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_discrete_step_releases_the_snapped_sum_plus_the_exact_draw(arch):
+    """The integer release is exactly sum_i snap(clip(g_i)) + z, z the sampler's draw from the
+    injected bytes; the gradient is that integer vector * gamma / (q n), AdamW after it."""
+    split = make_split(arch)
+    before = [p.detach().clone() for p in client_params(split)]
+    batch = padded_batch("right", batch=4, seed=2)
+    grads = single_example_grads(split, batch)
+    flat = torch.stack([torch.cat([g.flatten() for g in ex]) for ex in grads]).double()  # (B, d)
+    clip = float(flat.norm(dim=1).median())
+    dp = DPSGDConfig(noise_multiplier=0.7, max_grad_norm=clip, sample_rate=0.25)
+    step = dp_step(split, dp, n_examples=20, seed=9)
+    step.step(batch)
+
+    d = flat.shape[1]
+    gamma, bound, sigma2 = dp.grid(d)
+    assert bound == dp.grid(d)[1] and gamma < clip / 100  # a fine grid: rounding within 1% of Delta
+    clipped = flat * (clip / flat.norm(dim=1, keepdim=True).clamp(min=clip))
+    snapped = snap_rows(clipped, gamma, bound)
+    assert int((snapped * snapped).sum(dim=1).max()) <= bound**2
+    z = torch.from_numpy(cdt_sampler(sigma2).sample(d, KeystreamBytes((9).to_bytes(32, "little"))))
+    assert torch.equal(step.optimizer.last_release, snapped.sum(dim=0) + z)
+    assert z.double().std() == pytest.approx(0.7 * float(bound), rel=0.2)  # sigma = nm * Delta grid units
+    expected = torch.cat([p.grad.flatten() for p in step.params]).double()
+    torch.testing.assert_close(expected, (snapped.sum(dim=0) + z).double() * gamma / 5.0, rtol=1e-6, atol=1e-9)
+    for p, p0 in zip(step.params, before, strict=True):
+        assert not torch.equal(p.detach(), p0)
+    assert step.events() == (DiscreteGaussianEvent(0.7, count=1, tv=step.dp.events(1)[0].tv),)
+
+
+def test_discrete_empty_batch_releases_noise_only_and_the_grid_is_validated():
+    split = make_split("gpt2")
+    dp = DPSGDConfig(1.0, 1.0, 0.1)
+    step = dp_step(split, dp, n_examples=30, link=NoLink(), seed=3)
+    empty = {k: torch.zeros((0, 10), dtype=torch.long) for k in ("input_ids", "attention_mask", "labels")}
+    step.step(empty)
+    d = sum(p.numel() for p in step.params)
+    gamma, _, sigma2 = dp.grid(d)
+    z = torch.from_numpy(cdt_sampler(sigma2).sample(d, KeystreamBytes((3).to_bytes(32, "little"))))
+    assert torch.equal(step.optimizer.last_release, z)
+    coarse = DPSGDConfig(1.0, 1.0, 0.1, grid_step=0.25)
+    assert coarse.grid(100)[:2] == (0.25, 4 + 5)  # C / gamma + sqrt(d) / 2
+    for bad in (0.3, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="grid_step must be 0 .automatic. or a power of two"):
+            DPSGDConfig(1.0, 1.0, 0.1, grid_step=bad)
+    with pytest.raises(ValueError, match="mechanism must be 'discrete' or 'float'"):
+        DPSGDConfig(1.0, 1.0, 0.1, mechanism="gauss")
+    with pytest.raises(ValueError, match="DP-SGD over 0 parameters"):
+        dp.grid(0)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -128,7 +185,7 @@ def test_empty_batch_takes_a_noise_only_step_without_the_link():
     lora_before = [p.detach().clone() for p in client_params(split)]
     base = [p for p in split.bottom.parameters() if not p.requires_grad]
     base_before = [p.detach().clone() for p in base]
-    step = dp_step(split, DPSGDConfig(1.0, 1.0, 0.1), n_examples=30, link=NoLink())
+    step = dp_step(split, DPSGDConfig(1.0, 1.0, 0.1, mechanism="float"), n_examples=30, link=NoLink())
     empty = {k: torch.zeros((0, 10), dtype=torch.long) for k in ("input_ids", "attention_mask", "labels")}
     assert step.step(empty).tokens == 0
     noise = torch.Generator().manual_seed(0)  # dp_step's seed: the whole gradient is the noise / (q * n)

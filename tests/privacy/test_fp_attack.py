@@ -107,3 +107,22 @@ def test_integer_release_never_excludes_either_neighbour():
             k = mech.quantize(mech.clip_only(cand, mask), gamma, delta).double()
             offsets = (k_out - k).numpy()  # the noise this candidate needs, coordinate by coordinate
             assert _table_probability_positive(sigma2, offsets)
+
+
+def test_dpsgd_integer_release_never_excludes_the_dataset_without_one_example():
+    """DP-SGD's release (the snapped per-example sum plus the draw): both D and D minus one
+    example need only noise values the table can return, coordinate by coordinate."""
+    from crypto.dgauss import KeystreamBytes
+    from splitfed.privacy.dpsgd import DPSGDConfig
+    from splitfed.privacy.grid import snap_rows
+
+    d, rows = 300, 5
+    grads = torch.randn((rows, d), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    dp = DPSGDConfig(noise_multiplier=0.8, max_grad_norm=1.0, sample_rate=0.1)
+    gamma, bound, sigma2 = dp.grid(d)
+    k = snap_rows(grads * (1.0 / grads.norm(dim=1, keepdim=True).clamp(min=1.0)), gamma, bound)
+    for r in range(RELEASES):
+        z = torch.from_numpy(cdt_sampler(sigma2).sample(d, KeystreamBytes(r.to_bytes(32, "little"))))
+        out = k.sum(dim=0) + z
+        for cand in (k, k[1:]):
+            assert _table_probability_positive(sigma2, (out - cand.sum(dim=0)).numpy())
