@@ -19,7 +19,18 @@ import torch
 
 from splitfed.config import RunConfig
 from splitfed.transport import ClientSocket, LinkState, NotSent, client_name
-from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, compress, decode, decompress, encode
+from splitfed.wire import (
+    INTEGERS,
+    ErrorCode,
+    Header,
+    Message,
+    MsgType,
+    WireError,
+    compress,
+    decode,
+    decompress,
+    encode,
+)
 
 
 class ServerLost(ConnectionError):
@@ -138,17 +149,26 @@ class Connection:
 
 
 class RemoteTrunk:
-    """`TrunkLink` to the server: compressed activations up, activations/gradients back."""
+    """`TrunkLink` to the server: compressed activations up, activations/gradients back.
 
-    def __init__(self, conn: Connection, compression: str, hidden: int):
+    `act_step` / `grad_step` (0 = none): the grid step of a channel whose release is the discrete
+    LDP mechanism's; that release goes as its integers (`wire.INTEGERS`), not compressed.  The
+    activations of an evaluation forward (``train`` false) are no release and are compressed.
+    """
+
+    def __init__(
+        self, conn: Connection, compression: str, hidden: int, *, act_step: float = 0.0, grad_step: float = 0.0
+    ):
         self.conn, self.compression, self.hidden = conn, compression, hidden
+        self.act_step, self.grad_step = act_step, grad_step
         self.round = 0
         self.step = 0
         self.train = True
         self.base = False  # evaluate the public base model (the server's trunk adapter off)
 
     def forward(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        tensors = {**compress("act", act.cpu(), self.compression), "mask": mask.to("cpu", torch.uint8)}
+        kind = INTEGERS if self.train and self.act_step else self.compression
+        tensors = {**compress("act", act.cpu(), kind, step=self.act_step), "mask": mask.to("cpu", torch.uint8)}
         meta = {"train": self.train, "base": True} if self.base else {"train": self.train}
         h = Header(MsgType.FORWARD, self.conn.session, self.round, self.step, meta)
         msg = self.conn.request(h, tensors, expect=MsgType.ACTIVATIONS, step=self.step)
@@ -159,9 +179,9 @@ class RemoteTrunk:
 
     def backward(self, grad: torch.Tensor) -> torch.Tensor:
         h = Header(MsgType.BACKWARD, self.conn.session, self.round, self.step)
-        msg = self.conn.request(
-            h, compress("grad", grad.cpu(), self.compression), expect=MsgType.GRADIENT, step=self.step
-        )
+        kind = INTEGERS if self.grad_step else self.compression
+        tensors = compress("grad", grad.cpu(), kind, step=self.grad_step)
+        msg = self.conn.request(h, tensors, expect=MsgType.GRADIENT, step=self.step)
         out = decompress("grad", msg.tensors, self.compression)
         if tuple(out.shape) != tuple(grad.shape):
             raise ServerRefused(f"server gradient has shape {list(out.shape)}, expected {list(grad.shape)}")

@@ -129,6 +129,16 @@ class ClientPrivacy:
             if isinstance(mech, DiscreteGaussianLDP):
                 mech.prepare(hidden)
 
+    def grid_steps(self, hidden: int) -> tuple[float, float]:
+        """(activations, gradient): gamma of each channel whose mechanism is the discrete one, else 0.
+
+        The link sends such a channel's release, k * gamma, as the integers k (`wire.INTEGERS`).
+        """
+        act, grad = (
+            m.grid(hidden)[0] if isinstance(m, DiscreteGaussianLDP) else 0.0 for m in (self.activations, self.gradients)
+        )
+        return act, grad
+
     def release_activations(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return h if self.activations is None else self.activations.apply(h, mask, self.noise)
 

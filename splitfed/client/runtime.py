@@ -323,7 +323,11 @@ class Client:
                 ):
                     raise ServerRefused(f"server runs compression {meta['compression']} / hidden {meta['hidden']}")
                 self._take_result(welcome.tensors)
-                link = RemoteTrunk(conn, self.cfg.transport.compression, meta["hidden"])
+                private = self.privacy is not None  # a discrete channel's release goes as its integers
+                act_step, grad_step = self.privacy.grid_steps(meta["hidden"]) if private else (0.0, 0.0)
+                link = RemoteTrunk(
+                    conn, self.cfg.transport.compression, meta["hidden"], act_step=act_step, grad_step=grad_step
+                )
                 stepper = self._stepper(link)
                 rnd, done = meta["round"], meta["done"]
                 if "ppl_before" not in summary and self.eval_set:

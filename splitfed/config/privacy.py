@@ -99,6 +99,11 @@ class PrivacySection(_Section):
     gradients: CutNoise = _sub(CutNoise, "[privacy.gradients]: the gradient the Top returns to the server.")
     dpsgd: DPSGDSection = _sub(DPSGDSection, "[privacy.dpsgd]: DP-SGD on the client adapters.")
 
+    def releases_integers(self, channel: CutNoise) -> bool:
+        """Whether `channel` (``self.activations`` or ``self.gradients``) sends its training release as the
+        discrete mechanism's integers (`wire.INTEGERS`) instead of through ``transport.compression``."""
+        return self.enabled and channel.enabled and channel.mechanism == "discrete"
+
     def _check(self) -> None:
         if self.max_epsilon > 0 and not self.enabled:
             raise _key_error("privacy.max_epsilon", "a budget needs privacy.enabled = true")

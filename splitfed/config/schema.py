@@ -313,7 +313,11 @@ class TransportSection(_Section):
     endpoint: str = _opt("tcp://127.0.0.1:5555", "Server address (tcp://host:port or ipc://path).", **ENDPOINT)
     keys_dir: str = _opt("keys", "Directory of CURVE key files (see `splitfed keys generate`).", nonempty=True)
     insecure: bool = _opt(False, "Plaintext transport, no CURVE encryption; only honoured with an explicit flag.")
-    compression: Compression = _opt("fp32", "Encoding of activations and gradients: fp32, fp16, bf16 or int8.")
+    compression: Compression = _opt(
+        "fp32",
+        "Encoding of activations and gradients: fp32, fp16, bf16 or int8.  Not applied to a channel whose "
+        "privacy mechanism is discrete: its training release goes as the mechanism's integers (int16/int32).",
+    )
     heartbeat_s: float = _opt(2.0, "Seconds between heartbeats.", gt=0)
     timeout_s: float = _opt(60.0, "Seconds of silence after which a peer is considered gone.", gt=0)
     connect_timeout_s: float = _opt(

@@ -2,7 +2,8 @@
 
 The defense is built from the product's own pieces: a `RunConfig` ``[privacy]`` section drives
 `ClientPrivacy` (the same mechanisms, ledger entries and DP-SGD stepper a networked client
-uses), and compression is the wire's own round trip.  The trunk runs in process
+uses), and compression is the wire's own round trip (none on a channel whose discrete release
+goes as its integers, exactly).  The trunk runs in process
 (`LocalTrunk`): the cut traffic is the same tensors the networked client would send.
 """
 
@@ -156,9 +157,12 @@ def privacy_config(cfg: AttackConfig, d: DefenseSpec, clip: dict[str, float], n:
     )
 
 
-def _compressed(release: Release, kind: str) -> Release:
-    """`release` followed by the wire's compression round trip (straight-through for autograd)."""
-    if kind == "fp32":
+def _compressed(release: Release, kind: str, mech: object = None) -> Release:
+    """`release` followed by the wire's compression round trip (straight-through for autograd);
+    as is when `mech` is the discrete mechanism, whose integers the wire carries exactly."""
+    from splitfed.privacy.mechanisms import DiscreteGaussianLDP
+
+    if kind == "fp32" or isinstance(mech, DiscreteGaussianLDP):
         return release
     from splitfed.wire.compression import compress, decompress
 
@@ -249,8 +253,9 @@ def train_cell(cfg: AttackConfig, cut: tuple[int, int], d: DefenseSpec, data: Ev
         noise, gen = TorchNoise(torch.Generator().manual_seed(seed)), torch.Generator().manual_seed(seed + 1)
         p = ClientPrivacy(rc, k, f"client-{k}", n_examples=n, noise=noise, generator=gen)
         p.ledger.append(p.round_entries(0, releases_per_round(rc, n)))
-        for attr in ("release_activations", "release_gradient"):  # compression after the noise, as on the wire
-            setattr(p, attr, _compressed(getattr(p, attr), d.compression))
+        # compression after the noise, as on the wire
+        p.release_activations = _compressed(p.release_activations, d.compression, p.activations)
+        p.release_gradient = _compressed(p.release_gradient, d.compression, p.gradients)
         if k > 0:
             load_client_states(split, before)
         examples = data.train if k == 0 else data.others[k - 1]
@@ -271,7 +276,7 @@ def train_cell(cfg: AttackConfig, cut: tuple[int, int], d: DefenseSpec, data: Ev
         if mech is None:
             return None
         gen = torch.Generator().manual_seed(t.seed + 7919)
-        return _compressed(lambda x, m: mech.apply(x, m, TorchNoise(gen)), d.compression)
+        return _compressed(lambda x, m: mech.apply(x, m, TorchNoise(gen)), d.compression, mech)
 
     return Trained(
         split=split,

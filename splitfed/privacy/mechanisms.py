@@ -2,9 +2,10 @@
 
 The client applies `GaussianLDP` to the activations its Bottom sends (and, as a second
 mechanism, to the gradient its Top returns) *before* they leave the process; compression,
-if any, comes after the noise.  Padding positions are zeroed first: the server rebuilds the
-mask and no real token attends to them, so they carry nothing the model needs, while their
-values could depend on real tokens.
+if any, comes after the noise (none for the discrete release, which goes as its integers).
+Padding positions are zeroed first: the server rebuilds the mask and no real token attends
+to them, so they carry nothing the model needs, while their values could depend on real
+tokens.
 
 Units (the thing one release protects):
 
@@ -21,7 +22,8 @@ default, `TorchNoise` with an injected generator for reproducible tests.
 
 `DiscreteGaussianLDP` (the default) releases integers: the clipped unit divided by a grid
 step gamma (a power of two), rounded, plus discrete Gaussian noise sampled without floating
-point (`crypto.dgauss`); the value sent is k * gamma, exact in float32.  `GaussianLDP` (float
+point (`crypto.dgauss`); the value returned is k * gamma, exact in float32, and the link
+sends k itself with gamma (``grid(hidden)[0]``; `splitfed.wire.grid`).  `GaussianLDP` (float
 noise, ``fl32(x + fl32(z sigma))``) is kept for comparison only: its low-order bits reveal
 the input (Mironov 2012), so no epsilon it states covers the bytes it sends.
 """

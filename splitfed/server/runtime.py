@@ -29,7 +29,7 @@ from splitfed.server.export import export_run_adapter
 from splitfed.server.rounds import RoundPolicy
 from splitfed.server.session import Session, Stage
 from splitfed.server.trunk import TrunkService, load_trunk
-from splitfed.server.validate import check_activations, check_bound, config_difference
+from splitfed.server.validate import check_activations, check_bound, config_difference, gradient_encoding
 from splitfed.transport import Ban, Incoming, PeerLimits, RequestLoop, ServerSocket, client_name
 from splitfed.transport.keys import key_fingerprint
 from splitfed.transport.roster import format_fingerprint
@@ -264,7 +264,7 @@ class Server:
     def _backward(self, sess: Session, msg: Message) -> None:
         if msg.header.step != sess.pending_step:
             raise WireError(ErrorCode.OUT_OF_ORDER, f"backward for step {msg.header.step}, pending {sess.pending_step}")
-        grad = decompress("grad", msg.tensors, self.cfg.transport.compression)
+        grad = decompress("grad", msg.tensors, gradient_encoding(self.cfg))
         if tuple(grad.shape) != sess.pending_shape:
             raise WireError(
                 ErrorCode.BAD_TENSOR, f"grad: expected shape {list(sess.pending_shape)}, got {list(grad.shape)}"

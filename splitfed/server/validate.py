@@ -6,12 +6,24 @@ import torch
 
 from splitfed.config import RunConfig
 from splitfed.config.schema import flat_items
-from splitfed.wire import ErrorCode, Message, WireError, decompress
+from splitfed.wire import INTEGERS, ErrorCode, Message, WireError, decompress
 from splitfed.wire.messages import short
 
 
+def activations_encoding(cfg: RunConfig, *, train: bool) -> str:
+    """How a FORWARD's activations travel: a training forward under the discrete mechanism carries
+    its integers; any other (evaluation, non-private, float mechanism) ``transport.compression``."""
+    return INTEGERS if train and cfg.privacy.releases_integers(cfg.privacy.activations) else cfg.transport.compression
+
+
+def gradient_encoding(cfg: RunConfig) -> str:
+    """How a BACKWARD's gradient travels: the discrete mechanism's integers, else ``transport.compression``."""
+    return INTEGERS if cfg.privacy.releases_integers(cfg.privacy.gradients) else cfg.transport.compression
+
+
 def check_activations(msg: Message, cfg: RunConfig, *, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A FORWARD's (B, T, D) float32 activations and (B, T) long mask, within the server's limits."""
+    """A FORWARD's (B, T, D) float32 activations and (B, T) long mask, within the server's limits
+    (``meta.train``, checked by the caller to be a bool, picks the encoding)."""
     mask = msg.tensors.get("mask")
     if mask is None or mask.dtype != torch.uint8 or mask.dim() != 2:
         raise WireError(ErrorCode.BAD_TENSOR, "forward needs 'mask': uint8 (batch, tokens)")
@@ -21,7 +33,7 @@ def check_activations(msg: Message, cfg: RunConfig, *, hidden: int) -> tuple[tor
         raise WireError(ErrorCode.BAD_TENSOR, f"batch x tokens {b} x {t} outside limits 1..{max_b} x 1..{max_t}")
     if bool((mask > 1).any()) or bool((mask.sum(-1) == 0).any()):
         raise WireError(ErrorCode.BAD_TENSOR, "mask must be 0/1 with at least one token per row")
-    act = decompress("act", msg.tensors, cfg.transport.compression)
+    act = decompress("act", msg.tensors, activations_encoding(cfg, train=msg.header.meta.get("train", True)))
     if tuple(act.shape) != (b, t, hidden):
         raise WireError(ErrorCode.BAD_TENSOR, f"act: expected shape {[b, t, hidden]}, got {list(act.shape)}")
     check_bound("act", act, cfg.server.max_abs_value)

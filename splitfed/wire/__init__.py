@@ -1,12 +1,13 @@
 """Wire format: Enum message types, JSON header + raw tensor frames, validation, compression."""
 
 from splitfed.wire.codec import WIRE_DTYPES, Message, decode, decode_header, encode, error_frames
-from splitfed.wire.compression import COMPRESSIONS, compress, decompress, wire_names
+from splitfed.wire.compression import COMPRESSIONS, INTEGERS, compress, decompress, wire_names
 from splitfed.wire.messages import PROTOCOL_VERSION, ErrorCode, Header, MsgType, TensorSpec, WireError
 from splitfed.wire.payload import bytes_tensor, tensor_bytes
 
 __all__ = [
     "COMPRESSIONS",
+    "INTEGERS",
     "PROTOCOL_VERSION",
     "WIRE_DTYPES",
     "ErrorCode",

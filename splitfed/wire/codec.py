@@ -34,6 +34,8 @@ WIRE_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "int8": torch.int8,
     "uint8": torch.uint8,
+    "int16": torch.int16,
+    "int32": torch.int32,
     "int64": torch.int64,
 }
 _NAME_OF = {v: k for k, v in WIRE_DTYPES.items()}

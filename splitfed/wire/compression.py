@@ -1,4 +1,8 @@
-"""Activation/gradient compression for what crosses a cut: fp32, fp16, bf16, int8 (per-token scale)."""
+"""Activation/gradient compression for what crosses a cut: fp32, fp16, bf16, int8 (per-token scale).
+
+A fifth kind, `INTEGERS`, is no `transport.compression` choice: it carries the discrete LDP
+mechanism's release as its grid integers and step (`wire.grid`), exactly.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,21 @@ from typing import Literal
 
 import torch
 
+from splitfed.wire.grid import decode_grid, encode_grid, step_name
 from splitfed.wire.messages import ErrorCode, WireError
 
 Compression = Literal["fp32", "fp16", "bf16", "int8"]
 COMPRESSIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+INTEGERS = "integers"  # the discrete LDP release: grid integers + step, exact (not a compression setting)
 _CAST = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def compress(name: str, x: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
+def compress(name: str, x: torch.Tensor, kind: str, *, step: float = 0.0) -> dict[str, torch.Tensor]:
     """Wire tensors for activation `x` (..., D).  int8 sends ``name`` (int8) and ``name.scale``
-    (float32, one per token): x ~= q * scale with scale = max|x| / 127 over the last axis."""
+    (float32, one per token): x ~= q * scale with scale = max|x| / 127 over the last axis.
+    `INTEGERS` sends x / step (x on the grid of `step`) as int16/int32 and ``name.step``."""
+    if kind == INTEGERS:
+        return encode_grid(name, x, step)
     if kind in _CAST:
         return {name: x.detach().to(_CAST[kind])}
     if kind == "int8":
@@ -28,6 +37,8 @@ def compress(name: str, x: torch.Tensor, kind: str) -> dict[str, torch.Tensor]:
 
 def decompress(name: str, tensors: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
     """float32 tensor back from `compress`'s output; checks the dtypes match `kind`."""
+    if kind == INTEGERS:
+        return decode_grid(name, tensors)
     if name not in tensors:
         raise WireError(ErrorCode.BAD_TENSOR, f"missing tensor {name!r}")
     t = tensors[name]
@@ -48,4 +59,6 @@ def decompress(name: str, tensors: dict[str, torch.Tensor], kind: str) -> torch.
 
 
 def wire_names(name: str, kind: str) -> set[str]:
+    if kind == INTEGERS:
+        return {name, step_name(name)}
     return {name, f"{name}.scale"} if kind == "int8" else {name}
