@@ -186,6 +186,10 @@ class ScoreNoise:
         """Variance in grid steps, exact."""
         return (self.noise_multiplier * self.grid.sensitivity) ** 2
 
+    def prepare(self) -> None:
+        """Build the noise table now (about 2 s at the largest sigma), not at the first answer."""
+        cdt_sampler(self.sigma2)
+
     @property
     def sampler(self) -> CDTSampler:
         """The CDT sampler of :attr:`sigma2` (table built once, cached)."""
