@@ -18,11 +18,17 @@ Party::
     scorer = EncryptedScorer(ctx, embeddings)            # encodes the diagonals once
     blocks = scorer.score(query)                         # list[bytes], plus scorer.n_rows
 
+Score noise (a party's DP mitigation) is integer: ``ScoreNoise.for_std(noise_std, dim)``
+gives the public grid and the discrete Gaussian; the party passes ``noise=`` to the scorer
+and announces ``noise.grid``; the querier passes ``grid=`` to ``encrypt_query`` and
+``decrypt_scores`` (see :mod:`crypto.he.grid`).
+
 Malformed, oversized or mismatched input raises :class:`HEError` (a ``ValueError``).
 """
 
 from crypto.he.common import HEError, HEParams, key_id_of
 from crypto.he.context import DEFAULT_MAX_PUBLIC_CONTEXT_BYTES, PublicContext, SecretContext
+from crypto.he.grid import ScoreGrid, ScoreNoise
 from crypto.he.query import DEFAULT_MAX_CIPHERTEXT_BYTES, decrypt_scores, encrypt_query, query_key_id
 from crypto.he.scoring import EncryptedScorer, gaussian_noise_std
 
@@ -33,6 +39,8 @@ __all__ = [
     "HEError",
     "HEParams",
     "PublicContext",
+    "ScoreGrid",
+    "ScoreNoise",
     "SecretContext",
     "decrypt_scores",
     "encrypt_query",

@@ -19,6 +19,7 @@ import tenseal.sealapi as sealapi
 
 from crypto.he.common import KEY_ID_SIZE, HEError, HEParams, seal_from_bytes, seal_to_bytes
 from crypto.he.context import SecretContext
+from crypto.he.grid import ScoreGrid
 
 __all__ = [
     "DEFAULT_MAX_CIPHERTEXT_BYTES",
@@ -42,14 +43,22 @@ def layout_query(params: HEParams, vector: np.ndarray) -> np.ndarray:
     return out
 
 
-def encrypt_query(secret_ctx: SecretContext, vector: np.ndarray) -> bytes:
-    """Encrypt a ``dim``-vector for scoring; returns the query message sent to every party."""
+def encrypt_query(secret_ctx: SecretContext, vector: np.ndarray, *, grid: ScoreGrid | None = None) -> bytes:
+    """Encrypt a ``dim``-vector for scoring; returns the query message sent to every party.
+
+    With ``grid`` (a noising party's, :mod:`crypto.he.grid`) the vector is clipped to unit norm
+    and quantised: ``q_int / 2^query_bits`` is encrypted, so the party's scores are integers.
+    """
     params = secret_ctx.params
     vector = np.asarray(vector, dtype=np.float64)
     if vector.shape != (params.dim,):
         raise ValueError(f"query must have shape ({params.dim},), got {vector.shape}")
     if not np.all(np.isfinite(vector)):
         raise ValueError("query has non-finite values")
+    if grid is not None:
+        if grid.dim != params.dim:
+            raise ValueError(f"grid is for dim {grid.dim}, the query has dim {params.dim}")
+        vector = grid.quantize_query(vector) / 2.0**grid.query_bits  # exact dyadic floats
     keys = secret_ctx.public_context()._keys
     plain = sealapi.Plaintext()
     keys.encoder.encode(layout_query(params, vector).tolist(), keys.working.parms_id(), params.scale, plain)
@@ -99,11 +108,14 @@ def decrypt_scores(
     n_rows: int,
     *,
     max_bytes: int = DEFAULT_MAX_CIPHERTEXT_BYTES,
+    grid: ScoreGrid | None = None,
 ) -> np.ndarray:
     """Decrypt one party's response (blocks in order) to its ``n_rows`` scores, a float64 array.
 
+    With ``grid`` (the party's, and the query encrypted on it) every value is rounded to the
+    integer ``s + z`` and returned as ``(s + z) / 2^T``, exact in float64.
     Raises :class:`HEError` if the block count, a block's index, row count or key id, or a
-    ciphertext does not match.
+    ciphertext does not match, or a value is off the grid (CKKS error too large for it).
     """
     params, keys = secret_ctx.params, secret_ctx.public_context()._keys
     if n_rows < 1 or len(ciphertexts) != params.n_blocks(n_rows):
@@ -125,4 +137,10 @@ def decrypt_scores(
         plain = sealapi.Plaintext()
         secret_ctx.decryptor.decrypt(ciphertext, plain)
         out.append(np.asarray(keys.encoder.decode_double(plain)[:rows]))
-    return np.concatenate(out)
+    scores = np.concatenate(out)
+    if grid is None:
+        return scores
+    try:
+        return grid.round(scores) / 2.0**grid.bits
+    except ValueError as exc:
+        raise HEError(f"scores: {exc}") from None

@@ -50,15 +50,21 @@ What the parties and the querier learn
 --------------------------------------
 A party sees only ciphertexts. The querier decrypts ``M q`` (all scores of every row), and a
 querier who sends ``d`` chosen queries (or one that is not a replicated vector) can solve for
-``M``. The mitigations are query budgets and ``noise_std``: Gaussian noise, drawn from the
-party's ``rng``, added to each encrypted score (a plaintext addition) before it leaves.
-:func:`gaussian_noise_std` gives the classic Gaussian-mechanism calibration. CKKS offers no
-circuit privacy: the response's residual noise is not flooded.
+``M``. The mitigations are query budgets and score noise (``noise``, a :class:`ScoreNoise`):
+the party quantises its rows to the integer grid of :mod:`crypto.he.grid` and adds an integer
+discrete Gaussian draw (from ``randbytes``, default ``os.urandom``) to each encrypted integer
+score, as a plaintext addition, before it leaves; the querier rounds the decryption to
+``s + z``. The DP statement is about that rounded integer and assumes an honest (unit-norm,
+quantised) query. CKKS offers no circuit privacy: the unrounded decryption's residual error
+(about ``2^-22`` in cosine units) is not flooded and is outside the statement.
+:func:`gaussian_noise_std` gives the classic Gaussian-mechanism calibration.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -66,6 +72,7 @@ import tenseal.sealapi as sealapi
 
 from crypto.he.common import HEError, HEParams
 from crypto.he.context import PublicContext
+from crypto.he.grid import PRECISION_BITS, ScoreNoise
 from crypto.he.query import DEFAULT_MAX_CIPHERTEXT_BYTES, load_query, pack_scores
 
 __all__ = ["EncryptedScorer", "gaussian_noise_std"]
@@ -79,6 +86,23 @@ def gaussian_noise_std(epsilon: float, delta: float, sensitivity: float = 2.0) -
     if not (0 < epsilon < 1 and 0 < delta < 1 and sensitivity > 0):
         raise ValueError("need 0 < epsilon < 1, 0 < delta < 1 and sensitivity > 0")
     return sensitivity * math.sqrt(2 * math.log(1.25 / delta)) / epsilon
+
+
+def check_grid(params: HEParams, noise: ScoreNoise) -> None:
+    """HEError unless ``params`` carry ``noise``'s integer scores exactly: fine enough to round
+    (:data:`~crypto.he.grid.PRECISION_BITS`) and wide enough for the largest noised score."""
+    grid = noise.grid
+    if grid.dim != params.dim:
+        raise HEError(f"score grid is for dim {grid.dim}, the HE parameters for dim {params.dim}")
+    result_bits = 2 * params.scale_bits - params.coeff_mod_bit_sizes[1]
+    if grid.bits > result_bits - PRECISION_BITS:
+        raise HEError(
+            f"HE parameters too imprecise for a {grid.bits}-bit score grid: response scale 2^{result_bits} "
+            f"rounds exactly only up to {result_bits - PRECISION_BITS} bits"
+        )
+    room = params.coeff_mod_bit_sizes[0] - result_bits - 1  # decrypted values must stay below 2^room
+    if noise.max_abs >= 2 ** (grid.bits + room):
+        raise HEError(f"noised scores up to {noise.max_abs} grid steps overflow the HE parameters (2^{room})")
 
 
 def block_diagonals(params: HEParams, block: np.ndarray) -> np.ndarray:
@@ -98,6 +122,12 @@ def block_diagonals(params: HEParams, block: np.ndarray) -> np.ndarray:
 class EncryptedScorer:
     """Scores encrypted queries against a plaintext ``rows x dim`` matrix (a party's document embeddings).
 
+    Without ``noise`` the rows are scored as given (float scores). With ``noise`` they are
+    clipped to unit norm and quantised to ``noise.grid`` (``e_int / 2^doc_bits``), and every
+    answer adds ``z / 2^T`` to each score, ``z`` drawn by ``noise.sampler`` from ``randbytes``
+    (inject it only in tests); the querier must quantise its query on the same grid
+    (``encrypt_query(..., grid=)``) and round (``decrypt_scores(..., grid=)``).
+
     ``public_ctx`` fixes the CKKS parameters and layout; :meth:`score` may take the public
     context of another querier with the same :class:`HEParams` (the cached encodings depend
     only on the parameters). With ``cache_plaintexts=False`` diagonals are encoded on every
@@ -109,8 +139,8 @@ class EncryptedScorer:
         public_ctx: PublicContext,
         matrix: np.ndarray,
         *,
-        noise_std: float = 0.0,
-        rng: np.random.Generator | None = None,
+        noise: ScoreNoise | None = None,
+        randbytes: Callable[[int], bytes] = os.urandom,
         max_query_bytes: int = DEFAULT_MAX_CIPHERTEXT_BYTES,
         cache_plaintexts: bool = True,
     ) -> None:
@@ -120,13 +150,14 @@ class EncryptedScorer:
             raise ValueError(f"matrix must have shape (rows >= 1, {params.dim}), got {matrix.shape}")
         if not np.all(np.isfinite(matrix)):
             raise ValueError("matrix has non-finite values")
-        if not (math.isfinite(noise_std) and noise_std >= 0):
-            raise ValueError(f"noise_std must be finite and >= 0, got {noise_std}")
+        if noise is not None:
+            check_grid(params, noise)
+            matrix = noise.grid.quantize_docs(matrix) / 2.0**noise.grid.doc_bits  # exact dyadic floats
         self.public_ctx = public_ctx
         self.params = params
-        self.noise_std = float(noise_std)
+        self.noise = noise
         self.max_query_bytes = max_query_bytes
-        self._rng = rng if rng is not None else np.random.default_rng()
+        self._randbytes = randbytes
         self._matrix = matrix
         self._plaintexts: list[list[Any | None] | None] = [None] * params.n_blocks(matrix.shape[0])
         self._cache = cache_plaintexts
@@ -224,10 +255,11 @@ class EncryptedScorer:
         return out
 
     def _add_noise(self, keys: Any, ciphertext: Any, rows: int) -> None:
-        if self.noise_std == 0:
+        """Add ``z / 2^T`` (exact in float64: ``|z| < 2^53``) to the first ``rows`` slots."""
+        if self.noise is None:
             return
         noise = np.zeros(self.params.slot_count)
-        noise[:rows] = self._rng.normal(0.0, self.noise_std, size=rows)
+        noise[:rows] = self.noise.sampler.sample(rows, self._randbytes) / 2.0**self.noise.grid.bits
         plain = sealapi.Plaintext()
         keys.encoder.encode(noise.tolist(), ciphertext.parms_id(), ciphertext.scale, plain)
         keys.evaluator.add_plain_inplace(ciphertext, plain)

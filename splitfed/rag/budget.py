@@ -1,12 +1,17 @@
 """A party's score noise as a privacy mechanism, with a ledger and a budget per querier.
 
 Each answered ``rag_score`` request releases one noised score for every stored document.
-Scores of unit vectors move by at most 2 when one document changes, so one answer is the
-Gaussian mechanism with noise multiplier ``noise_std / 2`` for every document (the privacy
-unit); answers to the same querier compose.  Documents a querier then *fetches* are
-disclosed by design and are outside this statement: epsilon bounds what the scores reveal
-about the documents that are not handed over.  Without noise every answer is a
-non-private release.
+The scores are integers on a public grid (`crypto.he.grid`): ``s = <q_int, e_int>`` moves by
+at most ``Delta = 2 B_q B_e`` when one document is replaced (rounding included), and the
+party adds discrete Gaussian noise of sigma ``noise_multiplier * Delta``, so one answer is the
+discrete Gaussian mechanism with that noise multiplier for every document (the privacy unit),
+plus the sampler's TV slack ``tv`` (``rows * sampler.tv``, charged to delta by the
+accountant); answers to the same querier compose.  The statement is about the integer the
+querier rounds to (``s + z``) and assumes an honest, unit-norm query quantised on the grid;
+the CKKS error of the unrounded decryption is outside it.  Documents a querier then
+*fetches* are disclosed by design and are outside this statement too: epsilon bounds what
+the scores reveal about the documents that are not handed over.  Without noise every answer
+is a non-private release.
 """
 
 from __future__ import annotations
@@ -15,10 +20,8 @@ import os
 import re
 from pathlib import Path
 
-from splitfed.privacy.events import GaussianEvent, NonPrivateEvent, Party
+from splitfed.privacy.events import DiscreteGaussianEvent, NonPrivateEvent, Party
 from splitfed.privacy.ledger import Ledger, LedgerEntry, spent
-
-SCORE_SENSITIVITY = 2.0
 
 
 class BudgetExceeded(Exception):
@@ -26,20 +29,26 @@ class BudgetExceeded(Exception):
 
 
 class ScoreBudget:
+    """Per-querier ledgers of one party's answers.
+
+    ``noise_multiplier`` (0 = no noise) and ``tv`` describe one answer: `ScoreNoise`'s
+    ``noise_multiplier`` and ``tv(rows)`` (see `splitfed.rag.party.score_noise`).
+    """
+
     def __init__(
         self,
         ledger_dir: str | os.PathLike,
         *,
-        noise_std: float,
+        noise_multiplier: float,
+        tv: float = 0.0,
         delta: float = 1e-5,
         max_epsilon: float = 0.0,
         accountant: str = "rdp",
     ):
-        if max_epsilon > 0 and noise_std <= 0:
-            raise ValueError("max_epsilon needs noise_std > 0: noiseless scores have an infinite epsilon")
+        if max_epsilon > 0 and noise_multiplier <= 0:
+            raise ValueError("max_epsilon needs noise (noise_std > 0): noiseless scores have an infinite epsilon")
         self.dir, self.delta, self.max_epsilon, self.accountant = Path(ledger_dir), delta, max_epsilon, accountant
-        nm = noise_std / SCORE_SENSITIVITY
-        self.event = GaussianEvent(nm) if noise_std > 0 else NonPrivateEvent()
+        self.event = DiscreteGaussianEvent(noise_multiplier, tv=tv) if noise_multiplier > 0 else NonPrivateEvent()
 
     def ledger(self, querier: str) -> Ledger:
         return Ledger(self.dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', querier)}.jsonl")

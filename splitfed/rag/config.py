@@ -9,7 +9,7 @@ party.toml::
     index = "rag/index"            # built by `splitfed rag index`
     endpoint = "tcp://0.0.0.0:6000"
     keys_dir = "rag/keys"          # CURVE: NAME.key* is the party's own pair, allowed/ the queriers' public keys
-    noise_std = 0.0                # Gaussian noise on the encrypted scores (DP mechanism, sensitivity 2)
+    noise_std = 0.0                # score noise, cosine units: discrete Gaussian, noise multiplier noise_std / 2
     k_max = 10                     # most documents one fetch may ask for
     delta = 1e-5                   # per-querier (epsilon, delta) statements
     max_epsilon = 0.0              # refuse a querier past this epsilon (0 = no budget; needs noise)
@@ -47,7 +47,12 @@ class PartyConfig(_Section):
     keys_dir: str = _opt(
         "", "CURVE keys: NAME.key* is the party's own pair, allowed/ the queriers' keys; \"\" for none.", path=True
     )
-    noise_std: float = _opt(0.0, "Gaussian noise added to the encrypted scores (a DP mechanism, per querier).", ge=0)
+    noise_std: float = _opt(
+        0.0,
+        "Score noise in cosine units: integer discrete Gaussian noise with noise multiplier noise_std / 2 "
+        "(a DP mechanism, per querier; see docs/rag.md).",
+        ge=0,
+    )
     k_max: int = _opt(10, "Most documents one fetch may ask for.", ge=1)
     delta: float = _opt(1e-5, "delta of the per-querier epsilon statements.", gt=0, lt=1)
     max_epsilon: float = _opt(

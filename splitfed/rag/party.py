@@ -3,7 +3,9 @@
 Protocol (ZeroMQ ROUTER, CURVE; JSON header + raw frames from `splitfed.wire`):
 
 - ``rag_context``: the querier's CKKS *public* context (no secret key; refused otherwise),
-  cached by key id so it travels once per session;
+  cached by key id so it travels once per session; the reply names the party's row count
+  and, if it noises its scores, its public score grid (``grid: [query_bits, doc_bits]``,
+  `crypto.he.grid`): the querier then quantises its query on that grid and rounds;
 - ``rag_score``: an encrypted query -> encrypted scores of every stored vector (the party
   never sees the query or the scores in the clear);
 - ``rag_fetch``: at most ``k`` row indices -> those documents' texts, the only plaintext a
@@ -16,7 +18,10 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,16 +45,20 @@ class Party:
         insecure: bool = False,
         max_message_mb: float = 128.0,
         k_max: int = 10,
-        noise_std: float = 0.0,
-        rng: np.random.Generator | None = None,
+        noise: Any = None,
+        randbytes: Callable[[int], bytes] = os.urandom,
         max_contexts: int = 4,
         budget: ScoreBudget | None = None,
     ):
         """`keys_dir` holds the party's own pair (``NAME.key_secret``, NAME = `name`) and ``allowed/``,
-        the public keys of the queriers it answers; `budget` accounts the score noise per querier
-        and refuses a querier over its budget."""
+        the public keys of the queriers it answers; `noise` (a `crypto.he.ScoreNoise`, see
+        `score_noise`) noises every score with integer discrete Gaussian noise drawn from
+        `randbytes` (inject it only in tests); `budget` accounts it per querier and refuses a
+        querier over its budget."""
         self.store, self.name, self.k_max = store, name, k_max
-        self.noise_std, self.rng = noise_std, rng or np.random.default_rng()
+        self.noise, self.randbytes = noise, randbytes
+        if noise is not None:
+            noise.prepare()
         self.max_bytes = int(max_message_mb * 1024 * 1024)
         self.scorers: collections.OrderedDict[str, object] = collections.OrderedDict()
         self.max_contexts = max_contexts
@@ -63,19 +72,22 @@ class Party:
         """A party as its TOML file describes it, with its per-querier score budget."""
         if not insecure:
             check_party_keys(cfg)
+        store = VectorStore.load(cfg.index)
+        noise = score_noise(cfg.noise_std, store.embeddings.shape[1])
         budget = ScoreBudget(
             cfg.ledger_dir or Path(cfg.index).with_name(Path(cfg.index).name + "-ledger"),
-            noise_std=cfg.noise_std,
+            noise_multiplier=float(noise.noise_multiplier) if noise else 0.0,
+            tv=noise.tv(len(store.docs)) if noise else 0.0,
             delta=cfg.delta,
             max_epsilon=cfg.max_epsilon,
         )
         return cls(
-            VectorStore.load(cfg.index),
+            store,
             name=cfg.name,
             endpoint=cfg.endpoint,
             keys_dir=cfg.keys_dir or None,
             insecure=insecure,
-            noise_std=cfg.noise_std,
+            noise=noise,
             k_max=cfg.k_max,
             budget=budget,
         )
@@ -111,7 +123,7 @@ class Party:
         data = tensor_bytes(msg.tensors, "context")
         try:
             scorer = make_scorer(
-                data, self.store.embeddings, max_bytes=self.max_bytes, noise_std=self.noise_std, rng=self.rng
+                data, self.store.embeddings, max_bytes=self.max_bytes, noise=self.noise, randbytes=self.randbytes
             )
         except HEError as exc:
             raise WireError(ErrorCode.BAD_TENSOR, f"public context refused: {exc}") from None
@@ -121,6 +133,8 @@ class Party:
         while len(self.scorers) > self.max_contexts:
             self.scorers.popitem(last=False)
         meta = {"key_id": key_id, "rows": len(self.store.docs)}
+        if self.noise is not None:
+            meta["grid"] = self.noise.grid.to_meta()
         return encode(Header(MsgType.RAG_CONTEXT, step=msg.header.step, meta=meta))
 
     def _querier(self, inc: Incoming) -> str:
@@ -198,11 +212,26 @@ def allowed_queriers(cfg: PartyConfig) -> dict[str, str]:
 
 
 # --- the narrow seam to crypto.he -------------------------------------------------------------
-def make_scorer(context_bytes: bytes, matrix: np.ndarray, *, max_bytes: int, noise_std: float, rng):
+def score_noise(noise_std: float, dim: int):
+    """The party's `crypto.he.ScoreNoise` for ``noise_std`` (cosine units), None for 0.
+
+    ``noise_std`` keeps its float-era meaning: noise multiplier ``noise_std / 2`` (the cosine
+    score's sensitivity is 2), hence the same epsilon; the scores are integers on the finest
+    public grid that keeps the noise table small, and the noise actually added is a little
+    larger than ``noise_std`` (``ScoreNoise.std``: the grid's rounding enters the sensitivity).
+    """
+    if noise_std == 0:
+        return None
+    from crypto.he import ScoreNoise
+
+    return ScoreNoise.for_std(noise_std, dim)
+
+
+def make_scorer(context_bytes: bytes, matrix: np.ndarray, *, max_bytes: int, noise, randbytes):
     from crypto.he import EncryptedScorer, PublicContext
 
     ctx = PublicContext.from_bytes(context_bytes, max_bytes=max_bytes)
-    return EncryptedScorer(ctx, matrix, noise_std=noise_std, rng=rng)
+    return EncryptedScorer(ctx, matrix, noise=noise, randbytes=randbytes)
 
 
 def scorer_key_id(scorer) -> str:

@@ -3,6 +3,9 @@
 The CKKS secret key never leaves this process.  Parties get the public context once per
 session, score the encrypted query against their own stores, and return encrypted scores;
 the querier decrypts, merges, and fetches the texts of exactly the k winning documents.
+A party that noises its scores announces its public score grid with its context reply; the
+querier sends it the query quantised on that grid and rounds its scores to the integers the
+noise was added to (`crypto.he.grid`).
 A party that times out or answers garbage is left out with a warning, and the result says
 which parties contributed.
 """
@@ -103,6 +106,7 @@ class Querier:
             for p in parties
         }
         self.key_ok: dict[str, int] = {}  # party -> rows, once it has our public context
+        self.grids: dict[str, object] = {}  # party -> its ScoreGrid (None: float scores, no noise)
         self._req = 0
 
     @classmethod
@@ -171,6 +175,12 @@ class Querier:
             log.warning("party %s left out: %s", name, why)
         return replies
 
+    def _grid(self, meta: dict):
+        """The party's announced score grid (None for float scores); ValueError if malformed."""
+        from crypto.he import ScoreGrid
+
+        return None if meta.get("grid") is None else ScoreGrid.from_meta(meta["grid"], self.secret.params.dim)
+
     def search_vector(self, vector: np.ndarray, *, k: int = 5) -> SearchResult:
         from crypto.he import HEError, decrypt_scores, encrypt_query
 
@@ -185,17 +195,27 @@ class Querier:
                 n: encode(Header(MsgType.RAG_CONTEXT, step=req), {"context": bytes_tensor(self.public)}) for n in new
             }
             for name, msg in self._ask(req, ctx, MsgType.RAG_CONTEXT, stats).items():
+                try:
+                    self.grids[name] = self._grid(msg.header.meta)
+                except ValueError as exc:
+                    stats.failed[name] = f"bad score grid ({exc})"
+                    log.warning("party %s left out: %s", name, stats.failed[name])
+                    continue
                 self.key_ok[name] = int(msg.header.meta.get("rows", 0))
         stats.seconds["context"] = time.perf_counter() - t
         live = [n for n in self.socks if n in self.key_ok and n not in stats.failed]
         t = time.perf_counter()
-        query = encrypt_query(self.secret, np.asarray(vector, dtype=np.float64))
+        vector = np.asarray(vector, dtype=np.float64)
+        queries = {g: encrypt_query(self.secret, vector, grid=g) for g in {self.grids[n] for n in live}}
         stats.seconds["encrypt"] = time.perf_counter() - t
         t = time.perf_counter()
         key_id = self.secret.key_id
         req = self._request_id()
         reqs = {
-            n: encode(Header(MsgType.RAG_SCORE, step=req, meta={"key_id": key_id}), {"query": bytes_tensor(query)})
+            n: encode(
+                Header(MsgType.RAG_SCORE, step=req, meta={"key_id": key_id}),
+                {"query": bytes_tensor(queries[self.grids[n]])},
+            )
             for n in live
         }
         replies = self._ask(req, reqs, MsgType.RAG_SCORE, stats)
@@ -210,7 +230,7 @@ class Querier:
                 if f"scores.{i}" in msg.tensors
             ]
             try:
-                scores = decrypt_scores(self.secret, cts, rows)
+                scores = decrypt_scores(self.secret, cts, rows, grid=self.grids[name])
             except (HEError, ValueError, TypeError) as exc:
                 stats.failed[name] = f"undecryptable scores ({exc})"
                 log.warning("party %s left out: %s", name, stats.failed[name])

@@ -7,10 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crypto.dgauss import KeystreamBytes
 from crypto.he import (
     EncryptedScorer,
     HEError,
     HEParams,
+    ScoreNoise,
     SecretContext,
     decrypt_scores,
     encrypt_query,
@@ -129,21 +131,23 @@ def test_scorer_serves_another_querier_with_the_same_parameters():
         scorer.score(encrypt_query(other, query), other.public_context())
 
 
-def test_noise_std_perturbs_scores_by_about_that_std():
+def test_score_noise_perturbs_scores_by_about_its_std():
     secret = SecretContext.create(dim=16)
     rng = np.random.default_rng(3)
     matrix, query = unit_rows(rng, 4000, 16), unit_rows(rng, 1, 16)[0]
-    message = encrypt_query(secret, query)
+    noise = ScoreNoise.for_std(0.05, 16)
+    message = encrypt_query(secret, query, grid=noise.grid)
 
-    def noisy(seed: int) -> np.ndarray:
-        scorer = EncryptedScorer(secret.public_context(), matrix, noise_std=0.05, rng=np.random.default_rng(seed))
-        return decrypt_scores(secret, scorer.score(message), scorer.n_rows)
+    def noisy(seed: bytes) -> np.ndarray:
+        scorer = EncryptedScorer(secret.public_context(), matrix, noise=noise, randbytes=KeystreamBytes(seed))
+        return decrypt_scores(secret, scorer.score(message), scorer.n_rows, grid=noise.grid)
 
-    diff = noisy(11) - matrix @ query
-    assert abs(diff.std() - 0.05) < 0.005
+    diff = noisy(b"\x0b" * 32) - matrix @ query
+    assert 0.05 < noise.std < 0.051  # the grid's rounding adds a little to the noise
+    assert abs(diff.std() - noise.std) < 0.005
     assert abs(diff.mean()) < 0.005
-    np.testing.assert_allclose(noisy(11), noisy(11), atol=1e-6)  # the injected generator decides the noise
-    assert np.abs(noisy(11) - noisy(12)).max() > 0.01
+    np.testing.assert_array_equal(noisy(b"\x0b" * 32), noisy(b"\x0b" * 32))  # the injected bytes decide the noise
+    assert np.abs(noisy(b"\x0b" * 32) - noisy(b"\x0c" * 32)).max() > 0.01
 
 
 def test_gaussian_noise_std():
@@ -159,7 +163,7 @@ def test_bad_inputs_are_value_errors(secret384):
     with pytest.raises(ValueError, match="non-finite"):
         EncryptedScorer(ctx, np.full((3, 384), np.nan))
     with pytest.raises(ValueError, match="noise_std"):
-        EncryptedScorer(ctx, np.zeros((3, 384)), noise_std=-1.0)
+        ScoreNoise.for_std(-1.0, 384)
     with pytest.raises(ValueError, match="shape"):
         encrypt_query(secret384, np.zeros(10))
     with pytest.raises(ValueError):
@@ -210,7 +214,12 @@ def test_layout_math_in_the_clear(dim, data):
 def test_sparse_and_zero_matrices(matrix):
     secret = SecretContext.create(dim=16)
     query = np.linspace(-1, 1, 16)
-    for noise_std in (0.0, 0.01):
-        scorer = EncryptedScorer(secret.public_context(), matrix, noise_std=noise_std, rng=np.random.default_rng(0))
-        got = roundtrip(secret, scorer, query)
-        np.testing.assert_allclose(got, matrix @ query, atol=TOL + 6 * noise_std, rtol=0)
+    scorer = EncryptedScorer(secret.public_context(), matrix)
+    np.testing.assert_allclose(roundtrip(secret, scorer, query), matrix @ query, atol=TOL, rtol=0)
+    noise = ScoreNoise.for_std(0.01, 16)  # integer path: rows and the (clipped) query on the grid
+    scorer = EncryptedScorer(secret.public_context(), matrix, noise=noise)
+    got = decrypt_scores(
+        secret, scorer.score(encrypt_query(secret, query, grid=noise.grid)), scorer.n_rows, grid=noise.grid
+    )
+    want = noise.grid.quantize_docs(matrix) @ noise.grid.quantize_query(query) / 2.0**noise.grid.bits
+    np.testing.assert_allclose(got, want, atol=6 * noise.std, rtol=0)

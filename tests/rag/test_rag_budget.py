@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -15,13 +17,18 @@ from splitfed.transport.keys import create_party_keys, install_public_keys
 
 
 def test_budget_composes_answers_and_refuses_before_answering(tmp_path):
-    from splitfed.privacy.calibrate import gaussian_composition_epsilon
-    from splitfed.privacy.events import GaussianEvent
+    import dp_accounting
+    from dp_accounting.rdp import RdpAccountant
 
-    budget = ScoreBudget(tmp_path, noise_std=4.0, delta=1e-5, max_epsilon=6.0)
+    from splitfed.privacy.accountants import OPACUS_ORDERS
+    from splitfed.privacy.events import DiscreteGaussianEvent
+
+    budget = ScoreBudget(tmp_path, noise_multiplier=2.0, tv=1e-30, delta=1e-5, max_epsilon=6.0)
+    assert budget.event == DiscreteGaussianEvent(2.0, 1, 1e-30)
     spent = [budget.charge("client-0") for _ in range(3)]
-    exact = gaussian_composition_epsilon([GaussianEvent(2.0, 3)], 1e-5)  # three answers at noise multiplier 2
-    assert spent == sorted(spent) and spent[-1] == pytest.approx(exact)
+    independent = RdpAccountant(orders=list(OPACUS_ORDERS))  # three answers at noise multiplier 2, by RDP
+    independent.compose(dp_accounting.GaussianDpEvent(2.0), 3)
+    assert spent == sorted(spent) and spent[-1] == pytest.approx(independent.get_epsilon(1e-5), rel=1e-9)
     assert budget.epsilon("client-1") == 0.0  # ledgers are per querier
     n = 3
     while True:
@@ -33,9 +40,34 @@ def test_budget_composes_answers_and_refuses_before_answering(tmp_path):
             break
     assert budget.epsilon("client-0") <= 6.0 < budget.epsilon("client-0", more=1)
     assert len(budget.ledger("client-0").entries()) == n  # the refused answer was not recorded
-    with pytest.raises(ValueError, match="needs noise_std > 0"):
-        ScoreBudget(tmp_path, noise_std=0.0, max_epsilon=1.0)
-    assert ScoreBudget(tmp_path / "x", noise_std=0.0).charge("q") == float("inf")
+    with pytest.raises(ValueError, match="needs noise"):
+        ScoreBudget(tmp_path, noise_multiplier=0.0, max_epsilon=1.0)
+    assert ScoreBudget(tmp_path / "x", noise_multiplier=0.0).charge("q") == float("inf")
+    # the sampler's slack is charged: a large tv costs delta, hence epsilon
+    slack = ScoreBudget(tmp_path / "tv", noise_multiplier=2.0, tv=1e-6, delta=1e-5)
+    assert slack.charge("q") > ScoreBudget(tmp_path / "no-tv", noise_multiplier=2.0, delta=1e-5).charge("q")
+
+
+def test_a_partys_score_event_by_hand(tmp_path):
+    """noise_std = 0.5 at dim 384: nm 0.25, grid 2^-9 x 2^-8, Delta = 2 B_q B_e, tv = rows * sampler.tv."""
+    from crypto.dgauss import cdt_sampler
+    from splitfed.privacy.events import DiscreteGaussianEvent
+    from splitfed.rag.config import PartyConfig
+    from splitfed.rag.party import Party
+
+    random_store(64, np.random.default_rng(0)).save(tmp_path / "p0")
+    cfg = PartyConfig("p0", str(tmp_path / "p0"), f"tcp://127.0.0.1:{free_port()}", noise_std=0.5, max_epsilon=40.0)
+    party = Party.from_config(cfg, insecure=True)
+    try:
+        sqrt_d = Fraction(math.isqrt(384 << 40) + 1, 1 << 20)  # >= sqrt(384)
+        sensitivity = 2 * (2**9 + sqrt_d / 2) * (2**8 + sqrt_d / 2)  # ~277,390: sigma ~69,350 <= 2^17 steps
+        sigma2 = (Fraction(1, 4) * sensitivity) ** 2
+        assert (party.noise.grid.query_bits, party.noise.grid.doc_bits) == (9, 8)
+        assert party.noise.sigma2 == sigma2
+        assert party.budget.event == DiscreteGaussianEvent(0.25, 1, 64 * cdt_sampler(sigma2).tv)
+        assert 0 < party.budget.event.tv < 64 * 2.0**-100
+    finally:
+        party.socket.close()
 
 
 def test_querier_over_budget_gets_a_refusal_not_an_answer(tmp_path):
@@ -65,6 +97,7 @@ def test_querier_over_budget_gets_a_refusal_not_an_answer(tmp_path):
             res = querier.search_vector(q, k=3)
             if not res.hits:
                 break
+            assert all((h.score * 2**17).is_integer() for h in res.hits)  # rounded to the party's grid
             answered += 1
         querier.close()
         assert 1 <= answered < 10
