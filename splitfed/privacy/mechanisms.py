@@ -41,6 +41,7 @@ import torch
 
 from crypto.dgauss import MAX_TV_PER_DRAW, cdt_sampler
 from splitfed.privacy.events import DiscreteGaussianEvent, GaussianEvent
+from splitfed.privacy.grid import default_step, snap_rows, sqrt_upper
 
 Unit = Literal["sequence", "token"]
 UNITS: tuple[str, ...] = ("sequence", "token")
@@ -131,7 +132,6 @@ class GaussianLDP:
         return GaussianEvent(nm, count=releases)
 
 
-GRID_ROUNDING_SHARE = 0.01  # the default grid's rounding adds at most this share of 2 * clip / gamma
 MAX_UNIT_COORDS = 2**28  # coordinates of one example's release (positions x hidden) at most
 MAX_RELEASE_TV = MAX_UNIT_COORDS * MAX_TV_PER_DRAW  # sampler TV slack of one release, all coordinates
 _EXACT_F32 = 2**24  # integers below this times a power of two are exact in float32
@@ -183,9 +183,8 @@ class DiscreteGaussianLDP:
         d = hidden if self.unit == "token" else self.max_positions * hidden
         if d > MAX_UNIT_COORDS:
             raise ValueError(f"a unit of {d} coordinates is above the supported {MAX_UNIT_COORDS}")
-        root = math.isqrt(d)
-        sqrt_d = Fraction(root) if root * root == d else Fraction(math.isqrt(d << 40) + 1, 1 << 20)  # >= sqrt(d)
-        gamma = self.grid_step or 2.0 ** math.floor(math.log2(2 * GRID_ROUNDING_SHARE * self.clip / float(sqrt_d)))
+        sqrt_d = sqrt_upper(d)
+        gamma = self.grid_step or default_step(self.clip, d)
         while True:
             delta = 2 * Fraction(self.clip) / Fraction(gamma) + sqrt_d
             sigma2 = (Fraction(self.noise_multiplier) * delta) ** 2
@@ -202,18 +201,10 @@ class DiscreteGaussianLDP:
 
     def quantize(self, clipped: torch.Tensor, gamma: float, delta: Fraction) -> torch.Tensor:
         """int64 k = round(clipped / gamma), every unit checked in integers to ||k|| <= Delta / 2."""
-        x = clipped.detach().double() / gamma  # exact: float32 over a power of two, in float64
-        bound = math.floor((delta / 2) ** 2)  # ||k||^2 is an integer: <= (Delta/2)^2 iff <= its floor
-        shape = (x.shape[0], 1, 1) if self.unit == "sequence" else (*x.shape[:-1], 1)
-        scale = torch.ones(shape, dtype=torch.float64, device=x.device)
-        for j in range(30):
-            k = torch.round(x * scale).to(torch.int64)
-            sq = (k * k).flatten(1).sum(dim=1) if self.unit == "sequence" else (k * k).sum(dim=-1)
-            over = (sq > bound).reshape(shape)
-            if not bool(over.any()):
-                return k
-            scale = torch.where(over, scale * (1.0 - 2.0 ** (j - 30)), scale)  # a float clip overshot: shrink it
-        raise RuntimeError("could not bring a unit within the clipping bound")
+        rows = (
+            clipped.reshape(clipped.shape[0], -1) if self.unit == "sequence" else clipped.reshape(-1, clipped.shape[-1])
+        )
+        return snap_rows(rows, gamma, delta / 2).reshape(clipped.shape)
 
     def apply(self, x: torch.Tensor, mask: torch.Tensor, noise: NoiseSource) -> torch.Tensor:
         """The released tensor k * gamma (float32, exact); gradients flow as through the clipping."""

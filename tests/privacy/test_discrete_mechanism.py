@@ -8,12 +8,8 @@ import pytest
 import torch
 
 from crypto.dgauss import cdt_sampler
-from splitfed.privacy.mechanisms import (
-    GRID_ROUNDING_SHARE,
-    MAX_RELEASE_TV,
-    DiscreteGaussianLDP,
-    TorchNoise,
-)
+from splitfed.privacy.grid import GRID_ROUNDING_SHARE
+from splitfed.privacy.mechanisms import MAX_RELEASE_TV, DiscreteGaussianLDP, TorchNoise
 
 
 def _batch(b=3, t=5, d=8, scale=4.0):
