@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from splitfed.atomic import atomic_open
+
 
 def _cmd_check(args) -> int:
     """Read and tokenize a file exactly as a client would: format, sizes, truncation."""
@@ -51,11 +53,9 @@ def _cmd_export(args) -> int:
 def _write_jsonl(path: Path, reviews) -> None:
     from splitfed.data import format_prompt, format_target
 
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
+    with atomic_open(path) as f:
         for r in reviews:
             f.write(json.dumps({"prompt": format_prompt(r), "completion": format_target(r)}) + "\n")
-    tmp.replace(path)
 
 
 def _cmd_partition(args) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from splitfed.aggregation import Uploader, client_uploader, run_roster
+from splitfed.atomic import atomic_path
 from splitfed.client.data import load_client_data, pad_id, releases_per_round, round_batches
 from splitfed.client.link import (
     Connection,
@@ -189,9 +190,8 @@ class Client:
 
         path = self.run_dir / "clients" / self.name / f"update-round-{rnd}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.contiguous() for k, v in update.items()}, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in update.items()}, tmp)
 
     def _hello(self, conn: Connection) -> Message:
         if self.privacy is not None:  # n_samples below is disclosed: recorded before it leaves

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from splitfed.atomic import atomic_write_text
 from splitfed.eval.results import (
     CHANCE,
     MARKDOWN,
@@ -183,9 +184,7 @@ def write_report(run_dir: str | os.PathLike) -> list[Path]:
     run_dir = Path(run_dir)
     results = load_results(run_dir / RESULTS)
     md = run_dir / MARKDOWN
-    tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(render_markdown(results), encoding="utf-8")
-    os.replace(tmp, md)
+    atomic_write_text(md, render_markdown(results))
     from splitfed.eval.plots import plot
 
     return [md, *plot(results, run_dir)]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from splitfed.atomic import atomic_open
 from splitfed.config.fields import _plain
 from splitfed.eval import metrics
 from splitfed.eval.attacks.base import (
@@ -56,12 +57,8 @@ def _decoder(tokenizer) -> Callable[[list[int]], str]:
 
 
 def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    with open(tmp, "w") as f:
+    with atomic_open(path) as f:
         json.dump(obj, f, indent=1, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _finite(x: float) -> float | None:

@@ -18,9 +18,9 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
+from splitfed.atomic import atomic_open
 from splitfed.models.checkpoint import CheckpointError, safetensors_header, tensor_files
 
 VERSION = "splitfed-model-fingerprint/1"
@@ -153,17 +153,13 @@ def _load_cache(path: Path) -> dict:
 
 
 def _save_cache(path: Path, files: dict) -> None:
-    """Write atomically (temporary file + rename); best effort: an unwritable cache is skipped."""
-    tmp = None
+    """Write atomically; best effort: an unwritable cache is skipped."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
+        with atomic_open(path) as f:
             json.dump({"version": _CACHE_VERSION, "files": files}, f)
-        os.replace(tmp, path)
     except OSError:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        pass
 
 
 def file_digests(path: Path, cache: dict | None = None) -> tuple[dict[str, list], bool]:

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from splitfed.atomic import atomic_dir
 from splitfed.config.schema import LoraSpec, SplitLoraConfig
 from splitfed.models.parts import SplitPart
 
@@ -252,25 +252,13 @@ def export_adapter(
                 raise ValueError(f"adapter tensor {key} appears in two parts")
             tensors[f"base_model.model.{key}"] = value.detach().to("cpu").contiguous()
     out = Path(out_dir)
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(tmp)
-    save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
-    if metadata:
-        (tmp / "splitfed.json").write_text(json.dumps(dict(metadata), indent=2, default=str))
-    _replace_dir(tmp, out)
+    pid = os.getpid()
+    with atomic_dir(out, tmp=out.with_name(f"{out.name}.tmp-{pid}"), old=out.with_name(f"{out.name}.old-{pid}")) as tmp:
+        config.save_pretrained(tmp)
+        save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+        if metadata:
+            (tmp / "splitfed.json").write_text(json.dumps(dict(metadata), indent=2, default=str))
     return out
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move `tmp` to `out`, replacing an older `out` with a rename (no half-written result)."""
-    if out.exists():
-        old = out.with_name(out.name + f".old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 __all__ = [

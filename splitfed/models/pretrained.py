@@ -172,6 +172,9 @@ def prepare(name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
         tmp = out.with_name(f".{name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         MODELS[name](tmp)
+        # Not `splitfed.atomic.atomic_dir`: here the first writer wins (a finished `out` is
+        # never swapped out from under a process already reading it), so the rename must fail
+        # when `out` exists rather than replace it.
         try:
             os.replace(tmp, out)
         except OSError:  # another process finished first

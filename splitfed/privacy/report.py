@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from splitfed.atomic import atomic_write_text
 from splitfed.privacy.ledger import Disclosure, LedgerEntry, finite, not_covered, read_ledger, spent, statements
 
 SETTINGS = "settings.json"
@@ -21,9 +22,7 @@ SETTINGS = "settings.json"
 def write_settings(directory: str | os.PathLike, *, delta: float, accountant: str, max_epsilon: float) -> None:
     path = Path(directory) / SETTINGS
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"delta": delta, "accountant": accountant, "max_epsilon": max_epsilon}))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"delta": delta, "accountant": accountant, "max_epsilon": max_epsilon}))
 
 
 @dataclass

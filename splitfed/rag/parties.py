@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from splitfed.atomic import atomic_write_text
 from splitfed.config.toml import dump_toml
 from splitfed.rag.config import PartyAddress, QuerierConfig, load_querier_config
 from splitfed.transport.keys import PublicKeyFile, create_party_keys, install_public_keys, read_public_key_file
@@ -96,6 +97,4 @@ def add_party(
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from splitfed.atomic import atomic_dir
 from splitfed.rag.corpus import Document
 
 EMBEDDER = "all-MiniLM-L6-v2"
@@ -37,18 +37,13 @@ class VectorStore:
 
     def save(self, directory: str | os.PathLike) -> Path:
         out = Path(directory)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        np.save(tmp / "embeddings.npy", self.embeddings.astype(np.float32), allow_pickle=False)
-        with open(tmp / "docs.jsonl", "w") as f:
-            for d in self.docs:
-                f.write(json.dumps(asdict(d)) + "\n")
-        meta = {"embedder": EMBEDDER, "dim": int(self.embeddings.shape[1]), "count": len(self.docs)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        with atomic_dir(out) as tmp:
+            np.save(tmp / "embeddings.npy", self.embeddings.astype(np.float32), allow_pickle=False)
+            with open(tmp / "docs.jsonl", "w") as f:
+                for d in self.docs:
+                    f.write(json.dumps(asdict(d)) + "\n")
+            meta = {"embedder": EMBEDDER, "dim": int(self.embeddings.shape[1]), "count": len(self.docs)}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         return out
 
     @classmethod

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from splitfed.atomic import atomic_dir
 
 STATE = "state.json"
 
@@ -31,23 +32,14 @@ def save_checkpoint(directory: str | os.PathLike, ckpt: ServerCheckpoint) -> Pat
     from safetensors.torch import save_file
 
     final = Path(directory)
-    tmp = final.with_name(final.name + ".tmp")
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, state in ckpt.trunk.items():
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp / f"trunk-{name}.safetensors")
-    if ckpt.clients:
-        save_file({k: v.contiguous() for k, v in ckpt.clients.items()}, tmp / "clients.safetensors")
-    torch.save(ckpt.optimizers, tmp / "optimizers.pt")
-    meta = {"round_completed": ckpt.round_completed, "config_hash": ckpt.config_hash, "trunk": sorted(ckpt.trunk)}
-    (tmp / STATE).write_text(json.dumps(meta, indent=2))  # written last: marks the directory complete
-    _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(final, tmp=final.with_name(final.name + ".tmp"), old=final.with_name(final.name + ".old")) as tmp:
+        for name, state in ckpt.trunk.items():
+            save_file({k: v.contiguous() for k, v in state.items()}, tmp / f"trunk-{name}.safetensors")
+        if ckpt.clients:
+            save_file({k: v.contiguous() for k, v in ckpt.clients.items()}, tmp / "clients.safetensors")
+        torch.save(ckpt.optimizers, tmp / "optimizers.pt")
+        meta = {"round_completed": ckpt.round_completed, "config_hash": ckpt.config_hash, "trunk": sorted(ckpt.trunk)}
+        (tmp / STATE).write_text(json.dumps(meta, indent=2))  # written last: marks the directory complete
     return final
 
 
@@ -64,9 +56,3 @@ def load_checkpoint(directory: str | os.PathLike) -> ServerCheckpoint | None:
             optimizers = torch.load(cand / "optimizers.pt", weights_only=True)
             return ServerCheckpoint(meta["round_completed"], meta["config_hash"], trunk, optimizers, clients)
     return None
-
-
-def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())

@@ -21,6 +21,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from splitfed.atomic import atomic_write_text
+
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _ZPL_VALUE = re.compile(r'^\s+([a-z-]+)\s*=\s*"?([^"]*)"?\s*$')
 
@@ -160,10 +162,7 @@ def _public_text(name: str, curve: str, sign: bytes | None) -> str:
 
 
 def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
+    atomic_write_text(path, text, mode=0o600)  # 0600 from creation on: never readable by others
 
 
 def create_party_keys(
@@ -195,8 +194,7 @@ def create_party_keys(
     else:
         (root / f"{name}.sign_secret").unlink(missing_ok=True)
     path = root / f"{name}.key"
-    path.write_text(_public_text(name, public, signing))
-    os.chmod(path, 0o644)
+    atomic_write_text(path, _public_text(name, public, signing), mode=0o644)
     return PublicKeyFile(name, public, signing, path)
 
 
@@ -267,6 +265,5 @@ def install_public_keys(
                     f"{target} already holds another key for {k.name} (fingerprint {old.fingerprint}, new "
                     f"{k.fingerprint}); pass --force to replace it"
                 )
-        target.write_text(_public_text(k.name, k.curve, k.sign))
-        os.chmod(target, 0o644)
+        atomic_write_text(target, _public_text(k.name, k.curve, k.sign), mode=0o644)
     return keys

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from splitfed.atomic import atomic_write_text
 from splitfed.transport.keys import KeyFileError, key_fingerprint, read_public_key_file
 
 ROSTER_FILE = "roster.toml"
@@ -126,9 +127,7 @@ def write_roster(path: str | os.PathLike, roster: Roster) -> Path:
     for e in roster.entries:
         lines += ["", "[[client]]", f"id = {e.client_id}", f'name = "{e.name}"', f'sign = "{e.sign.hex()}"']
         lines.append(f'curve = "{e.curve}"')
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(p)
+    atomic_write_text(p, "\n".join(lines) + "\n")
     return p
 
 
