@@ -30,6 +30,7 @@ from splitfed.wire import (
     decode,
     decompress,
     encode,
+    frames_nbytes,
 )
 
 
@@ -81,7 +82,7 @@ class Connection:
     ) -> Message:
         frames = encode(header, tensors)
         t0 = time.perf_counter()
-        self.traffic.bytes_out += sum(len(memoryview(f).cast("B")) for f in frames)
+        self.traffic.bytes_out += frames_nbytes(frames)
         self._send(frames)
         hb = self.cfg.transport.heartbeat_s
         last_heard = time.monotonic()
@@ -103,7 +104,7 @@ class Connection:
                     self._check_transport()
                 continue
             last_heard = time.monotonic()
-            self.traffic.bytes_in += sum(len(f.buffer) for f in reply)
+            self.traffic.bytes_in += frames_nbytes(reply)
             try:
                 msg = decode(reply, max_bytes=self.max_bytes)
             except WireError as err:

@@ -22,7 +22,7 @@ import zmq
 
 from splitfed.rag.config import PartyAddress, QuerierConfig
 from splitfed.transport import ClientSocket, NotSent
-from splitfed.wire import Header, Message, MsgType, WireError, bytes_tensor, decode, encode
+from splitfed.wire import Header, Message, MsgType, WireError, bytes_tensor, decode, encode, frames_nbytes
 
 log = logging.getLogger("splitfed.rag.querier")
 
@@ -134,7 +134,7 @@ class Querier:
         poller = zmq.Poller()
         owner = {}
         for name, frames in requests.items():
-            stats.bytes_out += sum(len(memoryview(f).cast("B")) for f in frames)
+            stats.bytes_out += frames_nbytes(frames)
             try:
                 self.socks[name].send(frames, timeout_ms=int(self.timeout_s * 1000))
             except NotSent as exc:  # no connection takes it (the party refused our key, or is gone)
@@ -151,7 +151,7 @@ class Querier:
             for sock, _ in poller.poll(int(max(1, (deadline - time.monotonic()) * 1000))):
                 name = owner[sock]
                 frames = sock.recv_multipart(copy=False)
-                stats.bytes_in += sum(len(f.buffer) for f in frames)
+                stats.bytes_in += frames_nbytes(frames)
                 try:
                     msg = decode(frames, max_bytes=self.max_bytes)
                 except WireError as err:

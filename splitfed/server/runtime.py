@@ -33,7 +33,7 @@ from splitfed.server.validate import check_activations, check_bound, config_diff
 from splitfed.transport import Ban, Incoming, PeerLimits, RequestLoop, ServerSocket, client_name
 from splitfed.transport.keys import key_fingerprint
 from splitfed.transport.roster import format_fingerprint
-from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, decompress, encode
+from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, decompress, encode, frames_nbytes
 from splitfed.wire.messages import short
 
 log = logging.getLogger("splitfed.server")
@@ -166,7 +166,7 @@ class Server:
         return self.done and everyone_left and time.monotonic() - self.done_at > 1.0
 
     def _reply(self, sess: Session, frames: list) -> None:
-        sess.bytes_out += sum(len(memoryview(f).cast("B")) if not isinstance(f, bytes) else len(f) for f in frames)
+        sess.bytes_out += frames_nbytes(frames)
         self.socket.send(sess.identity, frames)
 
     def _banned(self, ban: Ban) -> None:
@@ -187,7 +187,7 @@ class Server:
         if msg.header.session != sess.session_id:
             raise WireError(ErrorCode.UNKNOWN_CLIENT, "unknown session id: say hello again")
         sess.last_seen = time.monotonic()
-        sess.bytes_in += sum(len(f.buffer) if hasattr(f, "buffer") else len(f) for f in inc.frames)
+        sess.bytes_in += frames_nbytes(inc.frames)
         sess.check(msg.type)
         {
             MsgType.FORWARD: self._forward,

@@ -1,6 +1,6 @@
 """Wire format: Enum message types, JSON header + raw tensor frames, validation, compression."""
 
-from splitfed.wire.codec import WIRE_DTYPES, Message, decode, decode_header, encode, error_frames
+from splitfed.wire.codec import WIRE_DTYPES, Message, decode, decode_header, encode, error_frames, frames_nbytes
 from splitfed.wire.compression import COMPRESSIONS, INTEGERS, compress, decompress, wire_names
 from splitfed.wire.messages import PROTOCOL_VERSION, ErrorCode, Header, MsgType, TensorSpec, WireError
 from splitfed.wire.payload import bytes_tensor, tensor_bytes
@@ -23,6 +23,7 @@ __all__ = [
     "decompress",
     "encode",
     "error_frames",
+    "frames_nbytes",
     "tensor_bytes",
     "wire_names",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -232,7 +232,7 @@ def _decode(frames: Sequence, max_bytes: int) -> Message:
     if len(frames) > MAX_TENSORS + 1:
         raise WireError(ErrorCode.MALFORMED, f"message has {len(frames)} frames, limit {MAX_TENSORS + 1}")
     bufs = [_buf(f) for f in frames]
-    total = sum(b.nbytes for b in bufs)
+    total = frames_nbytes(bufs)
     if total > max_bytes:
         raise WireError(ErrorCode.TOO_LARGE, f"message is {total} bytes, limit {max_bytes}")
     header = _decode_header(bufs[0])
@@ -283,6 +283,12 @@ def decode(frames: Sequence, *, max_bytes: int) -> Message:
         raise
     except Exception as exc:  # defence in depth: every known cause is checked above
         raise WireError(ErrorCode.MALFORMED, f"{_UNEXPECTED} ({type(exc).__name__})") from exc
+
+
+def frames_nbytes(frames: Iterable) -> int:
+    """Bytes in `frames`, whatever each is: bytes, bytearray, memoryview (of any item size),
+    ``zmq.Frame``, or another object exposing the buffer protocol (a numpy array)."""
+    return sum(memoryview(f).nbytes for f in frames)
 
 
 def _buf(frame) -> memoryview:

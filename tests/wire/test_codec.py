@@ -18,6 +18,7 @@ from splitfed.wire import (
     decode_header,
     decompress,
     encode,
+    frames_nbytes,
 )
 
 MAX = 1 << 24
@@ -33,6 +34,20 @@ def test_round_trip_is_exact(dtype):
     assert msg.header.meta == {"a": 1}
     assert msg.tensors["x"].dtype == dtype and torch.equal(msg.tensors["x"], t)
     assert msg.tensors["empty"].shape == (0, 3)
+
+
+def test_frames_nbytes_counts_bytes_whatever_the_frame_type():
+    import numpy as np
+    import zmq
+
+    tensors = {"x": torch.zeros(3, 4), "h": torch.zeros(5, dtype=torch.bfloat16)}
+    frames = encode(Header(MsgType.FORWARD, "s", 1, 2), tensors)
+    header = len(frames[0])
+    assert frames_nbytes(frames) == header + 48 + 10
+    assert frames_nbytes([zmq.Frame(bytes(f)) for f in frames]) == header + 58  # as received with copy=False
+    wide = memoryview(np.zeros(3, dtype=np.float64))  # item size 8: 24 bytes, though len() says 3
+    assert frames_nbytes([b"ab", bytearray(3), wide, np.zeros((2, 2), dtype=np.int16)]) == 2 + 3 + 24 + 8
+    assert frames_nbytes([]) == 0 and frames_nbytes(iter([b"xyz"])) == 3
 
 
 def test_non_contiguous_and_unsendable():
