@@ -117,17 +117,25 @@ class ClientPrivacy:
             q = p.dpsgd.sample_rate or min(1.0, cfg.data.batch_size / n_examples)
             d = p.dpsgd
             self.dpsgd = DPSGDConfig(d.noise_multiplier, d.max_grad_norm, q, d.mechanism, d.grid_step)
+        self.hidden: int | None = None  # known after `prepare`
+        self.dpsgd_coords: int | None = None
         root = Path(cfg.run.dir) / "privacy"
         self.ledger = Ledger(root / f"{name}.jsonl")
         self.ledger.entries()  # a damaged ledger (LedgerError, file:line) stops the client before it releases
         write_settings(root, delta=p.delta, accountant=p.accountant, max_epsilon=p.max_epsilon)
 
     # ------------------------------------------------------------------ mechanisms on the step
-    def prepare(self, hidden: int) -> None:
-        """Build the discrete noise tables for a model of width `hidden` before the first step."""
+    def prepare(self, hidden: int, *, trainable: int | None = None) -> None:
+        """Build the discrete noise tables before the first step (seconds for a large sigma), for a
+        model of width `hidden` and `trainable` client adapter parameters (DP-SGD); from then on
+        the ledger charges the tables' own sampler slack instead of the bound for any size."""
         for mech in (self.activations, self.gradients):
             if isinstance(mech, DiscreteGaussianLDP):
                 mech.prepare(hidden)
+        self.hidden = hidden
+        if self.dpsgd is not None and self.dpsgd.mechanism == "discrete" and trainable:
+            self.dpsgd_coords = trainable
+            self.dpsgd.events(1, coords=trainable)  # builds the table
 
     def grid_steps(self, hidden: int) -> tuple[float, float]:
         """(activations, gradient): gamma of each channel whose mechanism is the discrete one, else 0.
@@ -164,12 +172,14 @@ class ClientPrivacy:
             if mech is None:
                 out.append(LedgerEntry(rnd, f"raw_{channel}s", Party.SERVER, NonPrivateEvent(releases)))
             else:
-                event = mech.event(releases, max_positions=positions)
+                event = mech.event(
+                    releases, max_positions=positions, **({"hidden": self.hidden} if self.hidden else {})
+                )
                 out.append(self._noised(LedgerEntry(rnd, f"{channel}_ldp", Party.SERVER, event, mech.unit, mech.clip)))
         if self.dpsgd is None:
             out.append(LedgerEntry(rnd, "raw_update", Party.AGGREGATOR, NonPrivateEvent(1)))
         else:
-            for event in self.dpsgd.events(self.cfg.training.local_steps):
+            for event in self.dpsgd.events(self.cfg.training.local_steps, coords=self.dpsgd_coords):
                 entry = LedgerEntry(
                     rnd, "dpsgd", Party.AGGREGATOR, event, clip=self.dpsgd.max_grad_norm, relation=Relation.ADD_REMOVE
                 )

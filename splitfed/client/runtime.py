@@ -90,7 +90,8 @@ class Client:
             ClientPrivacy(cfg, client_id, self.name, n_examples=len(self.examples)) if cfg.privacy.enabled else None
         )
         if self.privacy is not None:  # noise tables take seconds: build them before talking to the server
-            self.privacy.prepare(self.bottom.config.hidden_size)
+            trainable = sum(p.numel() for part in (self.bottom, self.top) for p in part.parameters() if p.requires_grad)
+            self.privacy.prepare(self.bottom.config.hidden_size, trainable=trainable)
         self.trunk_adapter: dict[str, torch.Tensor] | None = None  # the server's, once the run is done
         if self.privacy is not None and self.eval_set and cfg.data.train:
             log.warning(

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crypto.dgauss import MAX_TV_PER_DRAW, RandBytes
+from crypto.dgauss import MAX_TV_PER_DRAW, RandBytes, cdt_sampler
 from splitfed.privacy.events import DiscreteGaussianEvent, NonPrivateEvent, PrivacyEvent, SampledGaussianEvent
 from splitfed.privacy.grid import default_step, row_bound
 
@@ -100,8 +100,9 @@ class DPSGDConfig:
         delta = row_bound(self.max_grad_norm, gamma, coords)
         return gamma, delta, (Fraction(self.noise_multiplier) * delta) ** 2
 
-    def events(self, steps: int) -> tuple[PrivacyEvent, ...]:
-        """What `steps` DP-SGD steps release: () for none."""
+    def events(self, steps: int, *, coords: int | None = None) -> tuple[PrivacyEvent, ...]:
+        """What `steps` DP-SGD steps release: () for none.  `coords` (the trainable parameters,
+        when known) charges the sampler's own slack for that many draws, else `STEP_TV`."""
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         if steps == 0:
@@ -111,7 +112,8 @@ class DPSGDConfig:
         if self.mechanism == "float":
             return (SampledGaussianEvent(self.noise_multiplier, self.sample_rate, count=steps),)
         # no sample rate: no amplification is claimed (the server, as aggregator, sees the sampling)
-        return (DiscreteGaussianEvent(self.noise_multiplier, count=steps, tv=STEP_TV),)
+        tv = STEP_TV if coords is None else math.nextafter(coords * cdt_sampler(self.grid(coords)[2]).tv, math.inf)
+        return (DiscreteGaussianEvent(self.noise_multiplier, count=steps, tv=tv),)
 
 
 def secure_generator() -> torch.Generator:

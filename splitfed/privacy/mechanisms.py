@@ -221,12 +221,17 @@ class DiscreteGaussianLDP:
         released = out.to(torch.float32) * gamma
         return _SendInsteadOf.apply(clipped, released)
 
-    def event(self, releases: int, *, max_positions: int) -> DiscreteGaussianEvent:
-        """`releases` releases of one example (token units: all its positions together, nm / sqrt(T))."""
+    def event(self, releases: int, *, max_positions: int, hidden: int | None = None) -> DiscreteGaussianEvent:
+        """`releases` releases of one example (token units: all its positions together, nm / sqrt(T)).
+
+        The sampler's slack is the table's own bound for the example's `max_positions * hidden`
+        coordinates when the width is known, else the bound for any release (`MAX_RELEASE_TV`).
+        """
         nm = self.noise_multiplier if self.unit == "sequence" else self.noise_multiplier / math.sqrt(max_positions)
-        return DiscreteGaussianEvent(nm, count=releases, tv=MAX_RELEASE_TV)
+        tv = MAX_RELEASE_TV if hidden is None else noise_tv(self.grid(hidden)[2], max_positions * hidden)
+        return DiscreteGaussianEvent(nm, count=releases, tv=tv)
 
 
 def noise_tv(sigma2: Fraction, coords: int) -> float:
     """The sampler's TV slack of one release of `coords` coordinates at grid variance `sigma2`."""
-    return coords * cdt_sampler(sigma2).tv
+    return math.nextafter(coords * cdt_sampler(sigma2).tv, math.inf)  # rounded up

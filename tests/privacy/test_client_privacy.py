@@ -78,3 +78,34 @@ def test_a_damaged_ledger_stops_the_client_before_it_releases(tmp_path):
     path.write_text("garbage\n{}\n")
     with pytest.raises(LedgerError, match=r"client-0.jsonl:1: not a complete ledger entry"):
         ClientPrivacy(_cfg(tmp_path), 0, "client-0", n_examples=50)
+
+
+def test_after_prepare_the_ledger_charges_the_tables_own_slack(tmp_path):
+    """The demo's privacy (examples/run_private.toml): with the bound for any release size the
+    sampler's slack makes round 3's total infinite; with the tables' own bounds it stays finite."""
+    from crypto.dgauss import cdt_sampler
+    from splitfed.privacy.ledger import spent
+
+    cfg = parse_config(
+        {
+            "run": {"dir": str(tmp_path)},
+            "privacy": {
+                "enabled": True,
+                "activations": {"enabled": True, "clip": 800.0, "epsilon": 8.0},
+                "gradients": {"enabled": True, "clip": 0.01, "epsilon": 8.0},
+                "dpsgd": {"enabled": True, "noise_multiplier": 4.0, "sample_rate": 0.1},
+            },
+        }
+    )
+    loose = ClientPrivacy(cfg, 0, "client-0", n_examples=500)
+    tight = ClientPrivacy(cfg, 1, "client-1", n_examples=500)
+    tight.prepare(576, trainable=100_000)
+    positions = cfg.data.max_length
+    _, act, grad, dpsgd = tight.round_entries(0, releases=1)
+    sigma2 = tight.activations.grid(576)[2]
+    assert act.event.tv == math.nextafter(positions * 576 * cdt_sampler(sigma2).tv, math.inf)
+    assert 0 < act.event.tv < MAX_RELEASE_TV * 1e-6 and 0 < grad.event.tv < MAX_RELEASE_TV * 1e-6
+    assert dpsgd.event.tv == math.nextafter(100_000 * cdt_sampler(tight.dpsgd.grid(100_000)[2]).tv, math.inf)
+    rounds = lambda cp: [e for r in range(3) for e in cp.round_entries(r, releases=1)]  # noqa: E731
+    assert math.isinf(spent(rounds(loose), cfg.privacy.delta)["total"])
+    assert 30 < spent(rounds(tight), cfg.privacy.delta)["total"] < 50  # the demo's budget lasts three rounds
