@@ -9,7 +9,8 @@ from splitfed_testing import padded_batch, tiny_model
 
 from crypto.dgauss import KeystreamBytes, cdt_sampler
 from splitfed.models import LoraSpec, SplitLoraConfig, adapter_parameters, apply_lora, split_model
-from splitfed.privacy.dpsgd import DPClientStep, DPSGDConfig, per_example_loss, poisson_batches, secure_generator
+from splitfed.privacy.dpsgd import DPSGDConfig, per_example_loss, poisson_batches, secure_generator
+from splitfed.privacy.dpsgd_step import DPClientStep
 from splitfed.privacy.events import DiscreteGaussianEvent, NonPrivateEvent, SampledGaussianEvent
 from splitfed.privacy.grid import snap_rows
 from splitfed.training import ClientStep, LocalTrunk, OptimConfig
