@@ -199,6 +199,8 @@ class ClientStep:
 class SplitTrainer(ClientStep):
     """All three parts in one process: `ClientStep` over a `LocalTrunk`."""
 
+    strategy: PlainStep
+
     def __init__(self, split: SplitModel, optim: OptimConfig = OptimConfig()):
         trunk = LocalTrunk(split.trunk, optim)
         super().__init__(split.bottom, split.top, trunk, optim)
