@@ -56,7 +56,8 @@ def main(argv=None) -> int:
 
     from splitfed.data import load_drug_reviews
     from splitfed.models import LoraSpec, SplitLoraConfig, apply_lora, load_pretrained, split_model
-    from splitfed.privacy.dpsgd import DPClientStep, DPSGDConfig
+    from splitfed.privacy.dpsgd import DPSGDConfig
+    from splitfed.privacy.dpsgd_step import DPClientStep
     from splitfed.training import ClientStep, LocalTrunk, OptimConfig
 
     if args.threads:

@@ -62,7 +62,8 @@ def main(argv=None) -> int:
         discrete_gaussian_noise_multiplier,
         gaussian_composition_epsilon,
     )
-    from splitfed.privacy.dpsgd import STEP_TV, DPClientStep, DPSGDConfig, poisson_batches
+    from splitfed.privacy.dpsgd import STEP_TV, DPSGDConfig, poisson_batches
+    from splitfed.privacy.dpsgd_step import DPClientStep
     from splitfed.privacy.events import GaussianEvent
     from splitfed.privacy.mechanisms import MAX_RELEASE_TV, DiscreteGaussianLDP, GaussianLDP, SecureNoise, TorchNoise
     from splitfed.training import ClientStep, LocalTrunk, OptimConfig, evaluate

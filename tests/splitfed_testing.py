@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import torch
 
+# The one place for tiny random models: every test and benchmark builds its models here.
+# One shape for every decoder family (4 layers: a cut (1, 3) leaves a layer in each part).
 _DECODER_SHAPE = dict(
+    vocab_size=128,
+    max_position_embeddings=64,
     hidden_size=32,
     intermediate_size=64,
     num_hidden_layers=4,
     num_attention_heads=4,
     num_key_value_heads=2,
-    head_dim=8,
-    pad_token_id=0,
-    bos_token_id=1,
-    eos_token_id=2,
 )
+_GPT2_SHAPE = dict(vocab_size=128, n_positions=64, n_embd=32, n_layer=4, n_head=4, bos_token_id=1, eos_token_id=2)
+_FAMILY_IDS = dict(head_dim=8, pad_token_id=0, bos_token_id=1, eos_token_id=2)  # the families below
 
-# Further families, built with AutoConfig from `_DECODER_SHAPE`; each entry switches on what
-# makes the family different, so the exactness tests exercise it.
+# Each entry switches on what makes the family different, so the exactness tests exercise it.
 _FAMILIES: dict[str, dict] = {
     "qwen3": dict(use_sliding_window=True, sliding_window=3, max_window_layers=2),  # q/k norm, mixed windows
     "qwen3_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16),
@@ -34,57 +35,34 @@ _FAMILIES: dict[str, dict] = {
     "starcoder2": dict(sliding_window=3),
 }
 
+# Complete configurations, by model type.  Beyond ARCHS: models the split must refuse or catch.
+_CONFIGS: dict[str, dict] = {
+    "llama": _DECODER_SHAPE,
+    "gpt2": _GPT2_SHAPE,
+    "qwen2": {**_DECODER_SHAPE, "use_sliding_window": True, "sliding_window": 3, "max_window_layers": 2},  # mixed
+    "mistral": {**_DECODER_SHAPE, "sliding_window": 3},  # one sliding window for every layer
+    **{arch: {**_DECODER_SHAPE, **_FAMILY_IDS, **extra} for arch, extra in _FAMILIES.items()},
+    "gpt_bigcode": {**_GPT2_SHAPE, "n_inner": 64, **_FAMILIES["gpt_bigcode"]},  # GPT-2 names
+    "granite": {**_DECODER_SHAPE, "num_hidden_layers": 2},  # the Llama layout, an unusual forward
+    "bert": dict(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
+    "t5": dict(vocab_size=64, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8),  # encoder-decoder
+}
+
+GPT2_NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+
+
+def no_dropout(arch: str) -> dict:
+    """Overrides that switch off an architecture's dropout (GPT-2's is on by default)."""
+    return GPT2_NO_DROPOUT if arch == "gpt2" else {}
+
 
 def tiny_config(arch: str, **overrides):
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+    """The tiny configuration of model type `arch` (a key of `_CONFIGS`), with `overrides`."""
+    from transformers import AutoConfig
 
-    common = dict(vocab_size=128, max_position_embeddings=64)
-    if arch == "llama":
-        cfg = LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            **common,
-        )
-    elif arch == "gpt2":
-        cfg = GPT2Config(vocab_size=128, n_embd=32, n_layer=4, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)
-    elif arch == "qwen2":  # alternating full / sliding-window attention layers
-        cfg = Qwen2Config(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            use_sliding_window=True,
-            sliding_window=3,
-            max_window_layers=2,
-            **common,
-        )
-    elif arch == "mistral":  # one sliding window for every layer
-        cfg = MistralConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            sliding_window=3,
-            **common,
-        )
-    elif arch in _FAMILIES:
-        from transformers import AutoConfig
-
-        shape = {**_DECODER_SHAPE, **common}
-        if arch == "gpt_bigcode":  # GPT-2 names
-            shape = dict(vocab_size=128, n_positions=64, n_embd=32, n_inner=64, n_layer=4, n_head=4)
-            shape.update(bos_token_id=1, eos_token_id=2)
-        cfg = AutoConfig.for_model(arch, **{**shape, **_FAMILIES[arch]})
-    else:
-        raise ValueError(arch)
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    return cfg
+    if arch not in _CONFIGS:
+        raise ValueError(f"no tiny {arch!r} model; known: {sorted(_CONFIGS)}")
+    return AutoConfig.for_model(arch, **{**_CONFIGS[arch], **overrides})
 
 
 def tiny_model(arch: str, seed: int = 0, **overrides):

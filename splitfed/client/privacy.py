@@ -36,7 +36,7 @@ import torch
 
 from splitfed.config import RunConfig
 from splitfed.config.privacy import CutNoise
-from splitfed.privacy.dpsgd import DPClientStep, DPSGDConfig, poisson_batches, secure_generator
+from splitfed.privacy.dpsgd import DPSGDConfig, poisson_batches, secure_generator
 from splitfed.privacy.events import NonPrivateEvent, Party
 from splitfed.privacy.ledger import (
     REPRODUCIBLE_NOISE,
@@ -209,6 +209,8 @@ class ClientPrivacy:
             from splitfed.training import ClientStep
 
             return ClientStep(bottom, top, link, optim, **hooks)
+        from splitfed.privacy.dpsgd_step import DPClientStep
+
         return DPClientStep(
             bottom,
             top,

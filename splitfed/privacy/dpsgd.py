@@ -1,5 +1,9 @@
 """DP-SGD on the client's adapters (Bottom and Top LoRA together) with Opacus, for split training.
 
+This module holds the settings, the Poisson sampling and the per-example loss, and loads no
+model stack; the step itself is `splitfed.training.ClientStep` with the DP-SGD strategy of
+`splitfed.privacy.dpsgd_step` (`DPClientStep`).
+
 One step, over every trainable parameter the client holds (the LoRA tensors of Bottom and Top):
 
     per-example gradients (Opacus `GradSampleModule`, "hooks")  ->  one flat L2 norm per example
@@ -15,7 +19,7 @@ leak the input as it does for a float Gaussian sum (Mironov 2012).  ``mechanism 
 keeps Opacus' own float Gaussian noise, for comparison only.
 
 Objective.  The loss of one example is its mean next-token loss (labels -100 ignored; 0 for an
-example without targets), the batch loss the mean over the examples.  `ClientStep` instead
+example without targets), the batch loss the mean over the examples.  Plain `ClientStep` instead
 pools all target tokens of the batch (Hugging Face's token mean); the two agree when every
 example has as many targets as the others.  The per-example mean is what DP-SGD needs: each
 example's gradient is that of its own loss, independent of the other examples in the batch.
@@ -34,30 +38,21 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crypto.dgauss import MAX_TV_PER_DRAW, RandBytes, cdt_sampler
+from crypto.dgauss import MAX_TV_PER_DRAW, cdt_sampler
 from splitfed.privacy.events import DiscreteGaussianEvent, NonPrivateEvent, PrivacyEvent, SampledGaussianEvent
 from splitfed.privacy.grid import default_step, row_bound
-
-if TYPE_CHECKING:  # the model stack (transformers) loads only when a step is built
-    from splitfed.models import SplitPart
-    from splitfed.training import OptimConfig, StepResult, TrunkLink
-    from splitfed.training.inprocess import Release
 
 IGNORE_INDEX = -100
 MAX_COORDS = 2**28  # trainable client parameters at most: the events' TV slack is charged for this many
 STEP_TV = MAX_COORDS * MAX_TV_PER_DRAW  # sampler TV slack of one discrete DP-SGD step, all coordinates
-_HOOK_ATTRS = ("activations", "max_batch_len")  # what Opacus leaves on a module mid-step
 
 
 def _number(x: object) -> bool:
@@ -151,158 +146,3 @@ def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     # (B*T, V) rows: cross_entropy on a (B, V, T) transpose is ~2x slower for a large V
     flat = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
     return flat.view_as(targets).sum(1) / (targets != IGNORE_INDEX).sum(1).clamp(min=1)  # (B,)
-
-
-class DPClientStep:
-    """`ClientStep` under DP-SGD: Bottom and Top adapters clipped jointly, noised, one AdamW step.
-
-    `n_examples` is the client's dataset size n; batches must be Poisson samples of it at
-    `dp.sample_rate` (see `poisson_batches`) for `events()` to be the privacy spent.  The discrete
-    noise comes from `randbytes` (default `os.urandom`; an injected source is for tests only);
-    the float mechanism's from `generator` (default: `secure_generator()`), with Opacus'
-    `secure_mode` if asked.  Only LoRA tensors may be trainable.
-    """
-
-    def __init__(
-        self,
-        bottom: SplitPart,
-        top: SplitPart,
-        link: TrunkLink,
-        optim: OptimConfig,
-        dp: DPSGDConfig,
-        *,
-        n_examples: int,
-        generator: torch.Generator | None = None,
-        secure_mode: bool = False,
-        randbytes: RandBytes = os.urandom,
-        release_activations: Release | None = None,
-        release_gradient: Release | None = None,
-    ):
-        """`release_activations` / `release_gradient`: local DP on what crosses to the server, as in
-        `splitfed.training.ClientStep` (the first on the autograd graph, per example)."""
-        from opacus import GradSampleModule
-        from opacus.optimizers import DPOptimizer
-
-        from splitfed.models import adapter_parameters
-        from splitfed.training import make_optimizer
-
-        if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
-            raise ValueError(f"n_examples must be an integer >= 1, got {n_examples!r}")
-        self.bottom, self.top, self.link, self.dp = bottom, top, link, dp
-        self.release_activations = release_activations or (lambda x, mask: x)
-        self.release_gradient = release_gradient or (lambda g, mask: g)
-        self.expected_batch_size = dp.sample_rate * n_examples
-        self.steps = 0
-        for part in (bottom, top):
-            lora = {id(p) for p in adapter_parameters(part)}
-            other = [n for n, p in part.named_parameters() if p.requires_grad and id(p) not in lora]
-            if other:
-                raise ValueError(f"{part.role}: only LoRA parameters may be trainable under DP-SGD, got {other[:5]}")
-        self.params = [p for part in (bottom, top) for p in adapter_parameters(part) if p.requires_grad]
-        if not self.params:
-            raise ValueError("no client part has trainable LoRA parameters; call apply_lora first")
-        # "hooks": per-example gradients of the LoRA Linears; frozen Conv1D / RMSNorm get no hook.
-        self._wrappers = [
-            GradSampleModule(part, batch_first=True, loss_reduction="mean", strict=True)
-            for part in (bottom, top)
-            if any(p.requires_grad for p in part.parameters())
-        ]
-        for w in self._wrappers:
-            w.disable_hooks()  # on only inside a step: other forwards (evaluation) stay untouched
-        common = {
-            "noise_multiplier": dp.noise_multiplier,
-            "max_grad_norm": dp.max_grad_norm,
-            "expected_batch_size": self.expected_batch_size,
-            "loss_reduction": "mean",
-        }
-        if dp.mechanism == "float" or dp.noise_multiplier == 0:
-            generator = generator if generator is not None else secure_generator()
-            self.optimizer = DPOptimizer(
-                make_optimizer(self.params, optim), generator=generator, secure_mode=secure_mode, **common
-            )
-        else:
-            from splitfed.privacy.discrete_optimizer import DiscreteDPOptimizer
-
-            grid = dp.grid(sum(p.numel() for p in self.params))
-            self.optimizer = DiscreteDPOptimizer(
-                make_optimizer(self.params, optim), grid=grid, randbytes=randbytes, **common
-            )
-
-    def step(self, batch: dict[str, torch.Tensor]) -> StepResult:
-        """One DP-SGD step on a collated batch; a batch of zero rows takes `empty_step`."""
-        from splitfed.training import StepResult
-        from splitfed.training.inprocess import batch_to, device_of
-
-        batch = batch_to(batch, device_of(self.bottom))
-        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        if ids.shape[0] == 0:
-            return self.empty_step()
-        self.bottom.train()
-        self.top.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        with self._capturing():
-            sent = self.release_activations(self.bottom(ids, mask), mask)  # (B, T, D)
-            act2 = self.link.forward(sent.detach(), mask).requires_grad_(True)  # across both cuts
-            loss = per_example_loss(self.top(act2, mask), labels).mean()
-            loss.backward()  # Top's per-example gradients
-            grad1 = self.link.backward(self.release_gradient(act2.grad, mask))  # d(batch loss)/d(sent)
-            if sent.requires_grad:
-                sent.backward(grad1)  # Bottom's per-example gradients
-        self.optimizer.step()  # clip jointly, sum, noise once, / (q * n), AdamW
-        self.steps += 1
-        return StepResult(loss=loss.item(), tokens=int(mask.sum()))
-
-    def empty_step(self) -> StepResult:
-        """The step of an empty Poisson batch: no forward, no link call; noise-only update.
-
-        Returns loss 0.0 (the sum over no examples) and 0 tokens.
-        """
-        from splitfed.training import StepResult
-
-        self.optimizer.zero_grad(set_to_none=True)
-        for p in self.params:
-            p.grad_sample = p.new_zeros((0, *p.shape))  # what Opacus sees for an empty batch
-        self.optimizer.step()
-        self.steps += 1
-        return StepResult(loss=0.0, tokens=0)
-
-    def events(self) -> tuple[PrivacyEvent, ...]:
-        """The privacy events of the steps taken so far (one `SampledGaussianEvent`, count=steps)."""
-        return self.dp.events(self.steps)
-
-    def close(self) -> None:
-        """Remove Opacus' hooks and per-parameter attributes; the parts are plain modules again."""
-        for w in self._wrappers:
-            w.to_standard_module()
-        self._wrappers = []
-
-    @contextmanager
-    def _capturing(self) -> Iterator[None]:
-        """Per-example capture on for one forward/backward; a failure (say the link) leaves no
-        half-captured activations or counters behind to corrupt the next step."""
-        for w in self._wrappers:
-            w.enable_hooks()
-        try:
-            with warnings.catch_warnings():
-                # The first hooked LoRA Linear of the Bottom sees embeddings that need no
-                # gradient; Opacus only reads the output gradient, so torch's warning is moot.
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                yield
-        except BaseException:
-            self._discard_capture()
-            raise
-        finally:
-            for w in self._wrappers:
-                w.disable_hooks()
-
-    def _discard_capture(self) -> None:
-        for part in (self.bottom, self.top):
-            for module in part.modules():
-                for attr in _HOOK_ATTRS:
-                    if attr in module.__dict__:
-                        delattr(module, attr)
-        for p in self.params:
-            p._forward_counter = 0
-            if hasattr(p, "_current_grad_sample"):
-                del p._current_grad_sample
-        self.optimizer.zero_grad(set_to_none=True)

@@ -4,6 +4,7 @@ from splitfed.training.evaluate import EvalResult, evaluate
 from splitfed.training.inprocess import ClientStep, LocalTrunk, NonFiniteError, SplitTrainer, StepResult, TrunkLink
 from splitfed.training.optim import OptimConfig, make_optimizer
 from splitfed.training.reference import ReferenceTrainer
+from splitfed.training.strategy import PlainStep, StepStrategy
 
 __all__ = [
     "ClientStep",
@@ -11,9 +12,11 @@ __all__ = [
     "LocalTrunk",
     "NonFiniteError",
     "OptimConfig",
+    "PlainStep",
     "ReferenceTrainer",
     "SplitTrainer",
     "StepResult",
+    "StepStrategy",
     "TrunkLink",
     "evaluate",
     "make_optimizer",

@@ -18,6 +18,7 @@ import torch
 from splitfed.models import SplitModel, SplitPart, adapter_parameters
 from splitfed.models.placement import autocast, to_device
 from splitfed.training.optim import OptimConfig, make_optimizer
+from splitfed.training.strategy import PlainStep, StrategyFactory
 
 
 def device_of(module: torch.nn.Module) -> torch.device:
@@ -137,8 +138,11 @@ def _as_is(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class ClientStep:
-    """The client's half of a split step: Bottom and Top with their optimizers.
+    """The client's half of a split step: Bottom and Top, trained the way `strategy` says.
 
+    `strategy(bottom, top, optim)` builds what differs between plain training (`PlainStep`, the
+    default: token-mean loss, one optimizer per part) and DP-SGD
+    (`splitfed.privacy.dpsgd_step`): the loss, the optimizer, what wraps forward and backward.
     `release_activations(h, mask)` and `release_gradient(g, mask)` transform what crosses to
     the server (local DP: clip and noise); the first is applied on the autograd graph, so
     the Bottom's gradient goes through the clipping.  Both default to sending as is.
@@ -151,40 +155,55 @@ class ClientStep:
         link: TrunkLink,
         optim: OptimConfig,
         *,
-        release_activations: Release = _as_is,
-        release_gradient: Release = _as_is,
+        strategy: StrategyFactory = PlainStep,
+        release_activations: Release | None = None,
+        release_gradient: Release | None = None,
     ):
         self.bottom, self.top, self.link = bottom, top, link
-        self.release_activations, self.release_gradient = release_activations, release_gradient
-        self.optimizers = [
-            opt for part in (bottom, top) if (opt := make_optimizer(adapter_parameters(part), optim)) is not None
-        ]
+        self.release_activations = release_activations or _as_is
+        self.release_gradient = release_gradient or _as_is
+        self.strategy = strategy(bottom, top, optim)
 
     def step(self, batch: dict[str, torch.Tensor]) -> StepResult:
+        """One step on a collated batch; a batch of zero rows takes `empty_step`."""
         batch = batch_to(batch, device_of(self.bottom))
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        if ids.shape[0] == 0:
+            return self.empty_step()  # the model blocks fail on zero rows; the link is not called
         self.bottom.train()
         self.top.train()
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
-        sent = self.release_activations(self.bottom(ids, mask), mask)
-        act2 = self.link.forward(sent.detach(), mask).requires_grad_(True)  # across both cuts
-        loss = self.top(act2, mask, labels).loss
-        loss.backward()
-        grad1 = self.link.backward(self.release_gradient(act2.grad, mask))  # back across both cuts
-        if sent.requires_grad:
-            sent.backward(grad1)
-        for opt in self.optimizers:
-            opt.step()
+        how = self.strategy
+        how.zero_grad()
+        with how.capturing():
+            sent = self.release_activations(self.bottom(ids, mask), mask)  # (B, T, D)
+            act2 = self.link.forward(sent.detach(), mask).requires_grad_(True)  # across both cuts
+            loss = how.loss(self.top, act2, mask, labels)
+            loss.backward()  # the Top's gradients
+            grad1 = self.link.backward(self.release_gradient(act2.grad, mask))  # back across both cuts
+            if sent.requires_grad:
+                sent.backward(grad1)  # the Bottom's gradients
+        how.step()
         return StepResult(loss=loss.item(), tokens=int(mask.sum()))
+
+    def empty_step(self) -> StepResult:
+        """The step of an empty batch: no forward, no link call; loss 0.0 (the sum over no
+        examples) and 0 tokens.  Plain training changes nothing; DP-SGD adds its noise."""
+        self.strategy.empty_step()
+        return StepResult(loss=0.0, tokens=0)
+
+    def close(self) -> None:
+        """Detach whatever the strategy attached to the parts (DP-SGD's hooks)."""
+        self.strategy.close()
 
 
 class SplitTrainer(ClientStep):
     """All three parts in one process: `ClientStep` over a `LocalTrunk`."""
 
+    strategy: PlainStep
+
     def __init__(self, split: SplitModel, optim: OptimConfig = OptimConfig()):
         trunk = LocalTrunk(split.trunk, optim)
         super().__init__(split.bottom, split.top, trunk, optim)
-        if not self.optimizers and trunk.optimizer is None:
+        if not self.strategy.optimizers and trunk.optimizer is None:
             raise ValueError("no part has trainable LoRA parameters; call apply_lora first")
         self.split = split

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from splitfed_testing import make_model_dir
+from splitfed_testing import make_model_dir, tiny_config
 
 from splitfed.cli.main import main
 
@@ -99,13 +99,12 @@ def test_model_directory_without_tokenizer(tmp_path, capsys):
 
 
 def test_unsupported_architecture_names_the_supported_ones(tmp_path, capsys, model_dir):
-    from transformers import BertConfig, BertForMaskedLM
+    from transformers import BertForMaskedLM
 
     from splitfed.models.local import SUPPORTED_MODEL_TYPES
 
     bert = tmp_path / "bert"
-    cfg = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-    BertForMaskedLM(cfg).save_pretrained(bert)
+    BertForMaskedLM(tiny_config("bert")).save_pretrained(bert)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (bert / f).write_bytes((model_dir / f).read_bytes())
     rc, err = _client(tmp_path, capsys, bert, data__train=_jsonl(tmp_path / "t.jsonl", GOOD))

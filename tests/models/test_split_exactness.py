@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 import torch
-from splitfed_testing import ARCHS, padded_batch, tiny_model
+from splitfed_testing import ARCHS, no_dropout, padded_batch, tiny_model
 
 from splitfed.models import (
     LoraSpec,
@@ -85,7 +85,7 @@ def test_lora_gradients_equal_unsplit_every_family(arch, padding):
 
 
 def _check_lora_gradients(arch, padding, cut):
-    base = tiny_model(arch, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0) if arch == "gpt2" else tiny_model(arch)
+    base = tiny_model(arch, **no_dropout(arch))
     reference = copy.deepcopy(base)
     split = split_model(base, cut)
     targets = _lora_targets(arch, base.config.model_type)

@@ -5,23 +5,23 @@ import copy
 import numpy as np
 import pytest
 import torch
-from splitfed_testing import padded_batch, tiny_model
+from splitfed_testing import no_dropout, padded_batch, tiny_model
 
 from crypto.dgauss import KeystreamBytes, cdt_sampler
 from splitfed.models import LoraSpec, SplitLoraConfig, adapter_parameters, apply_lora, split_model
-from splitfed.privacy.dpsgd import DPClientStep, DPSGDConfig, per_example_loss, poisson_batches, secure_generator
+from splitfed.privacy.dpsgd import DPSGDConfig, per_example_loss, poisson_batches, secure_generator
+from splitfed.privacy.dpsgd_step import DPClientStep
 from splitfed.privacy.events import DiscreteGaussianEvent, NonPrivateEvent, SampledGaussianEvent
 from splitfed.privacy.grid import snap_rows
 from splitfed.training import ClientStep, LocalTrunk, OptimConfig
 
-NO_DROPOUT = {"llama": {}, "gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}}
 OPTIM = OptimConfig(lr=1e-2, weight_decay=0.01)
 
 
 def make_split(arch, *, trunk_lora=False, seed=0):
     """Tiny split (1, 3) with LoRA on Bottom and Top whose A and B are both random (B = 0 at
     initialisation would make every lora_A gradient zero and the comparisons weak)."""
-    split = split_model(tiny_model(arch, **NO_DROPOUT[arch]), (1, 3))
+    split = split_model(tiny_model(arch, **no_dropout(arch)), (1, 3))
     apply_lora(
         split, SplitLoraConfig(bottom=LoraSpec(r=2), trunk=LoraSpec(r=2) if trunk_lora else None, top=LoraSpec(r=2))
     )
