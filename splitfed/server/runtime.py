@@ -20,6 +20,7 @@ import torch
 
 from splitfed.aggregation import AdapterLayout, Aggregator, ClientUpdate, RoundOutcome, run_roster, server_aggregator
 from splitfed.config import RunConfig
+from splitfed.config.fields import ConfigError
 from splitfed.metrics import MetricsWriter
 from splitfed.models.client_adapter import TRUNK_PREFIX
 from splitfed.models.source import short_fingerprint
@@ -56,7 +57,7 @@ class Server:
         from splitfed.models.source import resolve_base_model
 
         if cfg.server.batch_clients and cfg.server.mode != "shared":
-            raise ValueError(
+            raise ConfigError(
                 "server.batch_clients needs server.mode = 'shared' (per-client adapters cannot share a batch)"
             )
         self.cfg, self.config_hash = cfg, cfg.hash()
@@ -133,7 +134,7 @@ class Server:
             log.warning("--resume: no checkpoint in %s, starting from round 0", self.checkpoint_dir)
             return 0
         if ck.config_hash != self.config_hash:
-            raise ValueError(f"checkpoint in {self.checkpoint_dir} was written with a different configuration")
+            raise ConfigError(f"checkpoint in {self.checkpoint_dir} was written with a different configuration")
         self.trunk.restore(ck.trunk, ck.optimizers)
         self.client_state = ck.clients
         log.info("resumed after round %d", ck.round_completed)
