@@ -27,6 +27,7 @@ from splitfed.models.source import short_fingerprint
 from splitfed.server.batching import PendingForward, TrunkScheduler
 from splitfed.server.checkpoint import ServerCheckpoint, load_checkpoint, save_checkpoint
 from splitfed.server.export import export_run_adapter
+from splitfed.server.housekeeping import Housekeeping
 from splitfed.server.rounds import RoundPolicy
 from splitfed.server.session import Session, Stage
 from splitfed.server.trunk import TrunkService, load_trunk
@@ -102,6 +103,7 @@ class Server:
             on_ban=self._banned,
             limits=PeerLimits.of(cfg.server.limits),
         )
+        self.housekeeping = Housekeeping((self._expire, self._maybe_close_round, self.trunk.tick), metrics=self.metrics)
         self.scheduler = TrunkScheduler(
             self.trunk,
             batch_clients=cfg.server.batch_clients,
@@ -155,14 +157,10 @@ class Server:
             self.socket.close()
 
     def _tick(self) -> bool:
-        """Housekeeping after every message or poll timeout; True when the server is finished."""
-        try:
-            self._expire()
-            self._maybe_close_round()
-            self.trunk.tick()
-        except Exception:  # a bug or a bad peer's data must not take the server down
-            log.exception("housekeeping failed; the server goes on")
-            self.metrics.write("error", code="server", detail="housekeeping failed (see the server log)")
+        """Housekeeping after every message or poll timeout; True when the server is finished.
+
+        A fault is logged with its traceback once per episode, then counted (`Housekeeping`)."""
+        self.housekeeping.tick()
         everyone_left = not any(s.stage != Stage.DONE for s in self.sessions.values())
         return self.done and everyone_left and time.monotonic() - self.done_at > 1.0
 
