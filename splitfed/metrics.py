@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+from splitfed.errors import MissingPackageError
+
 TENSORBOARD_HINT = "run.tensorboard = true needs TensorBoard: pip install 'splitfed[tracking]' (or tensorboard)"
 
 
@@ -60,7 +62,7 @@ def _summary_writer(log_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        raise ImportError(TENSORBOARD_HINT) from exc
+        raise MissingPackageError(TENSORBOARD_HINT) from exc
     return SummaryWriter(log_dir=str(log_dir))
 
 

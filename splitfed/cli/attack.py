@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from splitfed.errors import MissingFileError
+
 
 def register(subparsers) -> None:
     """Add the `attack` command group to the `splitfed` subparsers."""
@@ -59,9 +61,7 @@ def _report(args) -> int:
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "results.json").is_file():
-        raise FileNotFoundError(
-            f"{run_dir / 'results.json'} not found: is {run_dir} a `splitfed attack run` directory?"
-        )
+        raise MissingFileError(f"{run_dir / 'results.json'} not found: is {run_dir} a `splitfed attack run` directory?")
     for path in write_report(run_dir):
         print(f"wrote {path}")
     print(goal(load_results(run_dir / "results.json"))["verdict"])

@@ -11,6 +11,7 @@ import sys
 
 from splitfed import __version__
 from splitfed.cli.options import add_cut_option
+from splitfed.errors import SplitfedError, UsageError
 
 
 def _cmd_split_info(args) -> int:
@@ -42,7 +43,7 @@ def _load_run_config(args):
     if args.set:
         cfg = cfg.with_overrides(**parse_overrides(args.set))
     if cfg.transport.insecure and not args.insecure:
-        raise ValueError("transport.insecure = true also needs --insecure on the command line")
+        raise UsageError("transport.insecure = true also needs --insecure on the command line")
     return cfg
 
 
@@ -181,6 +182,8 @@ def _quiet_hf_progress() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command.  A `SplitfedError` (the user's to fix) is one line on stderr and exit 2;
+    Ctrl-C is exit 130; any other exception is a bug and propagates with its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -189,18 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _quiet_hf_progress()
         return int(args.func(args) or 0)
-    except (
-        ValueError,
-        ImportError,
-        FileNotFoundError,
-        FileExistsError,
-        KeyError,
-        ConnectionError,
-        RuntimeError,
-    ) as exc:
-        # Library errors name what was expected and what came; show them without a traceback.
+    except SplitfedError as exc:
         print(f"splitfed: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("splitfed: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,14 +2,16 @@
 
 list: the built-in names and whether they are cached; prepare NAME: convert a built-in
 model once; prepare DIR / inspect DIR: validate a local Hugging Face model directory and
-show what it holds and its fingerprint.  Errors are raised (ValueError subclasses) for
-`main()` to print as one line.
+show what it holds and its fingerprint.  Errors are raised (`SplitfedError` subclasses)
+for `main()` to print as one line.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+
+from splitfed.errors import UsageError
 
 
 def _cmd_list(args) -> int:
@@ -62,7 +64,7 @@ def _cmd_prepare(args) -> int:
         print(prepare(target, cache_dir=args.cache_dir))
         return 0
     if not _looks_like_dir(target):
-        raise ValueError(f"unknown model {target!r}: give a built-in name ({', '.join(MODELS)}) or a model directory")
+        raise UsageError(f"unknown model {target!r}: give a built-in name ({', '.join(MODELS)}) or a model directory")
     print("\n".join(describe_dir(Path(target), need_tokenizer=not args.no_tokenizer, cache=_fingerprint_cache(args))))
     return 0
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from splitfed.cli.privacy_report import add_report
+from splitfed.errors import SplitfedError, UsageError
 from splitfed.privacy.accountants import ACCOUNTANTS
 
 PROG = "splitfed privacy"
@@ -108,12 +109,12 @@ def _add_accountant(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args, compute: Callable[[argparse.Namespace], dict], render: Callable[[dict], list[str]]) -> int:
-    """Compute, then print text or one JSON object (finite numbers only); a library ValueError is
-    one line and exit 2."""
+    """Compute, then print text or one JSON object (finite numbers only); a `SplitfedError` is one
+    line and exit 2 (anything else is a bug and keeps its traceback)."""
     try:
         result = compute(args)
         text = _finite_json(result) if args.json else "\n".join(render(result))
-    except ValueError as exc:  # a LedgerError too: a damaged ledger is refused, never undercounted
+    except SplitfedError as exc:  # a LedgerError too: a damaged ledger is refused, never undercounted
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     print(text)
@@ -188,7 +189,7 @@ def _ldp(args) -> dict:
     from splitfed.privacy.calibrate import ldp_release_sigma
 
     if args.unit == "token" and args.max_length is None:
-        raise ValueError("--unit token needs --max-length T (the most positions one example has)")
+        raise UsageError("--unit token needs --max-length T (the most positions one example has)")
     nm = ldp_release_sigma(args.epsilon, args.delta, releases=args.releases)
     sensitivity = 2.0 * args.clip  # replace-one: two vectors clipped to C are at most 2C apart
     result = {
@@ -308,11 +309,11 @@ def _count(text: str) -> int:
 
 
 def _finite_json(result: dict) -> str:
-    """One JSON line; ValueError naming the key when a number is not finite (never `Infinity`)."""
+    """One JSON line; UsageError naming the key when a number is not finite (never `Infinity`)."""
 
     def check(obj: object, key: str) -> None:
         if isinstance(obj, float) and not math.isfinite(obj):
-            raise ValueError(f"{key} came out as {obj} for these inputs; no finite answer to state")
+            raise UsageError(f"{key} came out as {obj} for these inputs; no finite answer to state")
         if isinstance(obj, dict):
             for k, v in obj.items():
                 check(v, k)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from splitfed.errors import MissingFileError
+
 
 def add_report(psub, *, delta_type, run) -> None:
     p = psub.add_parser(
@@ -24,12 +26,9 @@ def add_report(psub, *, delta_type, run) -> None:
 def _report(args) -> dict:
     from splitfed.privacy.report import plot_epsilon, privacy_report
 
-    try:
-        settings, reports = privacy_report(args.run_dir, delta=args.delta)
-    except FileNotFoundError as exc:
-        raise ValueError(str(exc)) from None
+    settings, reports = privacy_report(args.run_dir, delta=args.delta)
     if not reports:
-        raise ValueError(f"{args.run_dir / 'privacy'}: no client ledgers (*.jsonl)")
+        raise MissingFileError(f"{args.run_dir / 'privacy'}: no client ledgers (*.jsonl)")
     plot = None
     if not args.no_plot:
         path = args.plot or args.run_dir / "privacy" / "epsilon.png"

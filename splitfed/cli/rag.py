@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from splitfed.errors import UsageError
+
 
 def _setup_logging(verbose: bool) -> None:
     from splitfed.cli.main import _setup_logging as setup
@@ -22,7 +24,7 @@ def _cmd_index(args) -> int:
     if args.news:
         return _index_news(args)
     if not args.docs or not args.name:
-        raise ValueError("rag index: give DOCS... and --name NAME (or --news for the bundled demo)")
+        raise UsageError("rag index: give DOCS... and --name NAME (or --news for the bundled demo)")
     from tqdm import tqdm
 
     from splitfed.rag.documents import Fields, read_documents
@@ -55,7 +57,7 @@ def _index_news(args) -> int:
     from splitfed.rag.index import build_news_demo
 
     if args.docs or args.name:
-        raise ValueError("rag index --news: the demo deals the bundled articles; give no DOCS or --name")
+        raise UsageError("rag index --news: the demo deals the bundled articles; give no DOCS or --name")
     out = args.out or Path("rag")
     docs = load_news(limit=args.limit)
     with tqdm(total=len(docs), desc="embedding", unit="doc", file=sys.stdout, mininterval=1.0) as bar:

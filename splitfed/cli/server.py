@@ -23,10 +23,11 @@ def _torchrun_server(args) -> int:
 
 def run_server(args, load_config, setup_logging) -> int:
     """`splitfed server`: one process, or N torchrun ranks with the trunk sharded (rank 0 serves)."""
+    from splitfed.errors import UsageError
     from splitfed.server.distributed import launched
 
     if args.nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+        raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1 and not launched():
         return _torchrun_server(args)
     cfg = load_config(args)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from splitfed.config import RunConfig
+from splitfed.errors import SplitfedError
 from splitfed.transport import ClientSocket, LinkState, NotSent, client_name
 from splitfed.wire import (
     INTEGERS,
@@ -34,7 +35,7 @@ from splitfed.wire import (
 )
 
 
-class ServerLost(ConnectionError):
+class ServerLost(SplitfedError, ConnectionError):
     """No reply from the server within the timeout."""
 
 
@@ -46,7 +47,7 @@ class HandshakeRejected(ServerLost):
     """The server refused the CURVE handshake (our key, or the server key we trust, is wrong)."""
 
 
-class ServerRefused(RuntimeError):
+class ServerRefused(SplitfedError, RuntimeError):
     """The server answered with an error that retrying cannot fix."""
 
 

@@ -34,6 +34,7 @@ from splitfed.client.link import (
 )
 from splitfed.client.privacy import ClientPrivacy
 from splitfed.config import RunConfig
+from splitfed.errors import UsageError
 from splitfed.metrics import MetricsWriter
 from splitfed.models.client_adapter import client_adapter_state, load_client_adapter_state
 from splitfed.privacy.ledger import describe, finite
@@ -62,7 +63,7 @@ class Client:
         from splitfed.training import OptimConfig
 
         if not 0 <= client_id < cfg.data.clients:
-            raise ValueError(f"--client-id must be in [0, {cfg.data.clients}), got {client_id}")
+            raise UsageError(f"--client-id must be in [0, {cfg.data.clients}), got {client_id}")
         self.cfg, self.client_id, self.name = cfg, client_id, client_name(client_id)
         self.run_dir = Path(cfg.run.dir)
         torch.manual_seed(cfg.run.seed)

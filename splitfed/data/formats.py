@@ -128,7 +128,7 @@ def tokenize_records(
     template. Raises `DataError` naming the file (and row) for data the tokenizer cannot handle.
     """
     if max_length < 2:
-        raise ValueError(f"max_length must be >= 2 (one prompt and one target token), got {max_length}")
+        raise DataError(f"max_length must be >= 2 (one prompt and one target token), got {max_length}")
     limit = None if packing else max_length
     path, fmt = records.path, records.format
     if fmt == "messages":

@@ -13,10 +13,16 @@ from typing import Any
 
 import numpy as np
 
+from splitfed.errors import SplitfedError
+
+
+class PartitionError(SplitfedError, ValueError):
+    """Clients, items and alpha that no partition can satisfy (the message names the setting)."""
+
 
 def _check_int(name: str, value: int, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise PartitionError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _check_rng(rng: object) -> None:
@@ -64,13 +70,13 @@ def partition_dirichlet(
     _check_int("min_size", min_size, 0)
     _check_int("max_tries", max_tries, 1)
     if not isinstance(alpha, (int, float, np.floating)) or not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+        raise PartitionError(f"alpha must be a finite number > 0, got {alpha!r}")
     _check_rng(rng)
     labels = list(labels)
     n_items = len(labels)
     setting = f"n_items={n_items}, n_clients={n_clients}, alpha={alpha}, min_size={min_size}"
     if n_items < n_clients * min_size:
-        raise ValueError(
+        raise PartitionError(
             f"cannot give every client {min_size} item(s): need n_items >= {n_clients * min_size} ({setting})"
         )
     codes: dict[Hashable, int] = {}
@@ -80,7 +86,7 @@ def partition_dirichlet(
         parts = _split_by_dirichlet(classes, n_clients, float(alpha), rng)
         if min(len(p) for p in parts) >= min_size:
             return parts
-    raise ValueError(
+    raise PartitionError(
         f"no Dirichlet draw gave every client >= {min_size} item(s) in {max_tries} tries ({setting}); "
         "raise alpha or max_tries, or lower min_size or n_clients"
     )

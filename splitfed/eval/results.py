@@ -16,6 +16,8 @@ import math
 import os
 from pathlib import Path
 
+from splitfed.errors import SplitfedError
+
 RESULTS, MARKDOWN = "results.json", "results.md"
 VERSION = 1
 ROUGE_GOAL, PPL_RATIO_GOAL = 0.1, 1.1
@@ -24,7 +26,7 @@ _SETTING_KEYS = ("goal_cut",)
 _CELL_KEYS = ("key", "cut", "defense", "family", "level", "attacks")
 
 
-class ReportError(ValueError):
+class ReportError(SplitfedError, ValueError):
     """A results file this module cannot read."""
 
 

@@ -19,6 +19,7 @@ import torch
 
 from splitfed.atomic import atomic_open
 from splitfed.config.fields import _plain
+from splitfed.errors import SplitfedError
 from splitfed.eval import metrics
 from splitfed.eval.attacks.base import (
     AttackerView,
@@ -35,7 +36,7 @@ from splitfed.eval.results import RESULTS, VERSION
 from splitfed.eval.train import Trained, base_perplexity, fresh_split, lora_config, resolve_cut, train_cell
 
 
-class RunDirError(ValueError):
+class RunDirError(SplitfedError, ValueError):
     """The run directory holds results that cannot be resumed with this config."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splitfed.config.fields import ConfigError
 from splitfed.data import Example, batches, collate
 from splitfed.eval.config import AttackConfig, DefenseSpec
 from splitfed.eval.data import EvalData
@@ -61,7 +62,7 @@ def lora_config(r: int):
 def resolve_cut(cfg: AttackConfig, n_layers: int, a: int) -> tuple[int, int]:
     b = cfg.model.top_cut if cfg.model.top_cut >= 0 else n_layers + cfg.model.top_cut
     if not 0 <= a < b <= n_layers:
-        raise ValueError(f"cut a = {a} with top cut b = {b} is not valid for a {n_layers}-layer model (need a < b)")
+        raise ConfigError(f"cut a = {a} with top cut b = {b} is not valid for a {n_layers}-layer model (need a < b)")
     return a, b
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from splitfed.errors import SplitfedError
 from splitfed.models.layout import detect_layout, validate_cut
 from splitfed.models.parts import Bottom, SplitPart, Top
 from splitfed.models.split import build_parts
@@ -36,7 +37,7 @@ CONVERT_HINT = (
 )
 
 
-class CheckpointError(FileNotFoundError, ValueError):
+class CheckpointError(SplitfedError, FileNotFoundError, ValueError):
     """The checkpoint directory lacks a config or a tensor a part needs, or a file is malformed.
 
     Both a `FileNotFoundError` (as before) and a `ValueError` (bad input, one-line CLI error).

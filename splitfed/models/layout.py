@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from splitfed.errors import SplitfedError
+
 # Candidate attribute names, first match wins.  (GPT-2 family, Llama family, GPT-NeoX, Phi.)
 _BASES = ("model", "transformer", "gpt_neox")
 _EMBEDS = ("embed_tokens", "wte", "embed_in")
@@ -23,7 +25,7 @@ _ROTARIES = ("rotary_emb",)
 _HEADS = ("lm_head", "embed_out")
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(SplitfedError, ValueError):
     """The model cannot be cut: it is not a decoder-only causal LM with the usual layout."""
 
 
@@ -110,14 +112,18 @@ def detect_layout(model: nn.Module) -> Layout:
     )
 
 
+class CutError(SplitfedError, ValueError):
+    """A cut that is not two layer indices 0 <= a < b <= the number of layers."""
+
+
 def validate_cut(cut: tuple[int, int], num_layers: int) -> tuple[int, int]:
     """Check `0 <= a < b <= num_layers` and return the cut as a tuple of ints."""
     try:
         a, b = (int(c) for c in cut)
     except (TypeError, ValueError):
-        raise ValueError(f"cut must be a pair of layer indices (a, b), got {cut!r}") from None
+        raise CutError(f"cut must be a pair of layer indices (a, b), got {cut!r}") from None
     if not (0 <= a < b <= num_layers):
-        raise ValueError(
+        raise CutError(
             f"invalid cut {(a, b)}: need 0 <= a < b <= {num_layers} for a model with {num_layers} layers "
             f"(bottom = layers [0, a), trunk = [a, b), top = [b, {num_layers}))"
         )

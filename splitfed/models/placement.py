@@ -13,6 +13,7 @@ import contextlib
 import torch
 from torch import nn
 
+from splitfed.config.fields import ConfigError
 from splitfed.config.schema import DEVICE_EXPECTED, valid_device
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -21,27 +22,29 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bf
 def resolve_device(spec: str, *, key: str = "device") -> torch.device:
     """The torch device for a config value; a clear error when it cannot be had here."""
     if not valid_device(spec):
-        raise ValueError(f"{key} must be {DEVICE_EXPECTED}, got {spec!r}")
+        raise ConfigError(f"{key} must be {DEVICE_EXPECTED}, got {spec!r}", key=key)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError(f"{key} = {spec!r} but no CUDA device is visible to this process (use 'auto' or 'cpu')")
+        raise ConfigError(
+            f"{key} = {spec!r} but no CUDA device is visible to this process (use 'auto' or 'cpu')", key=key
+        )
     index = int(spec.partition(":")[2] or 0)
     count = torch.cuda.device_count()
     if index >= count:
-        raise ValueError(f"{key} = {spec!r} but only {count} CUDA device(s) are visible (cuda:0..cuda:{count - 1})")
+        raise ConfigError(f"{key} = {spec!r} but only {count} CUDA device(s) are visible (cuda:0..cuda:{count - 1})")
     return torch.device("cuda", index)
 
 
 def resolve_dtype(name: str, device: torch.device, *, key: str = "dtype") -> torch.dtype:
     """The torch dtype for a config value, refused where the device cannot compute in it."""
     if name not in DTYPES:
-        raise ValueError(f"{key} must be one of {sorted(DTYPES)}, got {name!r}")
+        raise ConfigError(f"{key} must be one of {sorted(DTYPES)}, got {name!r}", key=key)
     dtype = DTYPES[name]
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(f"{key} = 'bfloat16' but {device} does not support it (use 'float16' or 'float32')")
+        raise ConfigError(f"{key} = 'bfloat16' but {device} does not support it (use 'float16' or 'float32')", key=key)
     return dtype
 
 

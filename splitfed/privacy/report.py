@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from splitfed.atomic import atomic_write_text
-from splitfed.privacy.ledger import Disclosure, LedgerEntry, finite, not_covered, read_ledger, spent, statements
+from splitfed.errors import MissingFileError
+from splitfed.privacy.ledger import (
+    Disclosure,
+    LedgerEntry,
+    LedgerError,
+    finite,
+    not_covered,
+    read_ledger,
+    spent,
+    statements,
+)
 
 SETTINGS = "settings.json"
 
@@ -52,13 +62,19 @@ class ClientReport:
 
 
 def privacy_report(run_dir: str | os.PathLike, *, delta: float | None = None) -> tuple[dict, list[ClientReport]]:
-    """(settings, one report per client ledger).  Raises FileNotFoundError naming what is missing."""
+    """(settings, one report per client ledger).  Raises `MissingFileError` naming what is missing,
+    `LedgerError` for a damaged ledger or settings file."""
     root = Path(run_dir) / "privacy"
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no privacy ledgers (was the run started with privacy.enabled = true?)")
+        raise MissingFileError(f"{root}: no privacy ledgers (was the run started with privacy.enabled = true?)")
     settings = {"delta": 1e-5, "accountant": "rdp", "max_epsilon": 0.0}
     if (root / SETTINGS).is_file():
-        settings.update(json.loads((root / SETTINGS).read_text()))
+        try:
+            settings.update(json.loads((root / SETTINGS).read_text()))
+        except (ValueError, TypeError) as exc:  # not JSON, not UTF-8, or not an object
+            raise LedgerError(
+                f"{root / SETTINGS}: not a JSON object of settings ({exc}); the file is damaged"
+            ) from None
     if delta is not None:
         settings["delta"] = delta
     reports = [_client(p.stem, read_ledger(p), settings) for p in sorted(root.glob("*.jsonl"))]

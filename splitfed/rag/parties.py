@@ -17,6 +17,7 @@ from pathlib import Path
 
 from splitfed.atomic import atomic_write_text
 from splitfed.config.toml import dump_toml
+from splitfed.errors import AlreadyExistsError, UsageError
 from splitfed.rag.config import PartyAddress, QuerierConfig, load_querier_config
 from splitfed.transport.keys import PublicKeyFile, create_party_keys, install_public_keys, read_public_key_file
 
@@ -63,7 +64,7 @@ def add_party(
     key = read_public_key_file(public_key)
     name = key.name if name is None else name
     if key.name != name:
-        raise ValueError(f"{public_key} is the public key of {key.name!r}, not of {name!r}: is it the right file?")
+        raise UsageError(f"{public_key} is the public key of {key.name!r}, not of {name!r}: is it the right file?")
     new_file = not path.exists()
     if new_file:
         cfg = None
@@ -71,16 +72,16 @@ def add_party(
     else:
         cfg = load_querier_config(path)
         if not cfg.keys_dir:
-            raise ValueError(f"{path}: keys_dir is empty; set it to the querier's keys directory first")
+            raise UsageError(f"{path}: keys_dir is empty; set it to the querier's keys directory first")
         keys_root, me = Path(cfg.keys_dir), cfg.name
     old = {p.name: p for p in cfg.parties} if cfg else {}
     if name in old and not replace_existing:
-        raise FileExistsError(
+        raise AlreadyExistsError(
             f"{path} already lists {name} (endpoint {old[name].endpoint}); pass --replace to replace it"
         )
     querier_key, created = own_keys(keys_root, me)
     if key.curve == querier_key.curve:
-        raise ValueError(f"{public_key} is the querier's own public key, not a party's")
+        raise UsageError(f"{public_key} is the querier's own public key, not a party's")
     installed = install_public_keys(keys_root / PARTY_KEYS, [key.path], overwrite=replace_existing)[0]
     address = PartyAddress(name, endpoint, keys_root / PARTY_KEYS / f"{installed.name}.key")
     parties = [address if p.name == name else p for p in cfg.parties] if cfg else []

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from splitfed.errors import UsageError
 from splitfed.rag.config import PartyAddress, QuerierConfig
 from splitfed.transport import ClientSocket, NotSent
 from splitfed.wire import Header, Message, MsgType, WireError, bytes_tensor, decode, encode, frames_nbytes
@@ -87,7 +88,7 @@ class Querier:
         from crypto.he import SecretContext
 
         if not parties:
-            raise ValueError("need at least one party")
+            raise UsageError("need at least one party")
         keys = {} if insecure else party_keys(parties, keys_dir, name)
         self.fingerprints = {n: fp for n, (_, fp) in keys.items()}  # shown to the user, compared by phone
         self.embedder = embedder
@@ -185,7 +186,7 @@ class Querier:
         from crypto.he import HEError, decrypt_scores, encrypt_query
 
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise UsageError(f"k must be >= 1, got {k}")
         stats = SearchResult(hits=[], contributed=[])
         t = time.perf_counter()
         new = [n for n in self.socks if n not in self.key_ok]

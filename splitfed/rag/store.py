@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from splitfed.atomic import atomic_dir
+from splitfed.errors import SplitfedError
 from splitfed.rag.corpus import Document
 
 EMBEDDER = "all-MiniLM-L6-v2"
 
 
-class StoreError(FileNotFoundError):
+class StoreError(SplitfedError, FileNotFoundError):
     """An index directory is missing or inconsistent."""
 
 

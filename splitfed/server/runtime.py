@@ -20,12 +20,14 @@ import torch
 
 from splitfed.aggregation import AdapterLayout, Aggregator, ClientUpdate, RoundOutcome, run_roster, server_aggregator
 from splitfed.config import RunConfig
+from splitfed.config.fields import ConfigError
 from splitfed.metrics import MetricsWriter
 from splitfed.models.client_adapter import TRUNK_PREFIX
 from splitfed.models.source import short_fingerprint
 from splitfed.server.batching import PendingForward, TrunkScheduler
 from splitfed.server.checkpoint import ServerCheckpoint, load_checkpoint, save_checkpoint
 from splitfed.server.export import export_run_adapter
+from splitfed.server.housekeeping import Housekeeping
 from splitfed.server.rounds import RoundPolicy
 from splitfed.server.session import Session, Stage
 from splitfed.server.trunk import TrunkService, load_trunk
@@ -56,7 +58,7 @@ class Server:
         from splitfed.models.source import resolve_base_model
 
         if cfg.server.batch_clients and cfg.server.mode != "shared":
-            raise ValueError(
+            raise ConfigError(
                 "server.batch_clients needs server.mode = 'shared' (per-client adapters cannot share a batch)"
             )
         self.cfg, self.config_hash = cfg, cfg.hash()
@@ -101,6 +103,7 @@ class Server:
             on_ban=self._banned,
             limits=PeerLimits.of(cfg.server.limits),
         )
+        self.housekeeping = Housekeeping((self._expire, self._maybe_close_round, self.trunk.tick), metrics=self.metrics)
         self.scheduler = TrunkScheduler(
             self.trunk,
             batch_clients=cfg.server.batch_clients,
@@ -133,7 +136,7 @@ class Server:
             log.warning("--resume: no checkpoint in %s, starting from round 0", self.checkpoint_dir)
             return 0
         if ck.config_hash != self.config_hash:
-            raise ValueError(f"checkpoint in {self.checkpoint_dir} was written with a different configuration")
+            raise ConfigError(f"checkpoint in {self.checkpoint_dir} was written with a different configuration")
         self.trunk.restore(ck.trunk, ck.optimizers)
         self.client_state = ck.clients
         log.info("resumed after round %d", ck.round_completed)
@@ -154,14 +157,10 @@ class Server:
             self.socket.close()
 
     def _tick(self) -> bool:
-        """Housekeeping after every message or poll timeout; True when the server is finished."""
-        try:
-            self._expire()
-            self._maybe_close_round()
-            self.trunk.tick()
-        except Exception:  # a bug or a bad peer's data must not take the server down
-            log.exception("housekeeping failed; the server goes on")
-            self.metrics.write("error", code="server", detail="housekeeping failed (see the server log)")
+        """Housekeeping after every message or poll timeout; True when the server is finished.
+
+        A fault is logged with its traceback once per episode, then counted (`Housekeeping`)."""
+        self.housekeeping.tick()
         everyone_left = not any(s.stage != Stage.DONE for s in self.sessions.values())
         return self.done and everyone_left and time.monotonic() - self.done_at > 1.0
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from splitfed.data.records import DataError
+
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -32,5 +34,5 @@ def evaluate(logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ba
         total += nll[keep].sum().item()
         count += int(keep.sum())
     if count == 0:
-        raise ValueError("no target tokens to evaluate (all labels are -100)")
+        raise DataError("no target tokens to evaluate (all labels are -100)")
     return EvalResult(loss=total / count, tokens=count)

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitfed.atomic import atomic_write_text
+from splitfed.errors import AlreadyExistsError, SplitfedError, UsageError
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _ZPL_VALUE = re.compile(r'^\s+([a-z-]+)\s*=\s*"?([^"]*)"?\s*$')
 
 
-class KeyFileError(FileNotFoundError):
+class KeyFileError(SplitfedError, FileNotFoundError):
     """A key file is missing or unreadable."""
 
 
@@ -44,10 +45,10 @@ def generate_keys(keys_dir: str | os.PathLike, n_clients: int, *, overwrite: boo
     from splitfed.transport.roster import ROSTER_FILE, roster_from_key_files, write_roster
 
     if n_clients < 1:
-        raise ValueError(f"n_clients must be >= 1, got {n_clients}")
+        raise UsageError(f"n_clients must be >= 1, got {n_clients}")
     root = Path(keys_dir)
     if (root / "server.key_secret").exists() and not overwrite:
-        raise FileExistsError(f"{root} already holds keys; pass overwrite=True (--force) to replace them")
+        raise AlreadyExistsError(f"{root} already holds keys; pass overwrite=True (--force) to replace them")
     allowed = root / "allowed"
     if allowed.exists():
         shutil.rmtree(allowed)
@@ -143,7 +144,7 @@ def key_fingerprint(public: str | bytes) -> str:
 
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name == "allowed":
-        raise ValueError(f"a party name is 1-64 letters, digits, '-', '_' or '.' (not starting with '.'), got {name!r}")
+        raise UsageError(f"a party name is 1-64 letters, digits, '-', '_' or '.' (not starting with '.'), got {name!r}")
     return name
 
 
@@ -178,7 +179,7 @@ def create_party_keys(
     root = Path(keys_dir)
     secret_path = root / f"{name}.key_secret"
     if secret_path.exists() and not overwrite:
-        raise FileExistsError(f"{secret_path} exists: {name} already has keys here (pass --force to replace them)")
+        raise AlreadyExistsError(f"{secret_path} exists: {name} already has keys here (pass --force to replace them)")
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)
     public, secret = (k.decode() for k in zmq.curve_keypair())
@@ -261,7 +262,7 @@ def install_public_keys(
         if target.exists() and not overwrite:
             old = read_public_key_file(target)
             if old.curve != k.curve:
-                raise FileExistsError(
+                raise AlreadyExistsError(
                     f"{target} already holds another key for {k.name} (fingerprint {old.fingerprint}, new "
                     f"{k.fingerprint}); pass --force to replace it"
                 )

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import zmq
 
+from splitfed.errors import SplitfedError
 from splitfed.transport.allowlist import AllowList
 from splitfed.transport.keys import allowed_clients, key_fingerprint, load_keypair, load_public
 from splitfed.transport.linkstate import MONITORED, KeyRef, LinkEvents, LinkState, explain
@@ -34,11 +35,11 @@ MAX_TRACKED_PEERS = 4096  # peers whose dropped replies `ServerSocket.dropped` r
 SEND_TIMEOUT_MS = 10_000  # longest a client waits for room to queue a message
 
 
-class ListenError(ConnectionError):
+class ListenError(SplitfedError, ConnectionError):
     """A server socket cannot listen on its endpoint (address in use, not this host's, ...)."""
 
 
-class NotSent(ConnectionError):
+class NotSent(SplitfedError, ConnectionError):
     """A client could not queue a message: it has no connection that takes it (see the text)."""
 
 
