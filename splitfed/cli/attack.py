@@ -69,13 +69,16 @@ def _report(args) -> int:
 
 
 def _list(args) -> int:
-    from splitfed.eval.registry import ATTACKS, defense_knobs
+    from splitfed.eval.registry import ATTACKS, attack_knobs, defense_knobs
 
     print("attacks:")
     for name, a in ATTACKS.items():
         k = a.knowledge
         print(f"  {name:<22} [{a.target}] {a.summary}")
         print(f"  {'':<22} attacker: {k.party}; sees {k.sees}; knows {k.knows}")
+    print("\nattack options ([attacks.<table>] keys in the attack config):")
+    for key, help_text in attack_knobs():
+        print(f"  {key:<28} {help_text}")
     print("\ndefenses ([[defense]] keys in the attack config; combine freely):")
     for key, help_text in defense_knobs():
         print(f"  {key:<28} {help_text}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -59,6 +60,8 @@ from splitfed.privacy.mechanisms import (
 from splitfed.privacy.report import write_settings
 
 log = logging.getLogger("splitfed.client")
+
+PostRelease = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 def mechanism_of(
@@ -96,10 +99,17 @@ class ClientPrivacy:
         n_examples: int,
         noise: NoiseSource | None = None,
         generator: torch.Generator | None = None,
+        post_release: PostRelease | None = None,
     ):
-        """`noise` / `generator` (tests only): injected noise and DP-SGD generator, taken as secret."""
+        """`noise` / `generator` (tests only): injected noise and DP-SGD generator, taken as secret.
+
+        `post_release(channel, tensor)`: applied to what each channel releases (after any noise),
+        with ``channel`` "activation" or "gradient"; its output is what is sent (the attack suite's
+        wire compression round trip).  It is not accounted for: it may only post-process.
+        """
         p = cfg.privacy
         self.cfg, self.name = cfg, name
+        self.post_release = post_release
         self.activations = mechanism_of(p.activations, p.delta, max_positions=cfg.data.max_length)
         self.gradients = mechanism_of(p.gradients, p.delta, max_positions=cfg.data.max_length)
         # secure_noise = false: seeded from run.seed, which the server holds -> recorded as non-private
@@ -148,10 +158,12 @@ class ClientPrivacy:
         return act, grad
 
     def release_activations(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return h if self.activations is None else self.activations.apply(h, mask, self.noise)
+        out = h if self.activations is None else self.activations.apply(h, mask, self.noise)
+        return out if self.post_release is None else self.post_release("activation", out)
 
     def release_gradient(self, g: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return g if self.gradients is None else self.gradients.apply(g, mask, self.noise)
+        out = g if self.gradients is None else self.gradients.apply(g, mask, self.noise)
+        return out if self.post_release is None else self.post_release("gradient", out)
 
     # ------------------------------------------------------------------ accounting
     def hello_entries(self) -> list[LedgerEntry]:

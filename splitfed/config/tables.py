@@ -46,6 +46,16 @@ def _sub_table(cls: type, name: str) -> type | None:
     return _table(_hints(cls)[_keyed(cls)[name].name])
 
 
+def _nested(cls: type, prefix: str, name: str) -> str | None:
+    """``[prefix.table] key`` when `name` reads as ``table_key`` of a sub-table of `cls`, else ``None``."""
+    for table in _names(cls):
+        sub = _sub_table(cls, table)
+        rest = name.removeprefix(table + "_")
+        if sub is not None and rest != name and rest in _names(sub):
+            return f"[{_join(prefix, table)}] {rest}"
+    return None
+
+
 def _unknown(cls: type, prefix: str, name: str, value: Any) -> ConfigError:
     """Error for `name` not being a key of `cls` (the table at `prefix`), with a suggestion."""
     names = sorted(_names(cls))
@@ -53,8 +63,9 @@ def _unknown(cls: type, prefix: str, name: str, value: Any) -> ConfigError:
     key = _join(prefix, name)
     if not all(_sub_table(cls, n) for n in names):
         msg = f"unknown key {key!r} (known keys{f' in [{prefix}]' if prefix else ''}: {', '.join(names)})"
-        if close:
-            msg += f"; did you mean {close[0]!r}?"
+        nested = _nested(cls, prefix, name)
+        if nested or close:
+            msg += f"; did you mean {nested or repr(close[0])}?"
         return ConfigError(msg, key=key)
     if not prefix:
         msg = f"unknown table [{name}] (known tables: {', '.join(names)})"

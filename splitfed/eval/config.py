@@ -8,6 +8,9 @@ runs every attack that applies.  Validated with the same field engine as the run
     name = "smollm2-135m"
     cuts = [0, 1, 2, 4]
 
+    [attacks.learned]
+    steps = 300
+
     [[defense]]
     name = "none"
 
@@ -19,12 +22,14 @@ runs every attack that applies.  Validated with the same field engine as the run
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 from splitfed.config.fields import _key_error, _opt, _req, _Section, _sub
+from splitfed.eval.options import LearnedOptions, MembershipOptions, UpdateOptions, WhiteBoxOptions
 
 Unit = Literal["sequence", "token"]
 Compression = Literal["fp32", "fp16", "bf16", "int8"]
+Opts = TypeVar("Opts")
 
 
 @dataclass(frozen=True)
@@ -79,17 +84,38 @@ class TrainSection(_Section):
 
 @dataclass(frozen=True)
 class AttackSection(_Section):
-    """[attacks]: which attacks run, and their effort."""
+    """[attacks]: which attacks run, where, and each one's effort (a sub-table per attack)."""
 
     _key: ClassVar[str] = "attacks"
 
     names: tuple[str, ...] = _opt((), "Attacks to run (`splitfed attack list`); empty = all.")
-    learned_steps: int = _opt(400, "Training steps of the learned inversion model.", gt=0)
-    whitebox_steps: int = _opt(150, "Optimisation steps of the white-box inversion.", gt=0)
-    update_texts: int = _opt(8, "Texts the update inversion generates.", gt=0)
     model_cuts: tuple[int, ...] = _opt(
         (), "Cuts where the attacks on the update and the model (which ignore the cut traffic) run; empty = all."
     )
+    learned: LearnedOptions = _sub(LearnedOptions, "The learned inversion model.")
+    whitebox: WhiteBoxOptions = _sub(WhiteBoxOptions, "The white-box inversion.")
+    update: UpdateOptions = _sub(UpdateOptions, "The update inversion.")
+    membership: MembershipOptions = _sub(MembershipOptions, "The membership inferences.")
+
+    def options(self, kind: type[Opts]) -> Opts:
+        """The options of class `kind` (an attack's ``Options``)."""
+        for value in (self.learned, self.whitebox, self.update, self.membership):
+            if type(value) is kind:
+                return value
+        raise TypeError(f"[attacks] has no options of type {kind.__name__}")
+
+
+@dataclass(frozen=True)
+class ChannelNoise:
+    """One cut channel's local DP as a defense sets it (both 0 = off)."""
+
+    epsilon: float
+    noise_multiplier: float
+    unit: Unit
+
+    @property
+    def on(self) -> bool:
+        return self.epsilon > 0 or self.noise_multiplier > 0
 
 
 @dataclass(frozen=True)
@@ -111,20 +137,28 @@ class DefenseSpec(_Section):
     compression: Compression = _opt("fp32", "Wire format of what crosses the cuts (after any noise).")
 
     def _check(self) -> None:
-        for channel in ("activation", "gradient"):
-            if getattr(self, f"{channel}_epsilon") > 0 and getattr(self, f"{channel}_noise_multiplier") > 0:
+        for channel, noise in self.channels.items():
+            if noise.epsilon > 0 and noise.noise_multiplier > 0:
                 raise _key_error(
                     f"defense.{channel}_epsilon",
                     f"set at most one of {channel}_epsilon and {channel}_noise_multiplier (defense {self.name!r})",
                 )
 
     @property
+    def channels(self) -> dict[str, ChannelNoise]:
+        """Local DP per cut channel: "activation" (Bottom -> server), "gradient" (Top -> server)."""
+        return {
+            "activation": ChannelNoise(self.activation_epsilon, self.activation_noise_multiplier, self.activation_unit),
+            "gradient": ChannelNoise(self.gradient_epsilon, self.gradient_noise_multiplier, "sequence"),
+        }
+
+    @property
     def activation_noise(self) -> bool:
-        return self.activation_epsilon > 0 or self.activation_noise_multiplier > 0
+        return self.channels["activation"].on
 
     @property
     def gradient_noise(self) -> bool:
-        return self.gradient_epsilon > 0 or self.gradient_noise_multiplier > 0
+        return self.channels["gradient"].on
 
     @property
     def family(self) -> str:

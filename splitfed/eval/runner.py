@@ -7,6 +7,7 @@ interrupted run resumes from the cells already done; the report is re-rendered a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -29,9 +30,9 @@ from splitfed.eval.attacks.base import (
     TokenGuess,
     UpdateView,
 )
-from splitfed.eval.config import AttackConfig, DefenseSpec, cell_key
+from splitfed.eval.config import AttackConfig, AttackSection, DefenseSpec, cell_key
 from splitfed.eval.data import AUX_DATA, PRIVATE_DATA, EvalData, load_eval_data
-from splitfed.eval.registry import attacks_for
+from splitfed.eval.registry import attacks_for, build
 from splitfed.eval.results import RESULTS, VERSION
 from splitfed.eval.train import Trained, base_perplexity, fresh_split, lora_config, resolve_cut, train_cell
 
@@ -162,17 +163,6 @@ def _view(
     seen = observe(trained, truth)
     members = data.train[: truth.members]
     nonmembers = data.heldout[: truth.members]
-    a = cfg.attacks
-    options = {
-        "learned_steps": a.learned_steps,
-        "whitebox_steps": a.whitebox_steps,
-        "update_texts": a.update_texts,
-        "update_length": min(32, cfg.data.max_length),
-        "update_windows": 32,
-        "activation_unit": d.activation_unit,
-    }
-    if "activation" in trained.clip:
-        options["activation_clip"] = trained.clip["activation"]
     split = trained.split
     return AttackerView(
         cut=cut,
@@ -196,8 +186,16 @@ def _view(
         query_logits=lambda i, k: split(i, k),
         reference_logits=lambda i, k: public(i, k),
         candidates=[ex.input_ids for ex in [*members, *nonmembers]],
-        options=options,
+        activation_clip=trained.clip.get("activation"),
+        activation_unit=d.activation_unit,
     )
+
+
+def attack_options(cfg: AttackConfig) -> AttackSection:
+    """`cfg.attacks`, the update inversion's decoded texts capped at ``data.max_length`` tokens."""
+    a = cfg.attacks
+    length = min(a.update.length, cfg.data.max_length)
+    return dataclasses.replace(a, update=dataclasses.replace(a.update, length=length))
 
 
 def score(guess, truth: Truth, tokenizer) -> dict[str, float]:
@@ -246,13 +244,14 @@ def run_cell(cfg: AttackConfig, a: int, d: DefenseSpec, data: EvalData, tokenize
     view = _view(cfg, cut, d, data, tokenizer, trained, truth)
     results = {}
     model_cuts = cfg.attacks.model_cuts
+    options = attack_options(cfg)
     for attack_cls in attacks_for(cfg.attacks.names):
         if attack_cls.target in ("update", "model") and model_cuts and a not in model_cuts:
             continue
         progress(f"attack {attack_cls.name}")
         t0 = time.perf_counter()
         try:
-            guess = attack_cls().run(view)
+            guess = build(attack_cls, options).run(view)
             results[attack_cls.name] = {"target": attack_cls.target, **score(guess, truth, tokenizer)}
         except Exception as err:  # one failing attack must not lose the cell
             results[attack_cls.name] = {"target": attack_cls.target, "error": f"{type(err).__name__}: {err}"}

@@ -2,8 +2,9 @@
 
 The defense is built from the product's own pieces: a `RunConfig` ``[privacy]`` section drives
 `ClientPrivacy` (the same mechanisms, ledger entries and DP-SGD stepper a networked client
-uses), and compression is the wire's own round trip (none on a channel whose discrete release
-goes as its integers, exactly).  The trunk runs in process
+uses), and compression is the wire's own round trip, given to `ClientPrivacy` as its
+``post_release`` hook (none on a channel whose discrete release goes as its integers, exactly).
+The trunk runs in process
 (`LocalTrunk`): the cut traffic is the same tensors the networked client would send.
 """
 
@@ -17,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splitfed.client.privacy import ClientPrivacy, PostRelease
 from splitfed.config.fields import ConfigError
 from splitfed.data import Example, batches, collate
-from splitfed.eval.config import AttackConfig, DefenseSpec
+from splitfed.eval.config import AttackConfig, ChannelNoise, Compression, DefenseSpec
 from splitfed.eval.data import EvalData
 
 _CHANNELS = {
@@ -121,6 +123,14 @@ def unit_norm_quantile(split, examples: list[Example], unit: str, q: float, pad:
     return float(np.quantile(norms, q)) if q < 1 else max(norms)
 
 
+def _channel(noise: ChannelNoise, clip: float | None) -> dict:
+    """A ``[privacy.activations]`` / ``[privacy.gradients]`` table for one channel's noise."""
+    if not noise.on:
+        return {"enabled": False}
+    return {"enabled": True, "unit": noise.unit, "clip": clip, "epsilon": noise.epsilon,
+            "noise_multiplier": noise.noise_multiplier}  # fmt: skip
+
+
 def privacy_config(cfg: AttackConfig, d: DefenseSpec, clip: dict[str, float], n: int, run_dir: Path):
     """The product's `RunConfig` for this defense (privacy on, so every channel gets a ledger entry)."""
     from splitfed.config import parse_config
@@ -128,20 +138,13 @@ def privacy_config(cfg: AttackConfig, d: DefenseSpec, clip: dict[str, float], n:
     from splitfed.privacy.dpsgd import STEP_TV
 
     t = cfg.train
-
-    def channel(name: str) -> dict:
-        eps, nm = getattr(d, f"{name}_epsilon"), getattr(d, f"{name}_noise_multiplier")
-        if eps == 0 and nm == 0:
-            return {"enabled": False}
-        return {"enabled": True, "unit": d.activation_unit if name == "activation" else "sequence",
-                "clip": clip[name], "epsilon": eps, "noise_multiplier": nm}  # fmt: skip
-
     q = min(1.0, t.batch_size / n)
     dpsgd = {"enabled": False}
     if d.dpsgd_epsilon > 0:
         # no amplification against the server-aggregator: the steps are discrete Gaussian releases (RDP + slack)
         nm = discrete_gaussian_noise_multiplier(d.dpsgd_epsilon, t.delta, releases=t.steps, tv=STEP_TV)
         dpsgd = {"enabled": True, "noise_multiplier": nm, "max_grad_norm": 1.0, "sample_rate": q}
+    channels = d.channels
     return parse_config(
         {
             "run": {"dir": str(run_dir), "seed": t.seed},
@@ -150,29 +153,35 @@ def privacy_config(cfg: AttackConfig, d: DefenseSpec, clip: dict[str, float], n:
             "privacy": {
                 "enabled": True,
                 "delta": t.delta,
-                "activations": channel("activation"),
-                "gradients": channel("gradient"),
+                "activations": _channel(channels["activation"], clip.get("activation")),
+                "gradients": _channel(channels["gradient"], clip.get("gradient")),
                 "dpsgd": dpsgd,
             },
         }
     )
 
 
-def _compressed(release: Release, kind: str, mech: object = None) -> Release:
-    """`release` followed by the wire's compression round trip (straight-through for autograd);
-    as is when `mech` is the discrete mechanism, whose integers the wire carries exactly."""
-    from splitfed.privacy.mechanisms import DiscreteGaussianLDP
+def exact_channels(rc) -> frozenset[str]:
+    """The channels whose release is the discrete mechanism's: the wire carries its integers exactly."""
+    p = rc.privacy
+    pairs = (("activation", p.activations), ("gradient", p.gradients))
+    return frozenset(name for name, channel in pairs if p.releases_integers(channel))
 
-    if kind == "fp32" or isinstance(mech, DiscreteGaussianLDP):
-        return release
+
+def wire_round_trip(kind: Compression, exact: frozenset[str] = frozenset()) -> PostRelease | None:
+    """The wire's compression round trip of a released tensor (straight-through for autograd), for
+    `ClientPrivacy`'s ``post_release``; channels in `exact` go as they are.  ``None`` for fp32."""
+    if kind == "fp32":
+        return None
     from splitfed.wire.compression import compress, decompress
 
-    def run(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        y = release(x, mask)
+    def round_trip(channel: str, y: torch.Tensor) -> torch.Tensor:
+        if channel in exact:
+            return y
         z = decompress("x", compress("x", y, kind), kind)
         return y + (z - y).detach()
 
-    return run
+    return round_trip
 
 
 def heldout_perplexity(split, examples: list[Example], pad: int) -> float:
@@ -215,83 +224,106 @@ def _train_client(split, priv, examples: list[Example], cfg: AttackConfig, optim
                 break
 
 
+def clips(split, d: DefenseSpec, data: EvalData) -> dict[str, float]:
+    """channel -> clip of each noised channel: quantile ``d.clip_quantile`` of its unit norms."""
+    return {
+        channel: unit_norm_quantile(split, data.train, noise.unit, d.clip_quantile, data.pad, channel)
+        for channel, noise in d.channels.items()
+        if noise.on
+    }
+
+
+def client_privacy(rc, k: int, d: DefenseSpec, n: int, seed: int) -> ClientPrivacy:
+    """Client `k`'s `ClientPrivacy` (reproducible noise: the cells are reproducible), with the wire's
+    compression after the noise, as on the wire, and the round's entries already in its ledger."""
+    from splitfed.client.data import releases_per_round
+    from splitfed.privacy.mechanisms import TorchNoise
+
+    seed = seed * 1000 + k  # injected noise (secure_noise = false would state inf)
+    noise, gen = TorchNoise(torch.Generator().manual_seed(seed)), torch.Generator().manual_seed(seed + 1)
+    hook = wire_round_trip(d.compression, exact_channels(rc))
+    p = ClientPrivacy(rc, k, f"client-{k}", n_examples=n, noise=noise, generator=gen, post_release=hook)
+    p.ledger.append(p.round_entries(0, releases_per_round(rc, n)))
+    return p
+
+
+def train_clients(cfg: AttackConfig, split, before, d: DefenseSpec, rc, data: EvalData, progress: Progress):
+    """One round of every client of the cell from the client adapter states `before` (the victim
+    is client 0); returns the victim's `ClientPrivacy` and each client's states after the round."""
+    from splitfed.training import LocalTrunk, OptimConfig
+
+    optim = OptimConfig(lr=cfg.train.lr)
+    link = LocalTrunk(split.trunk, optim)
+    clients = cfg.train.clients if d.secure_aggregation else 1
+    n = len(data.train)
+    states, privacy = [], []
+    for k in range(clients):
+        p = client_privacy(rc, k, d, n, cfg.train.seed)
+        if k > 0:
+            load_client_states(split, before)
+        examples = data.train if k == 0 else data.others[k - 1]
+        _train_client(split, p, examples, cfg, optim, link, data.pad, progress, f"client {k + 1}/{clients}")
+        states.append(client_states(split))
+        privacy.append(p)
+    return privacy[0], states
+
+
+def stated_epsilons(priv: ClientPrivacy, delta: float) -> dict[str, float]:
+    """party -> epsilon (and "total") from the victim's ledger, and each channel's on its own."""
+    from splitfed.privacy.ledger import statements
+
+    epsilon = {k: float(v) for k, v in priv.spent().items()}
+    entries = priv.ledger.entries()
+    for channel, mechanisms in _CHANNELS.items():  # each channel on its own, as the ledger records it
+        mine = [e for e in entries if e.mechanism in mechanisms]  # one party: its statement, no amplification
+        epsilon[channel] = statements(mine, delta)[0].epsilon if mine else 0.0
+    return epsilon
+
+
+def attacker_release(channel: str, mech, hook: PostRelease | None, seed: int) -> Release:
+    """The victim's release of `channel` as the server can rerun it: the same mechanism and
+    compression, independent noise."""
+    from splitfed.privacy.mechanisms import TorchNoise
+
+    gen = torch.Generator().manual_seed(seed + 7919)
+
+    def release(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = x if mech is None else mech.apply(x, mask, TorchNoise(gen))
+        return y if hook is None else hook(channel, y)
+
+    return release
+
+
 def train_cell(cfg: AttackConfig, cut: tuple[int, int], d: DefenseSpec, data: EvalData, run_dir: Path,
                progress: Progress = lambda s: None) -> Trained:  # fmt: skip
     """Train the victim (and, under secure aggregation, the other clients) for one round under `d`."""
     import time
 
-    from splitfed.client.data import releases_per_round
-    from splitfed.client.privacy import ClientPrivacy
-    from splitfed.privacy.ledger import statements
-    from splitfed.privacy.mechanisms import TorchNoise
-    from splitfed.training import LocalTrunk, OptimConfig
-
     start = time.perf_counter()
     t = cfg.train
     torch.manual_seed(t.seed)
     split = fresh_split(cfg.model.name, cut, lora=lora_config(cfg.model.lora_r), seed=t.seed)
-    pad = data.pad
     before = client_states(split)
-    ppl_before = heldout_perplexity(split, data.heldout, pad)
-    clip = {}
-    if d.activation_noise:
-        clip["activation"] = unit_norm_quantile(
-            split, data.train, d.activation_unit, d.clip_quantile, pad, "activation"
-        )
-    if d.gradient_noise:
-        clip["gradient"] = unit_norm_quantile(split, data.train, "sequence", d.clip_quantile, pad, "gradient")
-    optim = OptimConfig(lr=t.lr)
-    link = LocalTrunk(split.trunk, optim)
-    n = len(data.train)
+    ppl_before = heldout_perplexity(split, data.heldout, data.pad)
+    clip = clips(split, d, data)
     shutil.rmtree(run_dir, ignore_errors=True)  # a cell re-run after an interruption starts a fresh ledger
     run_dir.mkdir(parents=True)
-    clients = t.clients if d.secure_aggregation else 1
-    states, victim = [], None
-    priv = None
-    for k in range(clients):
-        rc = privacy_config(cfg, d, clip, n, run_dir)
-        seed = t.seed * 1000 + k  # reproducible cells: injected noise (secure_noise = false would state inf)
-        noise, gen = TorchNoise(torch.Generator().manual_seed(seed)), torch.Generator().manual_seed(seed + 1)
-        p = ClientPrivacy(rc, k, f"client-{k}", n_examples=n, noise=noise, generator=gen)
-        p.ledger.append(p.round_entries(0, releases_per_round(rc, n)))
-        # compression after the noise, as on the wire
-        p.release_activations = _compressed(p.release_activations, d.compression, p.activations)
-        p.release_gradient = _compressed(p.release_gradient, d.compression, p.gradients)
-        if k > 0:
-            load_client_states(split, before)
-        examples = data.train if k == 0 else data.others[k - 1]
-        _train_client(split, p, examples, cfg, optim, link, pad, progress, f"client {k + 1}/{clients}")
-        states.append(client_states(split))
-        if k == 0:
-            priv, victim = p, states[0]
-    aggregate = mean_states(states) if clients > 1 else None
-    load_client_states(split, victim)
-    ppl = heldout_perplexity(split, data.heldout, pad)
-    epsilon = {k: float(v) for k, v in priv.spent().items()}
-    entries = priv.ledger.entries()
-    for channel, mechanisms in _CHANNELS.items():  # each channel on its own, as the ledger records it
-        mine = [e for e in entries if e.mechanism in mechanisms]  # one party: its statement, no amplification
-        epsilon[channel] = statements(mine, t.delta)[0].epsilon if mine else 0.0
-
-    def attacker_release(mech) -> Release | None:
-        if mech is None:
-            return None
-        gen = torch.Generator().manual_seed(t.seed + 7919)
-        return _compressed(lambda x, m: mech.apply(x, m, TorchNoise(gen)), d.compression, mech)
-
+    rc = privacy_config(cfg, d, clip, len(data.train), run_dir)
+    priv, states = train_clients(cfg, split, before, d, rc, data, progress)
+    load_client_states(split, states[0])
     return Trained(
         split=split,
         before=before,
-        victim=victim,
-        aggregate=aggregate,
-        clients=clients,
+        victim=states[0],
+        aggregate=mean_states(states) if len(states) > 1 else None,
+        clients=len(states),
         release_activations=priv.release_activations,
         release_gradient=priv.release_gradient,
-        attacker_release_activations=attacker_release(priv.activations) or _compressed(lambda x, m: x, d.compression),
-        attacker_release_gradient=attacker_release(priv.gradients) or _compressed(lambda x, m: x, d.compression),
-        epsilon=epsilon,
+        attacker_release_activations=attacker_release("activation", priv.activations, priv.post_release, t.seed),
+        attacker_release_gradient=attacker_release("gradient", priv.gradients, priv.post_release, t.seed),
+        epsilon=stated_epsilons(priv, t.delta),
         clip=clip,
-        ppl=ppl,
+        ppl=heldout_perplexity(split, data.heldout, data.pad),
         ppl_before=ppl_before,
         seconds=time.perf_counter() - start,
     )

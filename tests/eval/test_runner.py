@@ -21,7 +21,7 @@ def _config(defenses, attacks=ACTIVATION_ATTACKS, **train):
             "model": {"name": "tiny-llama", "cuts": [1], "top_cut": -1, "goal_cut": 1},
             "data": {"max_length": 32, "train_examples": 12, "heldout_examples": 8, "victims": 6, "aux_texts": 60},
             "train": {"steps": 3, "batch_size": 4, "clients": 2, **train},
-            "attacks": {"names": attacks, "learned_steps": 150, "whitebox_steps": 60, "update_texts": 2},
+            "attacks": {"names": attacks, "learned": {"steps": 150}, "whitebox": {"steps": 60}, "update": {"texts": 2}},
             "defense": defenses,
         },
         "",

@@ -16,6 +16,7 @@ from splitfed.data import Example, collate, load_drug_reviews
 from splitfed.eval.attacks.base import AttackerView, UpdateView
 from splitfed.eval.attacks.membership import LossThreshold, ReferenceCalibrated, mean_nll
 from splitfed.eval.attacks.update import UpdateInversion, UpdateOptions, context_windows
+from splitfed.eval.options import MembershipOptions
 from splitfed.models import (
     ByteTokenizer,
     LoraSpec,
@@ -149,7 +150,7 @@ def test_membership_scores_are_the_nll_they_state(public, memorised):
     assert loss[11] == pytest.approx(-nll, abs=1e-5)
     assert calibrated[11] == pytest.approx(ref_nll - nll, abs=1e-5)
     # padding is excluded and the candidate order kept, whatever the batch size
-    one_by_one = LossThreshold().run(membership_view(public, memorised, options={"membership_batch": 1})).scores
+    one_by_one = LossThreshold(MembershipOptions(batch=1)).run(membership_view(public, memorised)).scores
     assert one_by_one == pytest.approx(loss, abs=1e-5)
 
 
@@ -174,8 +175,8 @@ def test_membership_refuses_what_it_cannot_score(public, memorised):
         ReferenceCalibrated().run(view(*public, candidates=members, query_logits=query))
     with pytest.raises(ValueError, match=r">= 2 tokens.*\[1\]"):
         LossThreshold().run(view(*public, candidates=[members[0], [5]], query_logits=query))
-    with pytest.raises(ValueError, match="membership_batch"):
-        LossThreshold().run(view(*public, candidates=members, query_logits=query, options={"membership_batch": 0}))
+    with pytest.raises(ValueError, match=r"attacks\.membership\.batch"):
+        LossThreshold(MembershipOptions(batch=0))
     with pytest.raises(ValueError, match=r"\(batch, tokens, vocab\)"):
         mean_nll(lambda ids, mask: ids.float(), members, pad_token_id=0, batch_size=4)
 
@@ -210,10 +211,15 @@ def round_updates(public, reviews):
     return before, updates
 
 
+def update_options(**kw) -> UpdateOptions:
+    """The effort these tests were tuned with: 64 context windows, texts of up to 48 tokens."""
+    return UpdateOptions(**{"windows": 64, "length": 48, **kw})
+
+
 def capitals_found(public, before, after, trunk, **options) -> tuple[int, float]:
     """(capitals among the top 26 tokens, share of capitals in the decoded texts)."""
-    v = view(*public, update=UpdateView(before, after, trunk, 1), options={"update_top_k": 26, **options})
-    guess = UpdateInversion().run(v)
+    v = view(*public, update=UpdateView(before, after, trunk, 1))
+    guess = UpdateInversion(update_options(top_k=26, **options)).run(v)
     assert len(guess.tokens) == 26 and len(guess.texts) == 8
     text = "".join(guess.texts).encode()
     return len(CAPITALS & set(guess.tokens)), sum(c in CAPITALS for c in text) / max(len(text), 1)
@@ -222,7 +228,7 @@ def capitals_found(public, before, after, trunk, **options) -> tuple[int, float]
 @pytest.mark.parametrize("weight", [0.0, 1.0])
 def test_update_inversion_finds_the_clients_tokens(weight, public, round_updates):
     before, updates = round_updates
-    options = {"update_length": 24, "update_weight": weight}
+    options = {"length": 24, "weight": weight}
     a_tokens, a_text = capitals_found(public, before, *updates["A"], **options)
     b_tokens, b_text = capitals_found(public, before, *updates["B"], **options)
     chance = 26 * 26 / 256  # capitals expected among 26 tokens drawn at random
@@ -239,8 +245,9 @@ def test_update_inversion_under_secure_aggregation(public, round_updates):
 
     after = {role: mean([updates[c][0][role] for c in "ABC"]) for role in CLIENT_ROLES}
     trunk = mean([updates[c][1] for c in "ABC"])
-    v = view(*public, update=UpdateView(before, after, trunk, clients=3), options={"update_length": 16})
-    guess = UpdateInversion().run(v)
+    v = view(*public, update=UpdateView(before, after, trunk, clients=3))
+    attack = UpdateInversion(update_options(length=16))
+    guess = attack.run(v)
     assert len(guess.texts) == 8 and all(isinstance(t, str) and 0 < len(t) <= 16 for t in guess.texts)
     assert len(guess.tokens) == 200 and len(set(guess.tokens)) == 200
     assert all(isinstance(t, int) and 0 <= t < 256 for t in guess.tokens)
@@ -248,14 +255,14 @@ def test_update_inversion_under_secure_aggregation(public, round_updates):
     # the mean still shows that someone wrote in capitals (7 of the top 26; chance 2.6)
     assert len(CAPITALS & set(guess.tokens[:26])) > 26 * 26 / 256 + 2
     # deterministic: greedy decoding and a fixed ranking
-    assert UpdateInversion().run(v) == guess
+    assert attack.run(v) == guess
 
 
 def test_update_inversion_sampling_is_seeded(public, round_updates):
     before, updates = round_updates
     update = UpdateView(before, *updates["A"], 1)
-    options = {"update_length": 12, "update_texts": 3, "update_temperature": 1.0}
-    runs = [UpdateInversion().run(view(*public, update=update, options=options, seed=s)).texts for s in (0, 0, 1)]
+    attack = UpdateInversion(update_options(length=12, texts=3, temperature=1.0))
+    runs = [attack.run(view(*public, update=update, seed=s)).texts for s in (0, 0, 1)]
     assert runs[0] == runs[1] != runs[2]
 
 
@@ -269,10 +276,11 @@ def test_update_inversion_refuses_bad_input(public, round_updates):
         v = view(*public, update=UpdateView(before, *updates["A"], 1))
         v.aux = [[5]]
         UpdateInversion().run(v)
-    for key, value in (("update_top_k", 0), ("update_length", 2.5), ("update_lambda", -1.0), ("update_weight", -1)):
-        with pytest.raises(ValueError, match=key):
-            UpdateOptions.of({key: value})
-    assert UpdateOptions.of({"update_lambda": 2, "update_texts": 3.0}) == UpdateOptions(lam=2.0, texts=3)
+    for field, key, value in (("top_k", "top_k", 0), ("length", "length", 2.5), ("lam", "lambda", -1.0),
+                              ("weight", "weight", -1)):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"attacks\.update\.{key}: expected"):
+            UpdateOptions(**{field: value})
+    assert UpdateOptions(lam=2) == UpdateOptions(lam=2.0) and isinstance(UpdateOptions(lam=2).lam, float)
 
 
 def test_context_windows_take_every_text_in_turn():

@@ -109,3 +109,24 @@ def test_after_prepare_the_ledger_charges_the_tables_own_slack(tmp_path):
     rounds = lambda cp: [e for r in range(3) for e in cp.round_entries(r, releases=1)]  # noqa: E731
     assert math.isinf(spent(rounds(loose), cfg.privacy.delta)["total"])
     assert 30 < spent(rounds(tight), cfg.privacy.delta)["total"] < 50  # the demo's budget lasts three rounds
+
+
+def test_post_release_hook_sees_each_channels_release_and_its_output_is_sent(tmp_path):
+    cfg = _cfg(tmp_path, gradients={"enabled": False}, dpsgd={"enabled": False})
+    seen = []
+
+    def hook(channel: str, x: torch.Tensor) -> torch.Tensor:
+        seen.append((channel, x.clone()))
+        return x + 1000.0
+
+    x, mask = torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.long)
+    plain = ClientPrivacy(cfg, 0, "client-0", n_examples=50, noise=TorchNoise(torch.Generator().manual_seed(5)))
+    hooked = ClientPrivacy(
+        cfg, 0, "client-0", n_examples=50, noise=TorchNoise(torch.Generator().manual_seed(5)), post_release=hook
+    )
+    noised = plain.release_activations(x, mask)
+    assert torch.equal(hooked.release_activations(x, mask), noised + 1000.0)  # after the noise, same draws
+    assert torch.equal(hooked.release_gradient(x, mask), x + 1000.0)  # a raw channel goes through it too
+    assert [c for c, _ in seen] == ["activation", "gradient"]
+    assert torch.equal(seen[0][1], noised) and torch.equal(seen[1][1], x)
+    assert plain.release_gradient(x, mask) is x  # no hook: the raw release is the tensor itself

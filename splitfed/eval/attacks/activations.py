@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from splitfed.eval.attacks.base import AttackerView, Knowledge, TokenGuess, pad_right
+from splitfed.eval.options import LearnedOptions, WhiteBoxOptions
 
 _SERVER_SEES = "the activations the client's Bottom sends for each victim example (after the defense), and the mask"
 
@@ -52,6 +53,8 @@ class NearestEmbedding:
     target: ClassVar[str] = "activations"
     summary: ClassVar[str] = "each released vector read as the cosine-nearest token embedding of the public model"
     knowledge: ClassVar[Knowledge] = Knowledge("server", _SERVER_SEES, "the public embedding table")
+
+    Options: ClassVar[type | None] = None
 
     def run(self, view: AttackerView) -> TokenGuess:
         rel = _require_activations(view)
@@ -100,12 +103,15 @@ class LearnedInversion:
         "the public pretrained Bottom, the defense's configuration (clip, noise scale, compression; not the "
         "noise draws), auxiliary public text from another corpus (news)",
     )
+    Options: ClassVar[type] = LearnedOptions
+
+    def __init__(self, options: LearnedOptions = LearnedOptions()):
+        self.options = options
 
     def run(self, view: AttackerView) -> TokenGuess:
         rel = _require_activations(view)
-        o = view.options
-        steps, width = int(o.get("learned_steps", 400)), int(o.get("learned_width", 1))
-        hidden, batch, negatives = int(o.get("learned_hidden", 768)), int(o.get("learned_batch", 512)), 4096
+        o = self.options
+        steps, width, hidden, batch, negatives = o.steps, o.width, o.hidden, o.batch, 4096
         gen = torch.Generator().manual_seed(view.seed)
         split = view.public_split()
         table = _embedding_table(split)
@@ -123,7 +129,7 @@ class LearnedInversion:
                 labels.append(ids[keep])
         x, y = torch.cat(feats), torch.cat(labels)
         model = _Inverter(rel.tensor.shape[-1], width, hidden, table)
-        opt = torch.optim.AdamW(model.parameters(), lr=float(o.get("learned_lr", 2e-3)), weight_decay=0.01)
+        opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=0.01)
         vocab = table.shape[0]
         for _ in range(steps):
             idx = torch.randint(len(x), (min(batch, len(x)),), generator=gen)
@@ -150,19 +156,21 @@ class WhiteBoxInversion:
     knowledge: ClassVar[Knowledge] = Knowledge(
         "server", _SERVER_SEES, "the public pretrained Bottom and the defense's clip and unit"
     )
+    Options: ClassVar[type] = WhiteBoxOptions
+
+    def __init__(self, options: WhiteBoxOptions = WhiteBoxOptions()):
+        self.options = options
 
     def run(self, view: AttackerView) -> TokenGuess:
         rel = _require_activations(view)
-        o = view.options
-        steps, lr = int(o.get("whitebox_steps", 150)), float(o.get("whitebox_lr", 0.05))
+        steps, lr = self.options.steps, self.options.lr
         split = view.public_split()
         for p in split.bottom.parameters():
             p.requires_grad_(False)
         table = _embedding_table(split)
         mask = rel.mask
         target = rel.tensor.float() * mask[..., None]
-        clip = view.options.get("activation_clip")
-        unit = view.options.get("activation_unit", "sequence")
+        clip, unit = view.activation_clip, view.activation_unit
         # start every position at the mean embedding, scaled like a real one
         z = table.mean(0).expand(*mask.shape, -1).clone().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=lr * float(table.norm(dim=-1).mean()))
@@ -185,6 +193,8 @@ class PublicTextBaseline:
     target: ClassVar[str] = "activations"
     summary: ClassVar[str] = "a baseline, not an attack: public news text of the same length, ignoring the release"
     knowledge: ClassVar[Knowledge] = Knowledge("nobody", "nothing", "auxiliary public text (news)")
+
+    Options: ClassVar[type | None] = None
 
     def run(self, view: AttackerView) -> TokenGuess:
         rel = _require_activations(view)

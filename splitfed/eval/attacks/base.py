@@ -62,6 +62,8 @@ class AttackerView:
     - ``activations``: what the Bottom sent for the victim examples.
     - ``gradients``: what the Top returned for them; ``trunk_output``: what the server sent on.
     - ``update``: what the aggregator saw (`UpdateView`).
+    - ``activation_clip``, ``activation_unit``: the defense's clip of the activations (``None``
+      when they are not clipped) and its unit (public configuration).
     - ``query_logits``: black-box access to the fine-tuned model (ids, mask) -> logits and
       ``reference_logits`` to the public pretrained model; ``candidates``: the examples whose
       membership is asked (token id lists).
@@ -83,7 +85,8 @@ class AttackerView:
     query_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     reference_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     candidates: Sequence[Sequence[int]] | None = None
-    options: dict[str, float] = field(default_factory=dict)
+    activation_clip: float | None = None
+    activation_unit: str = "sequence"
 
 
 @dataclass(frozen=True)
@@ -117,10 +120,14 @@ Guess = TokenGuess | TextGuess | MembershipScores
 
 
 class Attack(Protocol):
+    """An attack class: built with its ``Options`` (a config object), or with no argument when
+    ``Options`` is ``None``; `run` turns what its party sees into a guess."""
+
     name: ClassVar[str]
     target: ClassVar[Target]
     knowledge: ClassVar[Knowledge]
     summary: ClassVar[str]
+    Options: ClassVar[type | None]
 
     def run(self, view: AttackerView) -> Guess: ...
 

@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 
 from splitfed.eval.attacks.base import AttackerView, Knowledge, MembershipScores, Target, pad_right
+from splitfed.eval.options import MembershipOptions
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -28,13 +29,6 @@ _KNOWLEDGE = Knowledge(
     ),
     knows="the candidate texts and the public pretrained model",
 )
-
-
-def _batch_size(view: AttackerView) -> int:
-    value = view.options.get("membership_batch", 16)
-    if value != int(value) or value < 1:
-        raise ValueError(f"option membership_batch must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _candidates(view: AttackerView, attack: str) -> list[list[int]]:
@@ -85,6 +79,10 @@ class LossThreshold:
         "Loss threshold (Yeom et al. 2018): a candidate the fine-tuned model predicts well was likely "
         "trained on; score = minus its mean next-token NLL."
     )
+    Options: ClassVar[type] = MembershipOptions
+
+    def __init__(self, options: MembershipOptions = MembershipOptions()):
+        self.options = options
 
     def run(self, view: AttackerView) -> MembershipScores:
         if view.query_logits is None:
@@ -92,7 +90,7 @@ class LossThreshold:
                 f"{self.name} needs view.query_logits (queries to the fine-tuned model); the view has none"
             )
         rows = _candidates(view, self.name)
-        nll = mean_nll(view.query_logits, rows, pad_token_id=view.pad_token_id, batch_size=_batch_size(view))
+        nll = mean_nll(view.query_logits, rows, pad_token_id=view.pad_token_id, batch_size=self.options.batch)
         return MembershipScores(scores=[-x for x in nll])
 
 
@@ -104,6 +102,10 @@ class ReferenceCalibrated:
         "Reference-calibrated loss (Watson et al. 2022; offline LiRA, Carlini et al. 2022): how much more "
         "likely the fine-tuned model finds a candidate than the public model does; score = NLL_ref - NLL_target."
     )
+    Options: ClassVar[type] = MembershipOptions
+
+    def __init__(self, options: MembershipOptions = MembershipOptions()):
+        self.options = options
 
     def run(self, view: AttackerView) -> MembershipScores:
         if view.query_logits is None or view.reference_logits is None:
@@ -113,7 +115,7 @@ class ReferenceCalibrated:
                 + " and ".join(n for n in ("query_logits", "reference_logits") if getattr(view, n) is None)
             )
         rows = _candidates(view, self.name)
-        size = _batch_size(view)
+        size = self.options.batch
         target = mean_nll(view.query_logits, rows, pad_token_id=view.pad_token_id, batch_size=size)
         ref = mean_nll(view.reference_logits, rows, pad_token_id=view.pad_token_id, batch_size=size)
         return MembershipScores(scores=[r - t for r, t in zip(ref, target, strict=True)])

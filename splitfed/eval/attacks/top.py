@@ -36,6 +36,8 @@ class LogitLens:
         "server", "the trunk output it computes and sends to the client's Top", "the public pretrained Top"
     )
 
+    Options: ClassVar[type | None] = None
+
     def run(self, view: AttackerView) -> TokenGuess:
         out = _require(view, "trunk_output")
         with torch.no_grad():
@@ -55,6 +57,8 @@ class GradientLabels:
         "the gradient the client returns for the trunk output, and that trunk output",
         "the public pretrained Top (LM head and final norm)",
     )
+
+    Options: ClassVar[type | None] = None
 
     def run(self, view: AttackerView) -> TokenGuess:
         out, grad = _require(view, "trunk_output"), _require(view, "gradients")

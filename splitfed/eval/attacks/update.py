@@ -17,53 +17,15 @@ reads the clients' pooled data rather than one client's.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from splitfed.eval.attacks.base import AttackerView, Knowledge, Target, TextGuess, UpdateView, pad_right
+from splitfed.eval.options import UpdateOptions
 from splitfed.models import apply_lora, set_adapter_state
 
 State = Mapping[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class UpdateOptions:
-    """Effort of the attack, read from ``view.options`` (keys ``update_<field>``)."""
-
-    top_k: int = 200  # tokens in the bag-of-tokens guess
-    texts: int = 8  # texts decoded
-    length: int = 48  # tokens per decoded text (at most)
-    lam: float = 4.0  # weight of the differential term while decoding
-    windows: int = 64  # auxiliary context windows for the bag of tokens
-    context: int = 32  # tokens per window
-    batch: int = 8  # windows per forward pass
-    temperature: float = 0.0  # 0: greedy decoding; > 0: sampling with a generator seeded by view.seed
-    weight: float = 0.0  # bag of tokens: mean of p1^weight * (log p1 - log p0); see `token_scores`
-
-    _KEYS: ClassVar[dict[str, str]] = {"lambda": "lam"}
-
-    @classmethod
-    def of(cls, options: Mapping[str, float]) -> UpdateOptions:
-        values: dict[str, float] = {}
-        for field in ("top_k", "texts", "length", "lambda", "windows", "context", "batch", "temperature", "weight"):
-            key = f"update_{field}"
-            if key in options:
-                values[cls._KEYS.get(field, field)] = options[key]
-        for field in ("top_k", "texts", "length", "windows", "context", "batch"):
-            if field in values:
-                value = values[field]
-                if value != int(value) or value < 1:
-                    raise ValueError(f"option update_{field} must be a positive integer, got {value!r}")
-                values[field] = int(value)
-        for field in ("lam", "temperature", "weight"):
-            if field in values:
-                if not float(values[field]) >= 0:
-                    key = "update_lambda" if field == "lam" else f"update_{field}"
-                    raise ValueError(f"option {key} must be >= 0, got {values[field]!r}")
-                values[field] = float(values[field])
-        return cls(**values)
 
 
 class Snapshots:
@@ -208,11 +170,15 @@ class UpdateInversion:
         "CCS 2020): the tokens the update made most likely on public contexts, and texts decoded under "
         "log p1 + lambda (log p1 - log p0)."
     )
+    Options: ClassVar[type] = UpdateOptions
+
+    def __init__(self, options: UpdateOptions = UpdateOptions()):
+        self.options = options
 
     def run(self, view: AttackerView) -> TextGuess:
         if view.update is None:
             raise ValueError(f"{self.name} needs view.update (the adapters the aggregator saw); the view has none")
-        opts = UpdateOptions.of(view.options)
+        opts = self.options
         snapshots = Snapshots(view, view.update)
         windows = context_windows(view.aux, length=opts.context, count=opts.windows)
         if not windows:
