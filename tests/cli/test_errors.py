@@ -85,6 +85,7 @@ def test_a_programming_error_propagates_out_of_main(exc, monkeypatch, capsys):
     assert raised.value is exc and "splitfed: error" not in capsys.readouterr().err
 
 
+@pytest.mark.process
 def test_a_programming_error_shows_its_traceback_and_does_not_exit_2():
     script = (
         "import sys\n"

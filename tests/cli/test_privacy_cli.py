@@ -116,6 +116,7 @@ def test_refused_input_is_one_line_and_exit_2(argv, message, capsys):
     assert len(lines) == 1 and lines[0].startswith("splitfed privacy: error: ") and message in lines[0]
 
 
+@pytest.mark.process
 def test_help_is_fast_and_imports_nothing_heavy():
     code = (
         "import contextlib, io, json, sys\n"

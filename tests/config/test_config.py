@@ -96,6 +96,7 @@ def test_direct_construction_is_validated_and_normalised():
         TransportSection(heartbeat_s=1, timeout_s=0.5)
 
 
+@pytest.mark.process
 def test_config_module_imports_only_the_standard_library():
     code = "import sys, splitfed.config; bad = {'torch', 'transformers', 'numpy'} & set(sys.modules); print(bad or '')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

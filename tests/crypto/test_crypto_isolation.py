@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import crypto
 
 FORBIDDEN = ("splitfed", "torch", "zmq")
 ALLOWED_THIRD_PARTY = {"numpy", "tenseal", "cryptography"}
 
 
+@pytest.mark.process
 def test_importing_every_crypto_module_loads_no_forbidden_module():
     code = (
         "import importlib, pkgutil, sys\n"

@@ -134,6 +134,7 @@ def test_rdp_equals_opacus_own_rdp_accountant():
     assert ours.epsilon(1e-5) == pytest.approx(opacus_rdp.get_epsilon(1e-5), rel=1e-12)
 
 
+@pytest.mark.process
 def test_importing_and_using_the_rdp_accountant_does_not_import_torch():
     code = (
         "import json, sys\n"

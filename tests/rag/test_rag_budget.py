@@ -70,6 +70,7 @@ def test_a_partys_score_event_by_hand(tmp_path):
         party.socket.close()
 
 
+@pytest.mark.process
 def test_querier_over_budget_gets_a_refusal_not_an_answer(tmp_path):
     store = random_store(64, np.random.default_rng(0))
     store.save(tmp_path / "p0")

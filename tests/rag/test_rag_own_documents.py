@@ -135,6 +135,7 @@ def deployment(tmp_path_factory):
         p.wait()
 
 
+@pytest.mark.process
 def test_index_writes_the_partys_own_store_config_and_keys(deployment, capsys):
     tmp = deployment
     root = tmp / "hospital-a" / "rag"
@@ -157,6 +158,7 @@ def test_index_writes_the_partys_own_store_config_and_keys(deployment, capsys):
     assert "public key of 'hospital-a', not of 'bank-c'" in capsys.readouterr().err
 
 
+@pytest.mark.process
 def test_query_over_two_parties_with_their_own_keys(deployment):
     from splitfed.rag.embedder import Embedder
 
@@ -189,6 +191,7 @@ def test_query_over_two_parties_with_their_own_keys(deployment):
         querier.close()
 
 
+@pytest.mark.process
 def test_a_querier_outside_a_partys_allow_list_gets_nothing_from_it(deployment):
     tmp = deployment
     cfg = load_querier_config(tmp / "intruder" / "parties.toml")

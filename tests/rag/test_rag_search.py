@@ -61,6 +61,7 @@ def parties(tmp_path):
         p.wait()
 
 
+@pytest.mark.process
 def test_encrypted_global_top_k_equals_plaintext(parties):
     addrs, stores, rng, tmp_path = parties
     q = querier(addrs, tmp_path, timeout_s=120.0)
@@ -80,6 +81,7 @@ def test_encrypted_global_top_k_equals_plaintext(parties):
         q.close()
 
 
+@pytest.mark.process
 def test_a_silent_party_does_not_block_the_answer(parties, tmp_path):
     addrs, stores, rng, _ = parties
     keys = tmp_path / "keys" / "silent"
@@ -98,6 +100,7 @@ def test_a_silent_party_does_not_block_the_answer(parties, tmp_path):
         silent.close()
 
 
+@pytest.mark.process
 def test_bad_requests_get_errors_and_the_party_keeps_serving(parties):
     addrs, stores, rng, tmp_path = parties
     a = addrs[0]
@@ -147,6 +150,7 @@ def test_news_corpus_and_store_round_trip(tmp_path):
         VectorStore.load(tmp_path / "missing")
 
 
+@pytest.mark.process
 def test_cli_query_lists_contributing_parties(parties, capsys):
     from splitfed.cli.main import main
 
@@ -170,6 +174,7 @@ def test_cli_query_lists_contributing_parties(parties, capsys):
     assert "party[0].endpoint: required key missing" in capsys.readouterr().err
 
 
+@pytest.mark.process
 def test_a_party_answering_garbage_is_left_out(parties, tmp_path):
     import threading
 

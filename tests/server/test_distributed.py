@@ -15,6 +15,9 @@ from splitfed.server.distributed import pack, unpack
 SCRIPT = Path(__file__).with_name("dist_trunk_script.py")
 
 
+pytestmark = pytest.mark.process  # spawns torchrun ranks
+
+
 def test_call_arguments_round_trip_without_pickle():
     state = {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 3)}, 1: {}}
     groups = [{"params": [0, 1], "betas": (0.9, 0.99)}]
