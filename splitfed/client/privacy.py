@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from crypto.dgauss import cdt_sampler
 from splitfed.config import RunConfig
 from splitfed.config.privacy import CutNoise
 from splitfed.privacy.dpsgd import DPSGDConfig, poisson_batches, secure_generator
@@ -145,7 +146,7 @@ class ClientPrivacy:
         self.hidden = hidden
         if self.dpsgd is not None and self.dpsgd.mechanism == "discrete" and trainable:
             self.dpsgd_coords = trainable
-            self.dpsgd.events(1, coords=trainable)  # builds the table
+            cdt_sampler(self.dpsgd.grid(trainable)[2])  # build the table now, not at the first step
 
     def grid_steps(self, hidden: int) -> tuple[float, float]:
         """(activations, gradient): gamma of each channel whose mechanism is the discrete one, else 0.

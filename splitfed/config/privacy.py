@@ -19,6 +19,17 @@ CutMechanism = Literal["discrete", "float"]
 AccountantName = Literal["rdp", "prv"]
 
 
+def _grid_step():
+    return _opt(
+        0.0, "discrete: the grid step, a power of two; 0 = automatic (rounding <= 1% of the sensitivity).", ge=0
+    )
+
+
+def _check_grid_step(section) -> None:
+    if section.grid_step and math.frexp(section.grid_step)[0] != 0.5:
+        raise _key_error(f"{section._key}.grid_step", f"must be 0 or a power of two, got {section.grid_step!r}")
+
+
 @dataclass(frozen=True)
 class CutNoise(_Section):
     """[privacy.activations] or [privacy.gradients]: clip each unit, add Gaussian noise, before sending."""
@@ -37,13 +48,10 @@ class CutNoise(_Section):
         "discrete: integers on a power-of-two grid plus discrete Gaussian noise (exact sampling); "
         "float: float32 Gaussian noise (not covered by the stated epsilon; for comparison only).",
     )
-    grid_step: float = _opt(
-        0.0, "discrete: the grid step, a power of two; 0 = automatic (rounding <= 1% of the sensitivity).", ge=0
-    )
+    grid_step: float = _grid_step()
 
     def _check(self) -> None:
-        if self.grid_step and math.frexp(self.grid_step)[0] != 0.5:
-            raise _key_error(f"{self._key}.grid_step", f"must be 0 or a power of two, got {self.grid_step!r}")
+        _check_grid_step(self)
         if self.enabled and (self.epsilon > 0) == (self.noise_multiplier > 0):
             raise _key_error(
                 f"{self._key}.epsilon",
@@ -68,13 +76,10 @@ class DPSGDSection(_Section):
         "discrete Gaussian noise (exact sampling); float: Opacus' float32 Gaussian noise (not covered by "
         "the stated epsilon; for comparison only).",
     )
-    grid_step: float = _opt(
-        0.0, "discrete: the grid step, a power of two; 0 = automatic (rounding <= 1% of the sensitivity).", ge=0
-    )
+    grid_step: float = _grid_step()
 
     def _check(self) -> None:
-        if self.grid_step and math.frexp(self.grid_step)[0] != 0.5:
-            raise _key_error(f"{self._key}.grid_step", f"must be 0 or a power of two, got {self.grid_step!r}")
+        _check_grid_step(self)
 
 
 @dataclass(frozen=True)

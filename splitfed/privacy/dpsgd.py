@@ -46,9 +46,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crypto.dgauss import MAX_TV_PER_DRAW, cdt_sampler
+from crypto.dgauss import MAX_TV_PER_DRAW
 from splitfed.privacy.events import DiscreteGaussianEvent, NonPrivateEvent, PrivacyEvent, SampledGaussianEvent
-from splitfed.privacy.grid import default_step, row_bound
+from splitfed.privacy.grid import default_step, noise_tv, row_bound, valid_step
 
 IGNORE_INDEX = -100
 MAX_COORDS = 2**28  # trainable client parameters at most: the events' TV slack is charged for this many
@@ -84,7 +84,7 @@ class DPSGDConfig:
         if self.mechanism not in ("discrete", "float"):
             raise ValueError(f"mechanism must be 'discrete' or 'float', got {self.mechanism!r}")
         g = self.grid_step
-        if not (_number(g) and g >= 0 and (g == 0 or math.frexp(g)[0] == 0.5)):
+        if not valid_step(g):
             raise ValueError(f"grid_step must be 0 (automatic) or a power of two, got {g!r}")
 
     def grid(self, coords: int) -> tuple[float, Fraction, Fraction]:
@@ -107,7 +107,7 @@ class DPSGDConfig:
         if self.mechanism == "float":
             return (SampledGaussianEvent(self.noise_multiplier, self.sample_rate, count=steps),)
         # no sample rate: no amplification is claimed (the server, as aggregator, sees the sampling)
-        tv = STEP_TV if coords is None else math.nextafter(coords * cdt_sampler(self.grid(coords)[2]).tv, math.inf)
+        tv = STEP_TV if coords is None else noise_tv(self.grid(coords)[2], coords)
         return (DiscreteGaussianEvent(self.noise_multiplier, count=steps, tv=tv),)
 
 

@@ -13,7 +13,20 @@ from fractions import Fraction
 
 import torch
 
+from crypto.dgauss import cdt_sampler
+
 GRID_ROUNDING_SHARE = 0.01  # the default grid's rounding adds at most this share of clip / gamma
+
+
+def valid_step(g: object) -> bool:
+    """Whether `g` is a grid step a config may name: 0 (automatic) or a finite power of two."""
+    ok = not isinstance(g, bool) and isinstance(g, int | float) and math.isfinite(g) and g >= 0
+    return ok and (g == 0 or math.frexp(g)[0] == 0.5)
+
+
+def noise_tv(sigma2: Fraction, coords: int) -> float:
+    """The sampler's TV slack of one release of `coords` draws at grid variance `sigma2`, rounded up."""
+    return math.nextafter(coords * cdt_sampler(sigma2).tv, math.inf)
 
 
 def sqrt_upper(d: int) -> Fraction:

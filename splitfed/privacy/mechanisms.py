@@ -41,7 +41,7 @@ import torch
 
 from crypto.dgauss import MAX_TV_PER_DRAW, cdt_sampler
 from splitfed.privacy.events import DiscreteGaussianEvent, GaussianEvent
-from splitfed.privacy.grid import default_step, snap_rows, sqrt_upper
+from splitfed.privacy.grid import default_step, noise_tv, snap_rows, sqrt_upper, valid_step
 
 Unit = Literal["sequence", "token"]
 UNITS: tuple[str, ...] = ("sequence", "token")
@@ -172,7 +172,7 @@ class DiscreteGaussianLDP:
         if isinstance(self.max_positions, bool) or not isinstance(self.max_positions, int) or self.max_positions < 1:
             raise ValueError(f"max_positions must be an integer >= 1, got {self.max_positions!r}")
         g = self.grid_step
-        if not (isinstance(g, int | float) and math.isfinite(g) and g >= 0 and (g == 0 or math.frexp(g)[0] == 0.5)):
+        if not valid_step(g):
             raise ValueError(f"grid_step must be 0 (automatic) or a power of two, got {g!r}")
 
     def clip_only(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -230,8 +230,3 @@ class DiscreteGaussianLDP:
         nm = self.noise_multiplier if self.unit == "sequence" else self.noise_multiplier / math.sqrt(max_positions)
         tv = MAX_RELEASE_TV if hidden is None else noise_tv(self.grid(hidden)[2], max_positions * hidden)
         return DiscreteGaussianEvent(nm, count=releases, tv=tv)
-
-
-def noise_tv(sigma2: Fraction, coords: int) -> float:
-    """The sampler's TV slack of one release of `coords` coordinates at grid variance `sigma2`."""
-    return math.nextafter(coords * cdt_sampler(sigma2).tv, math.inf)  # rounded up
