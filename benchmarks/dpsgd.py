@@ -1,7 +1,7 @@
 """Client step time of DP-SGD (`DPClientStep`, Opacus) vs plain split training (`ClientStep`).
 
 SmolLM2-135M cut at (2, 28), LoRA r=8 (q/v) on every part; the trunk runs in this process
-behind a `LocalTrunk` (its LoRA trained without DP in both modes), timed separately so the
+behind a `LocalLink` (its LoRA trained without DP in both modes), timed separately so the
 client's own share shows.  Batches are 4 x 128 tokens of real drug reviews, the same in both
 modes (fixed size, not Poisson, so both do identical work).  DP: sigma 1.0, C 1.0, q = batch / n.
 Repetitions alternate the order of the modes.  Prints the medians and the ratio DP / non-DP.
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     from splitfed.models import LoraSpec, SplitLoraConfig, apply_lora, load_pretrained, split_model
     from splitfed.privacy.dpsgd import DPSGDConfig
     from splitfed.privacy.dpsgd_step import DPClientStep
-    from splitfed.training import ClientStep, LocalTrunk, OptimConfig
+    from splitfed.training import ClientStep, LocalLink, OptimConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)  # 1 when another process holds a core: OpenMP thrashes
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     for name, model in (("non-DP", copy.deepcopy(pre.model)), ("DP-SGD", pre.model)):
         split = split_model(model, tuple(args.cut))
         apply_lora(split, SplitLoraConfig(*(LoraSpec(r=8, alpha=16),) * 3))
-        links[name] = TimedLink(LocalTrunk(split.trunk, optim))
+        links[name] = TimedLink(LocalLink(split.trunk, optim))
         if name == "DP-SGD":
             gen = torch.Generator().manual_seed(0)
             steps[name] = DPClientStep(

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     from splitfed.privacy.dpsgd_step import DPClientStep
     from splitfed.privacy.events import GaussianEvent
     from splitfed.privacy.mechanisms import MAX_RELEASE_TV, DiscreteGaussianLDP, GaussianLDP, SecureNoise, TorchNoise
-    from splitfed.training import ClientStep, LocalTrunk, OptimConfig, evaluate
+    from splitfed.training import ClientStep, LocalLink, OptimConfig, evaluate
     from splitfed.utility import Utility
 
     hf_logging.disable_progress_bar()
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
 
     def train_with(make_step) -> tuple[float, float]:
         reset()
-        link = LocalTrunk(split.trunk, optim)
+        link = LocalLink(split.trunk, optim)
         step = make_step(link)
         t = time.perf_counter()
         for i in range(args.steps):
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     # both server channels at 8 each (sequence unit); gradient clip = median returned-gradient norm
     grad_norms = []
     probe = cs(
-        LocalTrunk(split.trunk, OptimConfig(lr=1e-12)),
+        LocalLink(split.trunk, OptimConfig(lr=1e-12)),
         release_gradient=lambda g, k: grad_norms.extend(float(n) for n in g.flatten(1).norm(dim=1)) or g,
     )
     reset()

@@ -39,7 +39,7 @@ def run_server(args, load_config, setup_logging) -> int:
 
     from splitfed.models.source import resolve_base_model
     from splitfed.server.distributed import run_ranks
-    from splitfed.server.trunk import load_trunk
+    from splitfed.server.engine import load_engine
     from splitfed.transport import client_name
 
     rank = int(os.environ.get("RANK", "0"))
@@ -52,12 +52,12 @@ def run_server(args, load_config, setup_logging) -> int:
         if group.rank == 0:
             dist.barrier()
         clients = [client_name(k) for k in range(cfg.data.clients)]
-        return load_trunk(cfg, model_dir, clients=clients, group=group)
+        return load_engine(cfg, model_dir, clients=clients, group=group)
 
-    return run_ranks(make, lambda trunk: _serve(cfg, args, trunk), cfg.server.device)
+    return run_ranks(make, lambda engine: _serve(cfg, args, engine), cfg.server.device)
 
 
-def _serve(cfg, args, trunk) -> int:
+def _serve(cfg, args, engine) -> int:
     from splitfed.cli.progress import progress_bar
     from splitfed.server.runtime import Server
 
@@ -68,12 +68,12 @@ def _serve(cfg, args, trunk) -> int:
         bar.update(n)
         bar.set_postfix(round=rnd)
 
-    server = Server(cfg, resume=args.resume, insecure=args.insecure, on_step=on_step, trunk=trunk)
-    ranks = f", {os.environ['WORLD_SIZE']} ranks (FSDP2)" if trunk is not None else ""
+    server = Server(cfg, resume=args.resume, insecure=args.insecure, on_step=on_step, engine=engine)
+    ranks = f", {os.environ['WORLD_SIZE']} ranks (FSDP2)" if engine is not None else ""
     bar.write(
         f"server listening on {server.endpoint} ({'INSECURE plaintext' if args.insecure else 'CURVE'}), "
         f"mode {cfg.server.mode}, rounds {server.round}..{cfg.training.rounds - 1}, "
-        f"trunk on {server.trunk.device} in {cfg.server.dtype}{ranks}; base model {server.base_model}",
+        f"trunk on {server.engine.device} in {cfg.server.dtype}{ranks}; base model {server.base_model}",
         file=sys.stdout,
     )
     try:

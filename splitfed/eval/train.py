@@ -5,7 +5,7 @@ The defense is built from the product's own pieces: a `RunConfig` ``[privacy]`` 
 uses), and compression is the wire's own round trip, given to `ClientPrivacy` as its
 ``post_release`` hook (none on a channel whose discrete release goes as its integers, exactly).
 The trunk runs in process
-(`LocalTrunk`): the cut traffic is the same tensors the networked client would send.
+(`LocalLink`): the cut traffic is the same tensors the networked client would send.
 """
 
 from __future__ import annotations
@@ -250,10 +250,10 @@ def client_privacy(rc, k: int, d: DefenseSpec, n: int, seed: int) -> ClientPriva
 def train_clients(cfg: AttackConfig, split, before, d: DefenseSpec, rc, data: EvalData, progress: Progress):
     """One round of every client of the cell from the client adapter states `before` (the victim
     is client 0); returns the victim's `ClientPrivacy` and each client's states after the round."""
-    from splitfed.training import LocalTrunk, OptimConfig
+    from splitfed.training import LocalLink, OptimConfig
 
     optim = OptimConfig(lr=cfg.train.lr)
-    link = LocalTrunk(split.trunk, optim)
+    link = LocalLink(split.trunk, optim)
     clients = cfg.train.clients if d.secure_aggregation else 1
     n = len(data.train)
     states, privacy = [], []

@@ -9,10 +9,12 @@ no gradient all-reduce.  Checkpoints, per-client adapter swaps and averaging sta
 DDP would only add throughput for a trunk that already fits one device, and only with
 batches big enough to split; the server's batches are one client's (or one group's).
 
-Rank 0 runs the whole server: sessions, rounds, aggregation, checkpoints.  Each call that
-touches the trunk (`REPLICATED`) is broadcast to the other ranks before rank 0 runs it, so
-every rank runs the same calls in the same order and enters the FSDP collectives together.
-The broadcast carries a JSON header and raw tensors; nothing is pickled.
+Rank 0 runs the whole server: sessions, rounds, aggregation, checkpoints.  `ServerCore`
+changes the trunk only by handing `TrunkOp` values to its engine; here each op is broadcast
+(as an ordinary wire message: JSON header and raw tensors, nothing pickled) before rank 0
+runs it, so every rank runs the same ops in the same order and enters the FSDP collectives
+together.  After each op the ranks compare outcomes; an op that failed on some ranks only
+stops the whole group (`GroupAbort`) rather than leaving it diverged or hanging.
 
     torchrun --standalone --nproc_per_node 2 -m splitfed.cli.main server --config run.toml
     splitfed server --nproc 2 --config run.toml      # the same, torchrun started for you
@@ -21,29 +23,33 @@ The broadcast carries a JSON header and raw tensors; nothing is pickled.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from splitfed.models import SplitPart
 from splitfed.models.placement import resolve_device
-from splitfed.server.trunk import TrunkService
+from splitfed.server.engine import TrunkEngine
+from splitfed.server.ops import TrunkOp, op_frames, op_from_message
+from splitfed.wire import Header, MsgType, decode, encode
 
 log = logging.getLogger("splitfed.server")
 
-#: TrunkService methods that change the trunk or run it; all ranks must run each of them.
-REPLICATED = ("forward", "backward", "forward_group", "backward_group", "abort", "average", "restore")
 PING, STOP = "ping", "stop"
 KEEPALIVE_S = 60.0  # idle rank 0 pings the others well inside the process group's timeout
+MAX_OP_BYTES = 2**40  # ops come from rank 0, which this rank trusts as itself; the codec still checks them
 
-_DTYPES = {str(t).removeprefix("torch."): t for t in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
-                                                      torch.int64, torch.int32, torch.uint8, torch.bool)}  # fmt: skip
+
+class GroupAbort(BaseException):
+    """The ranks no longer hold the same trunk (an op failed on some ranks and not on others).
+
+    A `BaseException`: it must get past every ``except Exception`` that keeps the server
+    serving after a bad message, so the whole group stops, loudly, instead of hanging in
+    the next collective or training on diverged replicas."""
 
 
 def launched() -> bool:
@@ -51,7 +57,7 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-class TrunkGroup:
+class RankGroup:
     """This rank's place in the group: its device, the sharding, and the call broadcast."""
 
     def __init__(self, device_spec: str = "auto", *, timeout_s: float = 1800.0):
@@ -78,34 +84,45 @@ class TrunkGroup:
             fully_shard(layer, mesh=mesh, ignored_params={p for p in layer.parameters() if p.requires_grad})
         fully_shard(part, mesh=mesh, ignored_params={p for p in part.parameters() if p.requires_grad})
 
-    # ---------------------------------------------------------------- call broadcast
+    # ---------------------------------------------------------------- op broadcast
     def _comm(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device) if self.backend == "nccl" else t
 
-    def send(self, name: str, args: tuple = (), kwargs: dict | None = None) -> None:
-        """Rank 0: announce a call and its arguments to the other ranks."""
-        header, tensors = pack({"call": name, "args": list(args), "kwargs": kwargs or {}})
-        data = torch.frombuffer(bytearray(json.dumps(header).encode()), dtype=torch.uint8)
-        dist.broadcast(self._comm(torch.tensor([data.numel()], dtype=torch.int64)), src=0)
-        dist.broadcast(self._comm(data), src=0)
-        for t in tensors:
-            dist.broadcast(self._comm(t.contiguous()), src=0)
+    def send(self, frames: list) -> None:
+        """Rank 0: announce one message (wire frames) to the other ranks."""
+        sizes = torch.tensor([memoryview(f).nbytes for f in frames], dtype=torch.int64)
+        dist.broadcast(self._comm(torch.tensor([sizes.numel()], dtype=torch.int64)), src=0)
+        dist.broadcast(self._comm(sizes), src=0)
+        if int(sizes.sum()):
+            joined = bytearray(b"".join(bytes(memoryview(f).cast("B")) for f in frames))
+            data = torch.frombuffer(joined, dtype=torch.uint8)
+            dist.broadcast(self._comm(data), src=0)
         self.last_sent = time.monotonic()
 
-    def receive(self) -> tuple[str, tuple, dict]:
-        """Other ranks: the next call rank 0 announced."""
-        size = self._comm(torch.zeros(1, dtype=torch.int64))
-        dist.broadcast(size, src=0)
-        data = self._comm(torch.empty(int(size.item()), dtype=torch.uint8))
-        dist.broadcast(data, src=0)
-        header = json.loads(bytes(data.cpu().numpy()).decode())
-        tensors = []
-        for shape, dtype in header["tensors"]:
-            t = self._comm(torch.empty(shape, dtype=_DTYPES[dtype]))
-            dist.broadcast(t, src=0)
-            tensors.append(t.cpu())
-        call = unpack(header["tree"], tensors)
-        return call["call"], tuple(call["args"]), call["kwargs"]
+    def receive(self) -> list[bytes]:
+        """Other ranks: the next message rank 0 announced, as frames."""
+        count = self._comm(torch.zeros(1, dtype=torch.int64))
+        dist.broadcast(count, src=0)
+        sizes = self._comm(torch.zeros(int(count.item()), dtype=torch.int64))
+        dist.broadcast(sizes, src=0)
+        sizes = sizes.cpu().tolist()
+        data = b""
+        if sum(sizes):
+            buf = self._comm(torch.empty(sum(sizes), dtype=torch.uint8))
+            dist.broadcast(buf, src=0)
+            data = bytes(buf.cpu().numpy())
+        frames, at = [], 0
+        for n in sizes:
+            frames.append(data[at : at + n])
+            at += n
+        return frames
+
+    def agree(self, failed: bool) -> list[bool]:
+        """Every rank's outcome of the op just run (all ranks call this after each op)."""
+        flags = self._comm(torch.zeros(self.world_size, dtype=torch.int64))
+        flags[self.rank] = int(failed)
+        dist.all_reduce(flags)
+        return [bool(f) for f in flags.cpu().tolist()]
 
     def close(self) -> None:
         """Leave the group (a barrier first: without it a rank may abort at teardown)."""
@@ -114,100 +131,118 @@ class TrunkGroup:
             dist.destroy_process_group()
 
 
-class ReplicatedTrunk:
-    """Rank 0's trunk: a `TrunkService` whose trunk-touching calls every rank runs too."""
+def _control(word: str) -> list:
+    return encode(Header(MsgType.HEARTBEAT, meta={"control": word}))
 
-    def __init__(self, service: TrunkService, group: TrunkGroup):
-        self._service, self._group = service, group
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._service, name)
-        if name not in REPLICATED:
-            return attr  # reads: the replicas hold the same state
+def run_replicated(engine: TrunkEngine, group: RankGroup, op: TrunkOp):
+    """Run `op` on this rank and learn how it went on every rank.  The same outcome
+    everywhere (all succeeded, or all raised the same kind of error, as a non-finite step
+    does) keeps the replicas equal: the result or the error is this rank's.  Mixed outcomes
+    mean the replicas diverged: every rank raises `GroupAbort`."""
+    try:
+        result, error = engine.run(op), None
+    except Exception as exc:
+        result, error = None, exc
+    outcomes = group.agree(error is not None)
+    if any(outcomes) and not all(outcomes):
+        failed = [r for r, f in enumerate(outcomes) if f]
+        why = f"{type(error).__name__}: {error}" if error is not None else "it succeeded here"
+        log.critical("rank %d: %s failed on rank(s) %s only (%s); stopping the group", group.rank,
+                     type(op).__name__, failed, why, exc_info=error)  # fmt: skip
+        raise GroupAbort(f"trunk op {type(op).__name__} failed on rank(s) {failed} only: the replicas diverged")
+    if error is not None:
+        raise error
+    return result
 
-        def call(*args, **kwargs):
-            self._group.send(name, args, kwargs)
-            return attr(*args, **kwargs)
 
-        return call
+class ReplicatedEngine:
+    """Rank 0's engine: every op is broadcast to the other ranks and run on all of them.
+
+    Reads (`states`, `final_state`, ...) come from rank 0's copy: the replicas hold the same."""
+
+    def __init__(self, engine: TrunkEngine, group: RankGroup):
+        self.engine, self.group = engine, group
+
+    def run(self, op: TrunkOp):
+        self.group.send(op_frames(op))
+        return run_replicated(self.engine, self.group, op)
+
+    # reads: rank 0's copy (the replicas hold the same)
+    @property
+    def trunk(self):
+        return self.engine.trunk
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    @property
+    def states(self) -> dict[str, dict[str, torch.Tensor]]:
+        return self.engine.states
+
+    def final_state(self) -> dict[str, torch.Tensor]:
+        return self.engine.final_state()
+
+    def adapter_for(self, client: str) -> dict[str, torch.Tensor]:
+        return self.engine.adapter_for(client)
+
+    def optimizer_states(self) -> dict[str, dict]:
+        return self.engine.optimizer_states()
 
     def tick(self) -> None:
         """Keep idle ranks' collective from timing out while rank 0 waits for clients."""
-        if time.monotonic() - self._group.last_sent > KEEPALIVE_S:
-            self._group.send(PING)
+        if time.monotonic() - self.group.last_sent > KEEPALIVE_S:
+            self.group.send(_control(PING))
 
     def close(self) -> None:
         """Release the other ranks (they return from `serve_replica`)."""
-        self._group.send(STOP)
+        self.group.send(_control(STOP))
 
 
-def serve_replica(service: TrunkService, group: TrunkGroup) -> None:
-    """Ranks > 0: run every call rank 0 announces until it says stop."""
+def serve_replica(engine: TrunkEngine, group: RankGroup) -> None:
+    """Ranks > 0: run every op rank 0 announces until it says stop.  An op that fails here
+    and not on rank 0 (or the reverse) raises `GroupAbort` on every rank."""
     while True:
-        name, args, kwargs = group.receive()
-        if name == STOP:
-            return
-        if name == PING:
+        msg = decode(group.receive(), max_bytes=MAX_OP_BYTES)
+        if msg.type == MsgType.HEARTBEAT:
+            if msg.header.meta.get("control") == STOP:
+                return
             continue
-        if name not in REPLICATED:
-            raise RuntimeError(f"rank {group.rank}: unknown trunk call {name!r} from rank 0")
+        if msg.type != MsgType.TRUNK_OP:
+            raise GroupAbort(f"rank {group.rank}: rank 0 sent a {msg.type.value} message, expected a trunk op")
         try:
-            getattr(service, name)(*args, **kwargs)
-        except Exception as exc:  # rank 0 hit the same error and answered its client
-            log.debug("rank %d: %s raised %s: %s", group.rank, name, type(exc).__name__, exc)
+            run_replicated(engine, group, op_from_message(msg))
+        except GroupAbort:
+            raise
+        except Exception as exc:  # the same error on every rank: rank 0 answered its client
+            log.debug("rank %d: %s", group.rank, exc)
 
 
-# -------------------------------------------------------------------- argument trees
-def pack(obj: Any) -> tuple[dict, list[torch.Tensor]]:
-    """A tree of dicts (str or int keys), lists, tuples, scalars and tensors as JSON plus tensors."""
-    tensors: list[torch.Tensor] = []
-
-    def enc(x):
-        if isinstance(x, torch.Tensor):
-            tensors.append(x.detach().cpu())
-            return {"T": len(tensors) - 1}
-        if isinstance(x, dict):
-            return {"D": [[k, enc(v)] for k, v in x.items()]}
-        if isinstance(x, list | tuple):
-            return {"L" if isinstance(x, list) else "U": [enc(v) for v in x]}
-        if x is None or isinstance(x, bool | int | float | str):
-            return x
-        raise TypeError(f"cannot send a {type(x).__name__} to the other ranks")
-
-    tree = enc(obj)
-    meta = [[list(t.shape), str(t.dtype).removeprefix("torch.")] for t in tensors]
-    return {"tree": tree, "tensors": meta}, tensors
-
-
-def unpack(tree: Any, tensors: list[torch.Tensor]) -> Any:
-    def dec(x):
-        if isinstance(x, dict):
-            if "T" in x:
-                return tensors[x["T"]]
-            if "D" in x:
-                return {k: dec(v) for k, v in x["D"]}
-            if "L" in x:
-                return [dec(v) for v in x["L"]]
-            return tuple(dec(v) for v in x["U"])
-        return x
-
-    return dec(tree)
-
-
-def run_ranks(make_service: Callable[[TrunkGroup], TrunkService], serve: Callable[[ReplicatedTrunk], int],
+def run_ranks(make_engine: Callable[[RankGroup], TrunkEngine], serve: Callable[[ReplicatedEngine], int],
               device_spec: str) -> int:  # fmt: skip
-    """The body of a torchrun server: rank 0 calls `serve` with the replicated trunk, the others
-    follow its calls; every rank leaves the group at the end."""
-    group = TrunkGroup(device_spec)
+    """The body of a torchrun server: rank 0 calls `serve` with the replicated engine, the others
+    follow its ops; every rank leaves the group at the end.  After a `GroupAbort` nobody waits
+    for the others (they are stopping too): the error propagates and the process exits."""
+    group = RankGroup(device_spec)
+    aborted = False
     try:
-        service = make_service(group)
+        engine = make_engine(group)
         if group.rank != 0:
-            serve_replica(service, group)
+            serve_replica(engine, group)
             return 0
-        trunk = ReplicatedTrunk(service, group)
+        replicated = ReplicatedEngine(engine, group)
         try:
-            return serve(trunk)
+            return serve(replicated)
+        except GroupAbort:
+            aborted = True
+            raise
         finally:
-            trunk.close()
+            if not aborted:
+                replicated.close()
+    except GroupAbort:
+        aborted = True
+        raise
     finally:
-        group.close()
+        if not aborted:
+            group.close()

@@ -34,8 +34,6 @@ class Session:
     n_samples: int
     stage: Stage = Stage.READY
     last_seen: float = field(default_factory=time.monotonic)
-    pending_shape: tuple[int, ...] | None = None  # shape of the activations awaiting a gradient
-    pending_step: int = -1
     bytes_in: int = 0
     bytes_out: int = 0
 

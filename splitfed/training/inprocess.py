@@ -1,7 +1,7 @@
 """Split training, one step: Bottom -> Trunk -> Top forward, Top -> Trunk -> Bottom backward.
 
 The client side of a step is written once (`ClientStep`); the trunk sits behind a
-`TrunkLink`: `LocalTrunk` runs it in this process, the networked client sends the cut
+`TrunkLink`: `LocalLink` runs it in this process, the networked client sends the cut
 activations to the server.  The activations are detached where they cross a cut, and the
 gradient with respect to them is handed back and pushed through the part below with
 ``tensor.backward(grad)``, exactly as over the network.
@@ -53,7 +53,7 @@ def _finite(t: torch.Tensor | None) -> bool:
     return t is None or bool(torch.isfinite(t).all())
 
 
-class LocalTrunk:
+class LocalLink:
     """The trunk in this process, with its own optimizer (steps after each backward).
 
     The trunk may sit on another device or run its frozen base in reduced precision (see
@@ -197,12 +197,12 @@ class ClientStep:
 
 
 class SplitTrainer(ClientStep):
-    """All three parts in one process: `ClientStep` over a `LocalTrunk`."""
+    """All three parts in one process: `ClientStep` over a `LocalLink`."""
 
     strategy: PlainStep
 
     def __init__(self, split: SplitModel, optim: OptimConfig = OptimConfig()):
-        trunk = LocalTrunk(split.trunk, optim)
+        trunk = LocalLink(split.trunk, optim)
         super().__init__(split.bottom, split.top, trunk, optim)
         if not self.strategy.optimizers and trunk.optimizer is None:
             raise ValueError("no part has trainable LoRA parameters; call apply_lora first")

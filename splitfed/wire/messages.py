@@ -32,6 +32,7 @@ class MsgType(enum.Enum):
     HEARTBEAT = "heartbeat"  # either way: still here
     ERROR = "error"  # either way: what was wrong with the last message
     BYE = "bye"  # client -> server: leaving
+    TRUNK_OP = "trunk_op"  # torchrun rank 0 -> other ranks: one trunk operation (never valid from a client)
 
 
 class ErrorCode(enum.Enum):

@@ -13,7 +13,7 @@ from splitfed.privacy.dpsgd import DPSGDConfig, per_example_loss, poisson_batche
 from splitfed.privacy.dpsgd_step import DPClientStep
 from splitfed.privacy.events import DiscreteGaussianEvent, NonPrivateEvent, SampledGaussianEvent
 from splitfed.privacy.grid import snap_rows
-from splitfed.training import ClientStep, LocalTrunk, OptimConfig
+from splitfed.training import ClientStep, LocalLink, OptimConfig
 
 OPTIM = OptimConfig(lr=1e-2, weight_decay=0.01)
 
@@ -39,7 +39,7 @@ def client_params(split):
 
 def dp_step(split, dp, *, n_examples, seed=0, link=None):
     """A step whose noise is reproducible from `seed` (torch generator: float; keystream: discrete)."""
-    link = link or LocalTrunk(split.trunk, OPTIM)
+    link = link or LocalLink(split.trunk, OPTIM)
     gen = torch.Generator().manual_seed(seed)
     randbytes = KeystreamBytes(seed.to_bytes(32, "little"))
     return DPClientStep(
@@ -216,7 +216,7 @@ def test_without_noise_or_clipping_dp_gradient_is_client_step_gradient(arch):
     batch = padded_batch("right", batch=3, seed=3)
     batch = {k: v[:1].repeat(3, 1) if k != "input_ids" else v for k, v in batch.items()}  # no padding
     batch["labels"] = batch["input_ids"].clone()
-    ref = ClientStep(plain.bottom, plain.top, LocalTrunk(plain.trunk, OPTIM), OPTIM)
+    ref = ClientStep(plain.bottom, plain.top, LocalLink(plain.trunk, OPTIM), OPTIM)
     dp = dp_step(private, DPSGDConfig(0.0, 1e6, 0.5), n_examples=6)
     a, b = ref.step(batch), dp.step(batch)
     assert b.loss == pytest.approx(a.loss, rel=1e-6)
@@ -226,7 +226,7 @@ def test_without_noise_or_clipping_dp_gradient_is_client_step_gradient(arch):
 
 
 def test_failed_link_leaves_no_stale_capture():
-    class FailOnce(LocalTrunk):
+    class FailOnce(LocalLink):
         failed = False
 
         def backward(self, grad):

@@ -49,13 +49,13 @@ def _service(dtype: torch.dtype):
     from splitfed_testing import tiny_model
 
     from splitfed.models import LoraSpec, add_lora, split_model
-    from splitfed.server.trunk import TrunkService
+    from splitfed.server.engine import TrunkEngine
     from splitfed.training import OptimConfig
 
     trunk = split_model(tiny_model("llama", num_hidden_layers=6), (1, 5)).trunk
     add_lora(trunk, LoraSpec(r=4), seed=0)
     place(trunk, torch.device("cpu"), dtype)
-    return TrunkService(trunk, mode="shared", clients=["c0"], optim=OptimConfig(lr=1e-2), dtype=dtype)
+    return TrunkEngine(trunk, mode="shared", clients=["c0"], optim=OptimConfig(lr=1e-2), dtype=dtype)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -70,11 +70,11 @@ def test_reduced_precision_agrees_with_float32_and_keeps_lora_in_float32(dtype):
     gen = torch.Generator().manual_seed(0)
     act, mask = torch.randn(3, 7, 32, generator=gen), torch.ones(3, 7, dtype=torch.long)
     mask[1, 5:] = 0
-    out_ref, out_low = (s.forward("c0", act, mask, train=True) for s in (ref, low))
+    out_ref, out_low = (s.forward([("c0", act, mask)])["c0"] for s in (ref, low))
     assert out_low.dtype == torch.float32  # what goes back on the wire
     assert _rel(out_low, out_ref) < 0.02
     grad = torch.randn(out_ref.shape, generator=gen)
-    g_ref, g_low = (s.backward("c0", grad) for s in (ref, low))
+    g_ref, g_low = (s.backward({"c0": grad})["c0"] for s in (ref, low))
     assert g_low.dtype == torch.float32 and _rel(g_low, g_ref) < 0.02
     # the adapter's gradients (Adam's first step is lr * sign(g), too coarse to compare)
     grads = [{n: p.grad for n, p in s.trunk.named_parameters() if p.requires_grad} for s in (ref, low)]
@@ -96,7 +96,7 @@ def test_float32_on_cpu_is_unchanged_by_placement():
     svc = _service(torch.float32)
     act, mask = torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.long)
     with torch.no_grad():
-        assert torch.equal(svc.forward("c0", act, mask, train=False), svc.trunk(act, mask))
+        assert torch.equal(svc.infer("c0", act, mask), svc.trunk(act, mask))
 
 
 def test_autocast_is_a_no_op_for_float32():

@@ -56,17 +56,17 @@ def test_trunk_service_per_client_adapters_are_separate_then_averaged():
     from splitfed_testing import tiny_model
 
     from splitfed.models import LoraSpec, add_lora, get_adapter_state, split_model
-    from splitfed.server.trunk import TrunkService
+    from splitfed.server.engine import TrunkEngine
     from splitfed.training import OptimConfig
 
     trunk = split_model(tiny_model("llama"), (1, 3)).trunk
     add_lora(trunk, LoraSpec(r=2), seed=0)
-    svc = TrunkService(trunk, mode="per_client", clients=["client-0", "client-1"], optim=OptimConfig(lr=0.1))
+    svc = TrunkEngine(trunk, mode="per_client", clients=["client-0", "client-1"], optim=OptimConfig(lr=0.1))
     mask = torch.ones(2, 5, dtype=torch.long)
-    out = svc.forward("client-0", torch.randn(2, 5, 32), mask, train=True)
+    out = svc.forward([("client-0", torch.randn(2, 5, 32), mask)])["client-0"]
     with pytest.raises(RuntimeError, match="busy with client-0"):
-        svc.forward("client-1", torch.randn(2, 5, 32), mask, train=True)
-    svc.backward("client-0", torch.ones_like(out))
+        svc.forward([("client-1", torch.randn(2, 5, 32), mask)])["client-1"]
+    svc.backward({"client-0": torch.ones_like(out)})
     s0, s1 = svc.states["client-0"], svc.states["client-1"]
     assert any(not torch.equal(s0[k], s1[k]) for k in s0)  # only client-0's adapter moved
     svc.average({"client-0": 1, "client-1": 3})
@@ -79,7 +79,7 @@ def _shared_trunk():
     from splitfed_testing import tiny_model
 
     from splitfed.models import LoraSpec, add_lora, split_model
-    from splitfed.server.trunk import TrunkService
+    from splitfed.server.engine import TrunkEngine
     from splitfed.training import OptimConfig
 
     trunk = split_model(tiny_model("llama"), (1, 3)).trunk
@@ -90,7 +90,7 @@ def _shared_trunk():
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     # a vanishing learning rate keeps the weights equal between the solo and the batched pass
-    return trunk, TrunkService(trunk, mode="shared", clients=["a", "b"], optim=OptimConfig(lr=1e-12))
+    return trunk, TrunkEngine(trunk, mode="shared", clients=["a", "b"], optim=OptimConfig(lr=1e-12))
 
 
 def _lora_grads(trunk):
@@ -107,18 +107,17 @@ def test_cross_client_batch_keeps_per_client_results_exact():
     grad_b = torch.randn(3, 7, 32, generator=g) * mask_b.unsqueeze(-1)
 
     trunk, svc = _shared_trunk()
-    out_a = svc.forward("a", act_a, mask_a, train=True)
-    gin_a = svc.backward("a", grad_a)
+    out_a = svc.forward([("a", act_a, mask_a)])["a"]
+    gin_a = svc.backward({"a": grad_a})["a"]
     pg_a = _lora_grads(trunk)
-    out_b = svc.forward("b", act_b, mask_b, train=True)
-    gin_b = svc.backward("b", grad_b)
+    out_b = svc.forward([("b", act_b, mask_b)])["b"]
+    gin_b = svc.backward({"b": grad_b})["b"]
     pg_b = _lora_grads(trunk)
 
-    outs = svc.forward_group([("a", act_a, mask_a), ("b", act_b, mask_b)])
+    outs = svc.forward([("a", act_a, mask_a), ("b", act_b, mask_b)])
     with pytest.raises(RuntimeError, match="busy"):
-        svc.forward("a", act_a, mask_a, train=True)
-    assert svc.backward_group("b", grad_b) is None  # waits for a
-    res = svc.backward_group("a", grad_a)
+        svc.forward([("a", act_a, mask_a)])
+    res = svc.backward({"b": grad_b, "a": grad_a})
     keep_a, keep_b = mask_a.bool(), mask_b.bool()
     torch.testing.assert_close(outs["a"][keep_a], out_a[keep_a], atol=1e-5, rtol=0)
     torch.testing.assert_close(outs["b"][keep_b], out_b[keep_b], atol=1e-5, rtol=0)
@@ -126,32 +125,33 @@ def test_cross_client_batch_keeps_per_client_results_exact():
     torch.testing.assert_close(res["b"], gin_b, atol=1e-5, rtol=0)
     for n, grad in _lora_grads(trunk).items():  # one step on the sum of the clients' gradients
         torch.testing.assert_close(grad, pg_a[n] + pg_b[n], atol=1e-5, rtol=1e-4)
-    assert svc.busy is None and not svc.group
+    assert not svc.busy and not svc.pending
 
 
 def test_batch_member_leaving_releases_the_others():
     trunk, svc = _shared_trunk()
     mask = torch.ones(2, 4, dtype=torch.long)
-    svc.forward_group([("a", torch.randn(2, 4, 32), mask), ("b", torch.randn(2, 4, 32), mask)])
-    assert svc.backward_group("a", torch.ones(2, 4, 32)) is None
-    res = svc.abort("b")
-    assert set(res) == {"a", "b"} and svc.busy is None
-    svc.forward_group([("a", torch.randn(2, 4, 32), mask), ("b", torch.randn(2, 4, 32), mask)])
-    assert svc.abort("a") is None and svc.abort("b") == {} and svc.busy is None  # nobody left: no step
+    svc.forward([("a", torch.randn(2, 4, 32), mask), ("b", torch.randn(2, 4, 32), mask)])
+    res = svc.backward({"a": torch.ones(2, 4, 32), "b": None})  # b left: it contributes zero
+    assert set(res) == {"a", "b"} and not svc.busy
+    before = {k: v.clone() for k, v in svc.states["shared"].items()}
+    svc.forward([("a", torch.randn(2, 4, 32), mask), ("b", torch.randn(2, 4, 32), mask)])
+    assert svc.backward({"a": None, "b": None}) == {} and not svc.busy  # nobody left: no step
+    assert all(torch.equal(v, before[k]) for k, v in svc.states["shared"].items())
 
 
 def test_per_client_mode_refuses_batching():
     from splitfed_testing import tiny_model
 
     from splitfed.models import LoraSpec, add_lora, split_model
-    from splitfed.server.trunk import TrunkService
+    from splitfed.server.engine import TrunkEngine
     from splitfed.training import OptimConfig
 
     trunk = split_model(tiny_model("llama"), (1, 3)).trunk
     add_lora(trunk, LoraSpec(r=2), seed=0)
-    svc = TrunkService(trunk, mode="per_client", clients=["a", "b"], optim=OptimConfig())
+    svc = TrunkEngine(trunk, mode="per_client", clients=["a", "b"], optim=OptimConfig())
     with pytest.raises(ValueError, match="needs server.mode = 'shared'"):
-        svc.forward_group([("a", torch.zeros(1, 2, 32), torch.ones(1, 2, dtype=torch.long))])
+        svc.forward([(c, torch.zeros(1, 2, 32), torch.ones(1, 2, dtype=torch.long)) for c in ("a", "b")])
 
 
 def test_base_forward_is_the_public_trunk_whatever_was_trained():
@@ -160,26 +160,24 @@ def test_base_forward_is_the_public_trunk_whatever_was_trained():
     from splitfed_testing import tiny_model
 
     from splitfed.models import LoraSpec, add_lora, split_model
-    from splitfed.server.trunk import TrunkService
+    from splitfed.server.engine import TrunkEngine
     from splitfed.training import OptimConfig
 
     public = split_model(tiny_model("llama"), (1, 3)).trunk
     trunk = split_model(tiny_model("llama"), (1, 3)).trunk
     add_lora(trunk, LoraSpec(r=2), seed=0)
-    svc = TrunkService(trunk, mode="shared", clients=["a", "b"], optim=OptimConfig(lr=0.5))
+    svc = TrunkEngine(trunk, mode="shared", clients=["a", "b"], optim=OptimConfig(lr=0.5))
     act, mask = torch.randn(2, 5, 32), torch.ones(2, 5, dtype=torch.long)
     with torch.no_grad():
         want = public(act, mask)
-    before = svc.forward("b", act, mask, train=False, base=True)
-    out = svc.forward("a", torch.randn(2, 5, 32), mask, train=True)  # another client trains first
-    svc.backward("a", torch.ones_like(out))
-    assert not torch.allclose(svc.forward("b", act, mask, train=False), want)  # the adapter moved
-    after = svc.forward("b", act, mask, train=False, base=True)
+    before = svc.infer("b", act, mask, base=True)
+    out = svc.forward([("a", torch.randn(2, 5, 32), mask)])["a"]  # another client trains first
+    svc.backward({"a": torch.ones_like(out)})
+    assert not torch.allclose(svc.infer("b", act, mask), want)  # the adapter moved
+    after = svc.infer("b", act, mask, base=True)
     torch.testing.assert_close(before, want, rtol=0, atol=0)
     torch.testing.assert_close(after, want, rtol=0, atol=0)
     assert all(p.requires_grad for n, p in trunk.named_parameters() if "lora_" in n)  # still trainable
-    with pytest.raises(ValueError, match="evaluation only"):
-        svc.forward("b", act, mask, train=True, base=True)
 
 
 def test_metrics_mirrored_to_tensorboard(tmp_path):

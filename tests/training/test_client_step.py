@@ -7,7 +7,7 @@ import torch
 from splitfed_testing import padded_batch, tiny_model
 
 from splitfed.models import LoraSpec, SplitLoraConfig, adapter_parameters, apply_lora, split_model
-from splitfed.training import ClientStep, LocalTrunk, OptimConfig, PlainStep
+from splitfed.training import ClientStep, LocalLink, OptimConfig, PlainStep
 
 OPTIM = OptimConfig(lr=1e-2)
 
@@ -59,11 +59,11 @@ class Recording(PlainStep):
 
 def test_strategy_wraps_the_whole_step_and_owns_loss_and_update():
     split, log = lora_split(), []
-    plain = ClientStep(split.bottom, split.top, LocalTrunk(split.trunk, OPTIM), OPTIM)
+    plain = ClientStep(split.bottom, split.top, LocalLink(split.trunk, OPTIM), OPTIM)
     step = ClientStep(
         split.bottom,
         split.top,
-        LocalTrunk(split.trunk, OPTIM),
+        LocalLink(split.trunk, OPTIM),
         OPTIM,
         strategy=lambda b, t, o: Recording(b, t, o, log),
     )
