@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 
 import torch
 
@@ -69,10 +70,12 @@ class ServerCore:
         start_round: int = 0,
         client_state: dict[str, torch.Tensor] | None = None,
         now: float = 0.0,
+        new_session_id: Callable[[], str] = lambda: secrets.token_hex(8),
     ):
         """`engine` runs `TrunkOp`s (already restored from a checkpoint when resuming, then
         `start_round` and `client_state` come from it too); `aggregator` reports through
-        `outbox`, as the core does; `roster`: the secure-aggregation roster, if any."""
+        `outbox`, as the core does; `roster`: the secure-aggregation roster, if any;
+        `new_session_id`: where session ids come from (unguessable by default)."""
         if cfg.server.batch_clients and cfg.server.mode != "shared":
             raise ConfigError(
                 "server.batch_clients needs server.mode = 'shared' (per-client adapters cannot share a batch)"
@@ -82,7 +85,7 @@ class ServerCore:
         self.model_fingerprint, self.hidden, self.roster = model_fingerprint, hidden, roster
         self.clients = [client_name(k) for k in range(cfg.data.clients)]
         self.client_state: dict[str, torch.Tensor] = dict(client_state or {})
-        self.now = now
+        self.now, self.new_session_id = now, new_session_id
         self.rounds = RoundPolicy(
             self.clients,
             rounds=cfg.training.rounds,
@@ -186,7 +189,7 @@ class ServerCore:
             if old.name == name:
                 self._forget(ident, old)
         self.rounds.joined(name)
-        sess = Session(name, cid, ev.identity, secrets.token_hex(8), n, last_seen=self.now)
+        sess = Session(name, cid, ev.identity, self.new_session_id(), n, last_seen=self.now)
         self.sessions[ev.identity] = sess
         meta_out = {
             "round": self.round,
