@@ -25,6 +25,7 @@ RecordFormat = Literal["auto", "text", "prompt_completion", "messages"]
 Partition = Literal["iid", "dirichlet"]
 PaddingSide = Literal["left", "right"]
 ServerMode = Literal["shared", "per_client"]
+#: What crosses a cut on the wire (`splitfed.wire.compression`); the one definition, also used by eval.
 Compression = Literal["fp32", "fp16", "bf16", "int8"]
 
 #: Dotted keys left out of `RunConfig.hash`: local paths and addresses that may differ
