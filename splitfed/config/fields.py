@@ -263,10 +263,6 @@ _BY_TYPE = {bool: _bool, int: _int, float: _float, str: _str}
 _BY_ORIGIN = {Literal: _literal, tuple: _tuple}
 
 
-def _in_bounds(value: Any, meta: Mapping[str, Any]) -> bool:
-    return all(ok(value, meta[op]) for op, (_, ok) in _BOUNDS.items() if op in meta)
-
-
 def _coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
     """Check `value` against a field's type and checks; return it normalised."""
     if value is None and "none" in meta:
@@ -284,7 +280,7 @@ def _coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
         raise TypeError(f"{key}: unsupported field type {hint!r}")
     try:
         checked = kind(value, hint, meta)
-        if hint in (int, float) and not _in_bounds(checked, meta):
+        if hint in (int, float) and not all(ok(checked, meta[op]) for op, (_, ok) in _BOUNDS.items() if op in meta):
             raise _Mismatch()
         if meta.get("check") is not None and not meta["check"](checked):
             raise _Mismatch()
