@@ -9,6 +9,7 @@ import os
 import time
 from pathlib import Path
 
+from splitfed.checks import is_number
 from splitfed.errors import MissingPackageError
 
 TENSORBOARD_HINT = "run.tensorboard = true needs TensorBoard: pip install 'splitfed[tracking]' (or tensorboard)"
@@ -38,13 +39,13 @@ class MetricsWriter:
 
     def _scalars(self, event: str, fields: dict) -> None:
         step = fields.get("round")
-        if not _number(step) or event == "step":
+        if not is_number(step) or event == "step":
             step = self._counts[event]
         self._counts[event] += 1
         for key, value in fields.items():
             items = value.items() if isinstance(value, dict) else [("", value)]
             for sub, v in items:
-                if _number(v) and math.isfinite(v):
+                if is_number(v) and math.isfinite(v):
                     self._tb.add_scalar(f"{event}/{key}/{sub}" if sub else f"{event}/{key}", v, int(step))
         self._tb.flush()
 
@@ -52,10 +53,6 @@ class MetricsWriter:
         self._f.close()
         if self._tb is not None:
             self._tb.close()
-
-
-def _number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def _summary_writer(log_dir: Path):

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from splitfed.checks import is_number
+
 
 @dataclass(frozen=True)
 class Utility:
@@ -50,9 +52,9 @@ def _finite(x: float) -> float | None:
 def utility_from_summary(summary: dict) -> Utility | None:
     """From a client's run summary (its ``done`` metrics event): ``ppl_before`` is the base model."""
     base, tuned = summary.get("ppl_before"), summary.get("ppl_after")
-    if not _number(base) or tuned is None:
+    if not is_number(base) or tuned is None:
         return None
-    return Utility(float(base), math.nan if not _number(tuned) else float(tuned))
+    return Utility(float(base), math.nan if not is_number(tuned) else float(tuned))
 
 
 def client_utility(run_dir: str | os.PathLike, client: str) -> Utility | None:
@@ -72,7 +74,3 @@ def client_utility(run_dir: str | os.PathLike, client: str) -> Utility | None:
             if isinstance(record, dict) and record.get("event") == "done":
                 done = record
     return utility_from_summary(done) if done is not None else None
-
-
-def _number(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)

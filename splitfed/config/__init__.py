@@ -12,13 +12,15 @@ what was expected::
 
     data.partition: expected one of 'iid', 'dirichlet', got 'random'
 
-One idea a module: `fields` (the field engine any config dataclass is built on), `tables`
-(TOML tables and dotted overrides into config objects), `schema` (the run's tables),
-`toml` (files in, text out).  Only the standard library is imported: the CLI reads configs
+One idea a module: `fields` (the field engine any config dataclass is built on: `Section`,
+`opt`, `req`, `sub`, `key_error`, `plain`), `tables` (`parse_table`: TOML tables into config
+objects; `override`: dotted overrides of them), `schema` (the run's tables), `toml` (files
+in, text out).  Other packages (``eval``, ``rag``) declare their own config classes with the
+same engine and import only its public names.  Only the standard library is imported: the CLI reads configs
 before any heavy import.
 """
 
-from splitfed.config.fields import ConfigError
+from splitfed.config.fields import ConfigError, Section, key_error, opt, plain, req, sub
 from splitfed.config.schema import (
     HASH_EXCLUDED,
     AggregationSection,
@@ -35,7 +37,8 @@ from splitfed.config.schema import (
     TrainingSection,
     TransportSection,
 )
-from splitfed.config.toml import dump_toml, load_config, parse_config, parse_overrides
+from splitfed.config.tables import override, parse_table
+from splitfed.config.toml import dump_toml, load_config, load_toml, parse_config, parse_overrides
 
 __all__ = [
     "AggregationSection",
@@ -49,12 +52,21 @@ __all__ = [
     "PrivacySection",
     "RunConfig",
     "RunSection",
+    "Section",
     "ServerSection",
     "SplitLoraConfig",
     "TrainingSection",
     "TransportSection",
     "dump_toml",
+    "key_error",
     "load_config",
+    "load_toml",
+    "opt",
+    "override",
     "parse_config",
     "parse_overrides",
+    "parse_table",
+    "plain",
+    "req",
+    "sub",
 ]

@@ -1,7 +1,7 @@
 """The field engine: frozen dataclasses whose fields check themselves.
 
-A config class derives from `_Section` and declares each field with `_opt` (with a default),
-`_req` (required) or `_sub` (a nested table), giving its help text and its checks.  On
+A config class derives from `Section` and declares each field with `opt` (with a default),
+`req` (required) or `sub` (a nested table), giving its help text and its checks.  On
 construction every field is checked against its type hint and checks and normalised (lists
 become tuples, integers become floats where a float is expected), then `_check` runs the
 rules that involve several fields.  Every failure is a `ConfigError` naming the dotted key,
@@ -16,8 +16,14 @@ array of tables) and ``X | None``.  Checks (field metadata): ``ge``, ``gt``, ``l
 as ``str``), ``check`` (a predicate) with ``expected`` (its words in messages), ``none``
 (what ``None`` is stored as) and ``toml`` (the key's TOML name where it is not the field's).
 
-Reading mappings into these classes and dotted overrides are in `splitfed.config.tables`.
-Only the standard library is imported.
+Each kind of field type is checked by one small function (`_BY_TYPE`, `_BY_ORIGIN`).
+
+The public names (`__all__`) are what other modules build on: `Section`, `opt`, `req`, `sub`
+to declare a class; `key_error` for the checks of `Section._check`; `plain` for the value as
+plain TOML data; and the introspection `splitfed.config.tables` and `splitfed.config.toml`
+use (`field_hints`, `keyed_fields`, `toml_key`, `table_type`, `item_table_type`, `describe`,
+`show`, `typename`, `join_key`).  Reading mappings into these classes and dotted overrides
+are in `splitfed.config.tables`.  Only the standard library (and `splitfed.checks`) is imported.
 """
 
 from __future__ import annotations
@@ -33,7 +39,27 @@ from collections.abc import Mapping
 from dataclasses import field
 from typing import Any, ClassVar, Literal
 
+from splitfed.checks import is_int, is_number
 from splitfed.errors import SplitfedError
+
+__all__ = [
+    "ConfigError",
+    "Section",
+    "describe",
+    "field_hints",
+    "item_table_type",
+    "join_key",
+    "key_error",
+    "keyed_fields",
+    "opt",
+    "plain",
+    "req",
+    "show",
+    "sub",
+    "table_type",
+    "toml_key",
+    "typename",
+]
 
 
 class ConfigError(SplitfedError, ValueError):
@@ -50,29 +76,31 @@ class ConfigError(SplitfedError, ValueError):
         self.path = path
 
 
-def _key_error(key: str, detail: str) -> ConfigError:
+def key_error(key: str, detail: str) -> ConfigError:
+    """``ConfigError("<key>: <detail>")`` with `key` and `detail` kept for re-keying."""
     return ConfigError(f"{key}: {detail}", key=key, detail=detail)
 
 
-def _join(prefix: str, name: str) -> str:
+def join_key(prefix: str, name: str) -> str:
+    """``prefix.name`` (just ``name`` at the top level)."""
     return f"{prefix}.{name}" if prefix else name
 
 
 # ----------------------------------------------------------------------------- values
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     """A value as the user wrote it (TOML-like: ``true``, ``[5, 3]``, ``'random'``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
+        return "[" + ", ".join(show(v) for v in value) + "]"
     if isinstance(value, Mapping):
         return "a table"
     return repr(value)
 
 
-def _typename(value: Any) -> str:
+def typename(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):
@@ -104,39 +132,39 @@ def _optional(hint: Any) -> tuple[Any, bool]:
     return hint, False
 
 
-def _table(hint: Any) -> type | None:
+def table_type(hint: Any) -> type | None:
     """The config class `hint` names (a TOML table), or ``None``."""
     return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
 
 
-def _item_table(hint: Any) -> type | None:
+def item_table_type(hint: Any) -> type | None:
     """The config class of ``tuple[Config, ...]`` (a TOML array of tables), or ``None``."""
     args = typing.get_args(hint)
     if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return _table(args[0])
+        return table_type(args[0])
     return None
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
+def field_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _tkey(f: dataclasses.Field) -> str:
+def toml_key(f: dataclasses.Field) -> str:
     """A field's key in TOML."""
     return f.metadata.get("toml", f.name)
 
 
 @functools.cache
-def _keyed(cls: type) -> dict[str, dataclasses.Field]:
+def keyed_fields(cls: type) -> dict[str, dataclasses.Field]:
     """TOML key -> field of the config class `cls`, in declaration order."""
-    return {_tkey(f): f for f in dataclasses.fields(cls)}
+    return {toml_key(f): f for f in dataclasses.fields(cls)}
 
 
 _BOUNDS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "le": ("<=", operator.le), "lt": ("<", operator.lt)}
 
 
-def _describe(hint: Any, meta: Mapping[str, Any]) -> str:
+def describe(hint: Any, meta: Mapping[str, Any]) -> str:
     """What a field expects, in words (``an integer >= 1``)."""
     if "expected" in meta:
         return meta["expected"]
@@ -148,7 +176,7 @@ def _describe(hint: Any, meta: Mapping[str, Any]) -> str:
     if hint is str:
         return "a non-empty string" if meta.get("nonempty") else "a string"
     if typing.get_origin(hint) is tuple:
-        item = _item_table(hint)
+        item = item_table_type(hint)
         return f"a list of {item.__name__} tables" if item else "a list of non-empty strings"
     base = "an integer" if hint is int else "a number"
     if "ge" in meta and "lt" in meta:
@@ -161,12 +189,78 @@ def _describe(hint: Any, meta: Mapping[str, Any]) -> str:
     return base
 
 
+class _Mismatch(Exception):
+    """A value that does not fit its field; `wrong_type` adds the given value's type to the message."""
+
+    def __init__(self, wrong_type: bool = False):
+        self.wrong_type = wrong_type
+
+
+def _literal(value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    if not isinstance(value, str):
+        raise _Mismatch(True)
+    if value not in typing.get_args(hint):
+        raise _Mismatch()
+    return value
+
+
+def _bool(value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    if not isinstance(value, bool):
+        raise _Mismatch(True)
+    return value
+
+
+def _int(value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    if not is_int(value):
+        raise _Mismatch(True)
+    return value
+
+
+def _float(value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    if not is_number(value):
+        raise _Mismatch(True)
+    if not math.isfinite(value):
+        raise _Mismatch()
+    return float(value)
+
+
+def _str(value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    if meta.get("path") and isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise _Mismatch(True)
+    if meta.get("nonempty") and not value:
+        raise _Mismatch()
+    return value
+
+
 def _item_ok(item: Any, hint: Any) -> bool:
     if hint is int:
-        return isinstance(item, int) and not isinstance(item, bool)
+        return is_int(item)
     if hint is str:
         return isinstance(item, str) and bool(item)
-    return _table(hint) is None or isinstance(item, hint)
+    return table_type(hint) is None or isinstance(item, hint)
+
+
+def _tuple(value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
+    if not isinstance(value, list | tuple):
+        raise _Mismatch(True)
+    args = typing.get_args(hint)
+    if len(args) == 2 and args[1] is Ellipsis:
+        item_hints = [args[0]] * len(value)
+    elif len(value) != len(args):
+        raise _Mismatch()
+    else:
+        item_hints = list(args)
+    if not all(_item_ok(item, h) for item, h in zip(value, item_hints, strict=True)):
+        raise _Mismatch()
+    return tuple(value)
+
+
+#: How a value of each kind of field type is checked and normalised: by the type itself,
+#: else by its origin (``Literal[...]``, ``tuple[...]``).
+_BY_TYPE = {bool: _bool, int: _int, float: _float, str: _str}
+_BY_ORIGIN = {Literal: _literal, tuple: _tuple}
 
 
 def _coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
@@ -176,84 +270,45 @@ def _coerce(key: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> Any:
     hint, optional = _optional(hint)
     if value is None and optional:
         return None
-    expected = _describe(hint, meta)
-    given = value
-
-    def bad(wrong_type: bool = False) -> ConfigError:
-        suffix = f" ({_typename(given)})" if wrong_type and not isinstance(given, Mapping) else ""
-        return _key_error(key, f"expected {expected}, got {_show(given)}{suffix}")
-
-    origin = typing.get_origin(hint)
-    if _table(hint) is not None:
-        if not isinstance(value, hint):
-            raise _key_error(key, f"expected a {hint.__name__}, got {value!r}")
+    table = table_type(hint)
+    if table is not None:
+        if not isinstance(value, table):
+            raise key_error(key, f"expected a {table.__name__}, got {value!r}")
         return value
-    if origin is Literal:
-        if not isinstance(value, str):
-            raise bad(True)
-        if value not in typing.get_args(hint):
-            raise bad()
-    elif hint is bool:
-        if not isinstance(value, bool):
-            raise bad(True)
-    elif hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad(True)
-    elif hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad(True)
-        if not math.isfinite(value):
-            raise bad()
-        value = float(value)
-    elif hint is str:
-        if meta.get("path") and isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        if not isinstance(value, str):
-            raise bad(True)
-        if meta.get("nonempty") and not value:
-            raise bad()
-    elif origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise bad(True)
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            item_hints = [args[0]] * len(value)
-        elif len(value) != len(args):
-            raise bad()
-        else:
-            item_hints = list(args)
-        if not all(_item_ok(item, h) for item, h in zip(value, item_hints, strict=True)):
-            raise bad()
-        value = tuple(value)
-    else:  # pragma: no cover - a field type this module does not handle
+    kind = _BY_TYPE.get(hint) or _BY_ORIGIN.get(typing.get_origin(hint))
+    if kind is None:  # pragma: no cover - a field type this module does not handle
         raise TypeError(f"{key}: unsupported field type {hint!r}")
-    if hint in (int, float) and not all(ok(value, meta[op]) for op, (_, ok) in _BOUNDS.items() if op in meta):
-        raise bad()
-    check = meta.get("check")
-    if check is not None and not check(value):
-        raise bad()
-    return value
+    try:
+        checked = kind(value, hint, meta)
+        if hint in (int, float) and not all(ok(checked, meta[op]) for op, (_, ok) in _BOUNDS.items() if op in meta):
+            raise _Mismatch()
+        if meta.get("check") is not None and not meta["check"](checked):
+            raise _Mismatch()
+    except _Mismatch as bad:
+        suffix = f" ({typename(value)})" if bad.wrong_type and not isinstance(value, Mapping) else ""
+        raise key_error(key, f"expected {describe(hint, meta)}, got {show(value)}{suffix}") from None
+    return checked
 
 
 # ----------------------------------------------------------------------------- declaring
 
 
-def _opt(default: Any, help: str, **checks: Any) -> Any:
+def opt(default: Any, help: str, **checks: Any) -> Any:
     """A field with a default, its help text and its checks (``ge``, ``gt``, ``lt``, ``check``...)."""
     return field(default=default, metadata={"help": help, **checks})
 
 
-def _req(help: str, **checks: Any) -> Any:
+def req(help: str, **checks: Any) -> Any:
     """A required field (no default), its help text and its checks."""
     return field(metadata={"help": help, **checks})
 
 
-def _sub(cls: type, help: str) -> Any:
+def sub(cls: type, help: str) -> Any:
     """A nested table: a config class, by default with all its defaults."""
     return field(default_factory=cls, metadata={"help": help})
 
 
-class _Section:
+class Section:
     """Validation shared by every config dataclass: field types, checks, then `_check`.
 
     `_key` is the class's dotted TOML key (what errors name).  `_rules` may give a field's
@@ -266,15 +321,15 @@ class _Section:
     _rules: ClassVar[Mapping[str, str]] = {}
 
     def __post_init__(self) -> None:
-        hints = _hints(type(self))
+        hints = field_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             try:
-                checked = _coerce(_join(self._key, _tkey(f)), value, hints[f.name], f.metadata)
+                checked = _coerce(join_key(self._key, toml_key(f)), value, hints[f.name], f.metadata)
             except ConfigError as err:
                 if f.name not in self._rules:
                     raise
-                rule = f"{self._rules[f.name]}, got {_show(value)}"
+                rule = f"{self._rules[f.name]}, got {show(value)}"
                 raise ConfigError(rule, key=err.key, detail=err.detail) from None
             if checked is not value:
                 object.__setattr__(self, f.name, checked)
@@ -284,11 +339,11 @@ class _Section:
         """Checks that involve more than one field."""
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Plain TOML-compatible values (nested dicts by TOML key, lists, str, int, float, bool)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        items = ((_tkey(f), getattr(value, f.name)) for f in dataclasses.fields(value))
-        return {k: _plain(v) for k, v in items if v is not None}
+        items = ((toml_key(f), getattr(value, f.name)) for f in dataclasses.fields(value))
+        return {k: plain(v) for k, v in items if v is not None}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return value

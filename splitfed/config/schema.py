@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from splitfed.config.fields import ConfigError, _key_error, _opt, _plain, _Section, _sub
+from splitfed.config.fields import ConfigError, Section, key_error, opt, plain, sub
 from splitfed.config.privacy import PrivacySection
-from splitfed.config.tables import _override
+from splitfed.config.tables import override
 
 ModelName = Literal["smollm2-135m", "tiny-llama", "tiny-gpt2"]
 Dataset = Literal["drugreviews"]
@@ -25,6 +25,7 @@ RecordFormat = Literal["auto", "text", "prompt_completion", "messages"]
 Partition = Literal["iid", "dirichlet"]
 PaddingSide = Literal["left", "right"]
 ServerMode = Literal["shared", "per_client"]
+#: What crosses a cut on the wire (`splitfed.wire.compression`); the one definition, also used by eval.
 Compression = Literal["fp32", "fp16", "bf16", "int8"]
 
 #: Dotted keys left out of `RunConfig.hash`: local paths and addresses that may differ
@@ -65,10 +66,10 @@ def valid_device(spec: str) -> bool:
     return isinstance(spec, str) and bool(DEVICE_PATTERN.fullmatch(spec))
 
 
-#: Checks of a device field (``_opt("auto", help, **DEVICE)``); availability is checked where it is used.
+#: Checks of a device field (``opt("auto", help, **DEVICE)``); availability is checked where it is used.
 DEVICE: Mapping[str, Any] = {"expected": DEVICE_EXPECTED, "check": valid_device}
 
-#: Checks of a ZeroMQ endpoint field (``_opt(default, help, **ENDPOINT)``).
+#: Checks of a ZeroMQ endpoint field (``opt(default, help, **ENDPOINT)``).
 ENDPOINT: Mapping[str, Any] = {
     "expected": "a string starting with 'tcp://' or 'ipc://'",
     "check": lambda s: s.startswith(("tcp://", "ipc://")) and len(s) > len("tcp://"),
@@ -76,43 +77,43 @@ ENDPOINT: Mapping[str, Any] = {
 
 
 @dataclass(frozen=True)
-class RunSection(_Section):
+class RunSection(Section):
     """[run]: where the run writes its outputs and how it is seeded."""
 
     _key: ClassVar[str] = "run"
 
-    dir: str = _opt("runs/demo", "Run directory: metrics, checkpoints and the exported adapter.", nonempty=True)
-    seed: int = _opt(0, "Seed for data partitioning, LoRA initialisation and shuffling.", ge=0)
-    tensorboard: bool = _opt(False, "Also log metrics for TensorBoard under run.dir/tensorboard/<party>.")
+    dir: str = opt("runs/demo", "Run directory: metrics, checkpoints and the exported adapter.", nonempty=True)
+    seed: int = opt(0, "Seed for data partitioning, LoRA initialisation and shuffling.", ge=0)
+    tensorboard: bool = opt(False, "Also log metrics for TensorBoard under run.dir/tensorboard/<party>.")
 
 
 @dataclass(frozen=True)
-class ModelSection(_Section):
+class ModelSection(Section):
     """[model]: the base model and where it is cut."""
 
     _key: ClassVar[str] = "model"
 
-    name: ModelName = _opt(
+    name: ModelName = opt(
         "smollm2-135m",
         "Built-in base model (used when model.path is empty): smollm2-135m (real), tiny-llama or tiny-gpt2 (tests).",
     )
-    path: str = _opt(
+    path: str = opt(
         "",
         "Your own Hugging Face causal LM: a local directory with config.json, safetensors weights (one file or "
         "sharded) and, on clients, the tokenizer.  Each party names its own copy; they must hold the same weights.",
         path=True,
     )
-    cut: tuple[int, int] = _opt(
+    cut: tuple[int, int] = opt(
         (2, 28),
         "Cut points [a, b]: clients hold layers [0, a) and [b, n), the server [a, b).",
         expected="two integers [a, b] with 0 <= a < b",
         check=lambda c: 0 <= c[0] < c[1],
     )
-    cache_dir: str = _opt("", 'Model cache directory; "" uses the default cache.')
+    cache_dir: str = opt("", 'Model cache directory; "" uses the default cache.')
 
 
 @dataclass(frozen=True)
-class LoraSpec(_Section):
+class LoraSpec(Section):
     """LoRA hyper-parameters of one part.
 
     `target_modules` are module-name suffixes (``q_proj``); ``()`` takes PEFT's default for
@@ -128,17 +129,17 @@ class LoraSpec(_Section):
         "target_modules": "LoRA target_modules must be a non-empty list of module names (or None: the default)",
     }
 
-    r: int = _opt(8, "LoRA rank.", ge=1)
-    alpha: float = _opt(16.0, "LoRA alpha (the update is scaled by alpha / r).", gt=0)
-    dropout: float = _opt(0.0, "Dropout on the LoRA input.", ge=0, lt=1)
-    target_modules: tuple[str, ...] | None = _opt(
+    r: int = opt(8, "LoRA rank.", ge=1)
+    alpha: float = opt(16.0, "LoRA alpha (the update is scaled by alpha / r).", gt=0)
+    dropout: float = opt(0.0, "Dropout on the LoRA input.", ge=0, lt=1)
+    target_modules: tuple[str, ...] | None = opt(
         (), "Module-name suffixes to adapt (e.g. q_proj); [] takes the architecture's default.", none=()
     )
 
 
 @dataclass(frozen=True)
-class _Switch(_Section):
-    enabled: bool = _opt(True, "Train a LoRA adapter on this part (false: the part stays frozen).")
+class _Switch(Section):
+    enabled: bool = opt(True, "Train a LoRA adapter on this part (false: the part stays frozen).")
 
 
 @dataclass(frozen=True)
@@ -160,12 +161,12 @@ class LoraPart(LoraSpec, _Switch):
 
 
 @dataclass(frozen=True)
-class SplitLoraConfig(_Section):
+class SplitLoraConfig(Section):
     """One `LoraSpec` per part; ``None`` leaves that part without an adapter (frozen)."""
 
-    bottom: LoraSpec | None = _sub(LoraSpec, "Adapter of the client's bottom part.")
-    trunk: LoraSpec | None = _sub(LoraSpec, "Adapter of the server's trunk.")
-    top: LoraSpec | None = _sub(LoraSpec, "Adapter of the client's top part.")
+    bottom: LoraSpec | None = sub(LoraSpec, "Adapter of the client's bottom part.")
+    trunk: LoraSpec | None = sub(LoraSpec, "Adapter of the server's trunk.")
+    top: LoraSpec | None = sub(LoraSpec, "Adapter of the client's top part.")
 
     def for_role(self, role: str) -> LoraSpec | None:
         if role not in ("bottom", "trunk", "top"):
@@ -174,16 +175,16 @@ class SplitLoraConfig(_Section):
 
 
 @dataclass(frozen=True)
-class LoraSection(_Section):
+class LoraSection(Section):
     """[lora]: one adapter per part (bottom and top on the clients, trunk on the server)."""
 
     _key: ClassVar[str] = "lora"
 
-    bottom: LoraPart = _sub(
+    bottom: LoraPart = sub(
         LoraPart, "[lora.bottom]: adapter of the client's bottom part (embeddings and first layers)."
     )
-    trunk: LoraPart = _sub(LoraPart, "[lora.trunk]: adapter of the server's trunk (middle layers).")
-    top: LoraPart = _sub(LoraPart, "[lora.top]: adapter of the client's top part (last layers and LM head).")
+    trunk: LoraPart = sub(LoraPart, "[lora.trunk]: adapter of the server's trunk (middle layers).")
+    top: LoraPart = sub(LoraPart, "[lora.top]: adapter of the client's top part (last layers and LM head).")
 
     def to_split_lora(self) -> SplitLoraConfig:
         """A `SplitLoraConfig`; a disabled part gets ``None``."""
@@ -191,7 +192,7 @@ class LoraSection(_Section):
 
 
 @dataclass(frozen=True)
-class DataSection(_Section):
+class DataSection(Section):
     """[data]: each client's own data files, how they are tokenized and batched.
 
     `train`, `eval`, `eval_fraction`, `format` and the field names are local to each client
@@ -201,159 +202,159 @@ class DataSection(_Section):
 
     _key: ClassVar[str] = "data"
 
-    train: str = _opt(
+    train: str = opt(
         "",
         "This client's training data: a .jsonl/.json, .csv, .parquet, .txt/.md file or a datasets save_to_disk "
         'directory ("" = the bundled simulation).',
         path=True,
     )
-    eval: str = _opt("", "This client's held-out data (same formats); empty: see eval_fraction.", path=True)
-    eval_fraction: float = _opt(
+    eval: str = opt("", "This client's held-out data (same formats); empty: see eval_fraction.", path=True)
+    eval_fraction: float = opt(
         0.0, "Without data.eval: hold out this fraction of data.train for evaluation (0 = no evaluation).", ge=0, lt=1
     )
-    format: RecordFormat = _opt(
+    format: RecordFormat = opt(
         "auto",
         "Record format: text (loss on all tokens), prompt_completion (loss on the completion), messages "
         "(chat template, loss on assistant turns); auto detects it from the fields.",
     )
-    text_field: str = _opt("text", "Field holding the text of a text record.", nonempty=True)
-    prompt_field: str = _opt("prompt", "Field holding the prompt of a prompt_completion record.", nonempty=True)
-    completion_field: str = _opt("completion", "Field holding the completion.", nonempty=True)
-    messages_field: str = _opt("messages", "Field holding the conversation (a list of role/content).", nonempty=True)
-    packing: bool = _opt(False, "Concatenate examples and cut them into max_length chunks (no padding).")
-    clients: int = _opt(3, "Number of clients.", ge=1)
-    max_length: int = _opt(128, "Tokens per example (longer examples are truncated; the count is reported).", ge=8)
-    batch_size: int = _opt(4, "Examples per client step.", ge=1)
-    eval_examples: int = _opt(48, "Largest number of held-out examples per evaluation (0 = no evaluation).", ge=0)
-    padding_side: PaddingSide = _opt("right", "Pad on the left or the right.")
-    dataset: Dataset = _opt("drugreviews", "Simulation (data.train empty): the bundled data set dealt to clients.")
-    partition: Partition = _opt("dirichlet", "Simulation: how the bundled examples are dealt: iid or dirichlet.")
-    alpha: float = _opt(0.5, "Simulation: Dirichlet concentration (smaller = more skewed clients).", gt=0)
+    text_field: str = opt("text", "Field holding the text of a text record.", nonempty=True)
+    prompt_field: str = opt("prompt", "Field holding the prompt of a prompt_completion record.", nonempty=True)
+    completion_field: str = opt("completion", "Field holding the completion.", nonempty=True)
+    messages_field: str = opt("messages", "Field holding the conversation (a list of role/content).", nonempty=True)
+    packing: bool = opt(False, "Concatenate examples and cut them into max_length chunks (no padding).")
+    clients: int = opt(3, "Number of clients.", ge=1)
+    max_length: int = opt(128, "Tokens per example (longer examples are truncated; the count is reported).", ge=8)
+    batch_size: int = opt(4, "Examples per client step.", ge=1)
+    eval_examples: int = opt(48, "Largest number of held-out examples per evaluation (0 = no evaluation).", ge=0)
+    padding_side: PaddingSide = opt("right", "Pad on the left or the right.")
+    dataset: Dataset = opt("drugreviews", "Simulation (data.train empty): the bundled data set dealt to clients.")
+    partition: Partition = opt("dirichlet", "Simulation: how the bundled examples are dealt: iid or dirichlet.")
+    alpha: float = opt(0.5, "Simulation: Dirichlet concentration (smaller = more skewed clients).", gt=0)
 
     def _check(self) -> None:
         if self.eval and not self.train:
-            raise _key_error("data.train", "expected a file when data.eval names one, got ''")
+            raise key_error("data.train", "expected a file when data.eval names one, got ''")
 
 
 @dataclass(frozen=True)
-class TrainingSection(_Section):
+class TrainingSection(Section):
     """[training]: rounds and optimiser."""
 
     _key: ClassVar[str] = "training"
 
-    rounds: int = _opt(3, "Federated rounds.", ge=1)
-    local_steps: int = _opt(10, "Steps each client trains per round.", ge=1)
-    lr: float = _opt(1e-3, "Learning rate (AdamW).", gt=0)
-    weight_decay: float = _opt(0.0, "AdamW weight decay.", ge=0)
+    rounds: int = opt(3, "Federated rounds.", ge=1)
+    local_steps: int = opt(10, "Steps each client trains per round.", ge=1)
+    lr: float = opt(1e-3, "Learning rate (AdamW).", gt=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay.", ge=0)
 
 
 @dataclass(frozen=True)
-class PeerLimitsSection(_Section):
+class PeerLimitsSection(Section):
     """[server.limits]: what one peer (one CURVE key) may send before it is ignored for a cool-down."""
 
     _key: ClassVar[str] = "server.limits"
 
-    max_rate: float = _opt(200.0, "Messages per second a peer may send, sustained (0 = no limit).", ge=0)
-    burst: int = _opt(400, "... plus this many at once.", ge=1)
-    max_errors: int = _opt(100, "Rejected messages allowed within error_window_s (0 = no limit).", ge=0)
-    error_window_s: float = _opt(10.0, "Window of the error budget, in seconds.", gt=0)
-    cooldown_s: float = _opt(30.0, "Seconds a peer over a limit is ignored (its messages dropped unread).", gt=0)
+    max_rate: float = opt(200.0, "Messages per second a peer may send, sustained (0 = no limit).", ge=0)
+    burst: int = opt(400, "... plus this many at once.", ge=1)
+    max_errors: int = opt(100, "Rejected messages allowed within error_window_s (0 = no limit).", ge=0)
+    error_window_s: float = opt(10.0, "Window of the error budget, in seconds.", gt=0)
+    cooldown_s: float = opt(30.0, "Seconds a peer over a limit is ignored (its messages dropped unread).", gt=0)
 
 
 @dataclass(frozen=True)
-class ServerSection(_Section):
+class ServerSection(Section):
     """[server]: how the server runs the trunk for its clients."""
 
     _key: ClassVar[str] = "server"
 
-    mode: ServerMode = _opt(
+    mode: ServerMode = opt(
         "shared",
         "shared: one trunk adapter for all clients (SFL-V2); per_client: one per client, averaged each round (SFL-V1).",
     )
-    batch_clients: bool = _opt(False, "Run waiting clients' activations through the trunk as one batch.")
-    round_deadline_s: float = _opt(300.0, "Seconds per round; clients that miss it are left out of that round.", gt=0)
-    max_batch: int = _opt(64, "Largest batch a client may send.", ge=1)
-    max_seq: int = _opt(2048, "Longest sequence a client may send.", ge=1)
-    step_timeout_s: float = _opt(
+    batch_clients: bool = opt(False, "Run waiting clients' activations through the trunk as one batch.")
+    round_deadline_s: float = opt(300.0, "Seconds per round; clients that miss it are left out of that round.", gt=0)
+    max_batch: int = opt(64, "Largest batch a client may send.", ge=1)
+    max_seq: int = opt(2048, "Longest sequence a client may send.", ge=1)
+    step_timeout_s: float = opt(
         120.0, "A client holding a trunk step (forward sent, no backward) longer than this loses it.", gt=0
     )
-    max_abs_value: float = _opt(
+    max_abs_value: float = opt(
         1e5, "Largest |value| accepted in activations and gradients (finite but huge values are refused).", gt=0
     )
-    max_samples: int = _opt(10_000_000, "Largest sample count (FedAvg weight) a client may declare.", ge=1)
-    share_trunk_adapter: bool = _opt(
+    max_samples: int = opt(10_000_000, "Largest sample count (FedAvg weight) a client may declare.", ge=1)
+    share_trunk_adapter: bool = opt(
         True, "Send the final trunk adapter to every client, so each leaves with the whole fine-tuned model."
     )
-    device: str = _opt("auto", "Where the trunk runs: auto (CUDA when present), cpu, cuda or cuda:N.", **DEVICE)
-    dtype: DTypeName = _opt(
+    device: str = opt("auto", "Where the trunk runs: auto (CUDA when present), cpu, cuda or cuda:N.", **DEVICE)
+    dtype: DTypeName = opt(
         "float32",
         "Frozen trunk weights: float32, bfloat16 or float16 (autocast; LoRA and optimizer stay float32).",
     )
-    limits: PeerLimitsSection = _sub(PeerLimitsSection, "[server.limits]: per-peer message rate and error budget.")
+    limits: PeerLimitsSection = sub(PeerLimitsSection, "[server.limits]: per-peer message rate and error budget.")
 
 
 @dataclass(frozen=True)
-class ClientSection(_Section):
+class ClientSection(Section):
     """[client]: where a client runs its Bottom and Top."""
 
     _key: ClassVar[str] = "client"
 
-    device: str = _opt("auto", "Where Bottom and Top run: auto (CUDA when present), cpu, cuda or cuda:N.", **DEVICE)
-    adapter_dir: str = _opt(
+    device: str = opt("auto", "Where Bottom and Top run: auto (CUDA when present), cpu, cuda or cuda:N.", **DEVICE)
+    adapter_dir: str = opt(
         "", 'Where this client writes its fine-tuned PEFT adapter ("" = run.dir/clients/client-K/adapter).', path=True
     )
 
 
 @dataclass(frozen=True)
-class TransportSection(_Section):
+class TransportSection(Section):
     """[transport]: the ZeroMQ link between clients and server."""
 
     _key: ClassVar[str] = "transport"
 
-    endpoint: str = _opt("tcp://127.0.0.1:5555", "Server address (tcp://host:port or ipc://path).", **ENDPOINT)
-    keys_dir: str = _opt("keys", "Directory of CURVE key files (see `splitfed keys generate`).", nonempty=True)
-    insecure: bool = _opt(False, "Plaintext transport, no CURVE encryption; only honoured with an explicit flag.")
-    compression: Compression = _opt(
+    endpoint: str = opt("tcp://127.0.0.1:5555", "Server address (tcp://host:port or ipc://path).", **ENDPOINT)
+    keys_dir: str = opt("keys", "Directory of CURVE key files (see `splitfed keys generate`).", nonempty=True)
+    insecure: bool = opt(False, "Plaintext transport, no CURVE encryption; only honoured with an explicit flag.")
+    compression: Compression = opt(
         "fp32",
         "Encoding of activations and gradients: fp32, fp16, bf16 or int8.  Not applied to a channel whose "
         "privacy mechanism is discrete: its training release goes as the mechanism's integers (int16/int32).",
     )
-    heartbeat_s: float = _opt(2.0, "Seconds between heartbeats.", gt=0)
-    timeout_s: float = _opt(60.0, "Seconds of silence after which a peer is considered gone.", gt=0)
-    connect_timeout_s: float = _opt(
+    heartbeat_s: float = opt(2.0, "Seconds between heartbeats.", gt=0)
+    timeout_s: float = opt(60.0, "Seconds of silence after which a peer is considered gone.", gt=0)
+    connect_timeout_s: float = opt(
         30.0,
         "Seconds a client waits for its first connection to the server (TCP and CURVE handshake) before it gives "
         "up; once welcomed, a client that loses the server keeps reconnecting for 10 x timeout_s.",
         gt=0,
     )
-    max_message_mb: float = _opt(256.0, "Largest message accepted, in MB.", gt=0)
+    max_message_mb: float = opt(256.0, "Largest message accepted, in MB.", gt=0)
 
     def _check(self) -> None:
         if not self.timeout_s > self.heartbeat_s:
-            raise _key_error(
+            raise key_error(
                 "transport.timeout_s",
                 f"expected a number > transport.heartbeat_s ({self.heartbeat_s!r}), got {self.timeout_s!r}",
             )
 
 
 @dataclass(frozen=True)
-class AggregationSection(_Section):
+class AggregationSection(Section):
     """[aggregation]: how client adapters are combined."""
 
     _key: ClassVar[str] = "aggregation"
 
-    secure: bool = _opt(False, "Secure aggregation (SecAgg+): the server learns only the sum of the client updates.")
-    clip: float = _opt(1.0, "Secure aggregation: each (weighted) adapter value is clipped to [-clip, clip].", gt=0)
-    bits: int = _opt(24, "Secure aggregation: quantisation levels per value are 2**bits.", ge=1, lt=32)
-    threshold: int = _opt(0, "Secure aggregation: clients needed to finish a round; 0 = a strict majority.", ge=0)
-    stage_timeout_s: float = _opt(60.0, "Secure aggregation: clients silent this long in a stage drop out.", gt=0)
-    roster: str = _opt(
+    secure: bool = opt(False, "Secure aggregation (SecAgg+): the server learns only the sum of the client updates.")
+    clip: float = opt(1.0, "Secure aggregation: each (weighted) adapter value is clipped to [-clip, clip].", gt=0)
+    bits: int = opt(24, "Secure aggregation: quantisation levels per value are 2**bits.", ge=1, lt=32)
+    threshold: int = opt(0, "Secure aggregation: clients needed to finish a round; 0 = a strict majority.", ge=0)
+    stage_timeout_s: float = opt(60.0, "Secure aggregation: clients silent this long in a stage drop out.", gt=0)
+    roster: str = opt(
         "",
         "Secure aggregation: the roster of every client's public signing key (`splitfed keys roster`); "
         '"" = roster.toml in transport.keys_dir.',
         path=True,
     )
-    roster_fingerprint: str = _opt(
+    roster_fingerprint: str = opt(
         "",
         "Secure aggregation: pin the roster's fingerprint (`splitfed keys show roster.toml`); every party refuses "
         'another roster.  "" = not pinned (the server still compares every client\'s roster with its own).',
@@ -373,23 +374,23 @@ class AggregationSection(_Section):
 
 
 @dataclass(frozen=True)
-class RunConfig(_Section):
+class RunConfig(Section):
     """The whole configuration of a run: one section per TOML table."""
 
-    run: RunSection = _sub(RunSection, "Run directory and seed.")
-    model: ModelSection = _sub(ModelSection, "Base model and cut.")
-    lora: LoraSection = _sub(LoraSection, "LoRA adapters per part.")
-    data: DataSection = _sub(DataSection, "Data set and partition.")
-    training: TrainingSection = _sub(TrainingSection, "Rounds and optimiser.")
-    server: ServerSection = _sub(ServerSection, "Server behaviour.")
-    client: ClientSection = _sub(ClientSection, "Client placement.")
-    transport: TransportSection = _sub(TransportSection, "ZeroMQ transport.")
-    aggregation: AggregationSection = _sub(AggregationSection, "Aggregation.")
-    privacy: PrivacySection = _sub(PrivacySection, "Differential privacy.")
+    run: RunSection = sub(RunSection, "Run directory and seed.")
+    model: ModelSection = sub(ModelSection, "Base model and cut.")
+    lora: LoraSection = sub(LoraSection, "LoRA adapters per part.")
+    data: DataSection = sub(DataSection, "Data set and partition.")
+    training: TrainingSection = sub(TrainingSection, "Rounds and optimiser.")
+    server: ServerSection = sub(ServerSection, "Server behaviour.")
+    client: ClientSection = sub(ClientSection, "Client placement.")
+    transport: TransportSection = sub(TransportSection, "ZeroMQ transport.")
+    aggregation: AggregationSection = sub(AggregationSection, "Aggregation.")
+    privacy: PrivacySection = sub(PrivacySection, "Differential privacy.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain TOML-compatible values (nested dicts, lists, str, int, float, bool)."""
-        return _plain(self)
+        return plain(self)
 
     def with_overrides(self, **dotted: Any) -> RunConfig:
         """A new, validated config with dotted keys replaced: ``with_overrides(**{"training.rounds": 1})``.
@@ -397,7 +398,7 @@ class RunConfig(_Section):
         All overrides are applied together, so related keys (``transport.heartbeat_s`` and
         ``transport.timeout_s``) may be changed in one call.
         """
-        return _override(self, dotted)
+        return override(self, dotted)
 
     def hash(self) -> str:
         """sha256 (hex) of the canonical JSON of `to_dict`, without the local keys in `HASH_EXCLUDED`.

@@ -1,7 +1,7 @@
 """From TOML tables to config objects, and dotted overrides of them.
 
-`_parse` builds a config class (see `splitfed.config.fields`) from the mapping `tomllib`
-returns; `_override` replaces dotted keys (``training.rounds``) of a built one.  Both refuse
+`parse_table` builds a config class (see `splitfed.config.fields`) from the mapping `tomllib`
+returns; `override` replaces dotted keys (``training.rounds``) of a built one.  Both refuse
 unknown tables and keys with a suggestion, and re-key the errors of a class shared by
 several tables (``lora.<part>.r`` becomes ``lora.trunk.r``).  Standard library only.
 """
@@ -16,16 +16,18 @@ from typing import Any
 
 from splitfed.config.fields import (
     ConfigError,
-    _describe,
-    _hints,
-    _item_table,
-    _join,
-    _key_error,
-    _keyed,
-    _show,
-    _table,
-    _typename,
+    describe,
+    field_hints,
+    item_table_type,
+    join_key,
+    key_error,
+    keyed_fields,
+    show,
+    table_type,
+    typename,
 )
+
+__all__ = ["override", "parse_table"]
 
 
 def _rekey(err: ConfigError, old_prefix: str, new_prefix: str) -> ConfigError:
@@ -34,16 +36,16 @@ def _rekey(err: ConfigError, old_prefix: str, new_prefix: str) -> ConfigError:
         return err
     if err.key != old_prefix and not err.key.startswith(old_prefix + "."):
         return err
-    return _key_error(new_prefix + err.key[len(old_prefix) :], err.detail)
+    return key_error(new_prefix + err.key[len(old_prefix) :], err.detail)
 
 
 def _names(cls: type) -> list[str]:
-    return list(_keyed(cls))
+    return list(keyed_fields(cls))
 
 
 def _sub_table(cls: type, name: str) -> type | None:
     """The config class of the table `name` in `cls`, or ``None`` when `name` holds a value."""
-    return _table(_hints(cls)[_keyed(cls)[name].name])
+    return table_type(field_hints(cls)[keyed_fields(cls)[name].name])
 
 
 def _nested(cls: type, prefix: str, name: str) -> str | None:
@@ -52,7 +54,7 @@ def _nested(cls: type, prefix: str, name: str) -> str | None:
         sub = _sub_table(cls, table)
         rest = name.removeprefix(table + "_")
         if sub is not None and rest != name and rest in _names(sub):
-            return f"[{_join(prefix, table)}] {rest}"
+            return f"[{join_key(prefix, table)}] {rest}"
     return None
 
 
@@ -60,7 +62,7 @@ def _unknown(cls: type, prefix: str, name: str, value: Any) -> ConfigError:
     """Error for `name` not being a key of `cls` (the table at `prefix`), with a suggestion."""
     names = sorted(_names(cls))
     close = difflib.get_close_matches(name, names, n=1)
-    key = _join(prefix, name)
+    key = join_key(prefix, name)
     if not all(_sub_table(cls, n) for n in names):
         msg = f"unknown key {key!r} (known keys{f' in [{prefix}]' if prefix else ''}: {', '.join(names)})"
         nested = _nested(cls, prefix, name)
@@ -78,35 +80,35 @@ def _unknown(cls: type, prefix: str, name: str, value: Any) -> ConfigError:
         return ConfigError(msg, key=name)
     msg = f"unknown {'table [' + key + ']' if isinstance(value, Mapping) else 'key ' + repr(key)}"
     msg += f" (known tables in [{prefix}]: {', '.join(names)})"
-    owners = [f"[{_join(prefix, n)}]" for n in names if name in _names(_sub_table(cls, n))]
+    owners = [f"[{join_key(prefix, n)}]" for n in names if name in _names(_sub_table(cls, n))]
     if owners and not isinstance(value, Mapping):
         msg += f"; set {name!r} in {', '.join(owners)}"
     elif close:
-        msg += f"; did you mean [{_join(prefix, close[0])}]?"
+        msg += f"; did you mean [{join_key(prefix, close[0])}]?"
     return ConfigError(msg, key=key)
 
 
-def _parse(cls: type, raw: Any, prefix: str) -> Any:
+def parse_table(cls: type, raw: Any, prefix: str = "") -> Any:
     """Build the config class `cls` for the table at `prefix` from its TOML mapping."""
     if not isinstance(raw, Mapping):
         where = f"a table [{prefix}]" if prefix else "a table of config sections"
-        raise ConfigError(f"{prefix or 'config'}: expected {where}, got {_show(raw)} ({_typename(raw)})", key=prefix)
-    keyed = _keyed(cls)
+        raise ConfigError(f"{prefix or 'config'}: expected {where}, got {show(raw)} ({typename(raw)})", key=prefix)
+    keyed = keyed_fields(cls)
     kwargs: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in keyed:
             raise _unknown(cls, prefix, name, value)
-        f, key = keyed[name], _join(prefix, name)
-        hint = _hints(cls)[f.name]
-        if _table(hint) is not None:
-            value = _parse(hint, value, key)
-        elif _item_table(hint) is not None and isinstance(value, list):
-            value = [_parse(_item_table(hint), item, f"{key}[{i}]") for i, item in enumerate(value)]
+        f, key = keyed[name], join_key(prefix, name)
+        hint = field_hints(cls)[f.name]
+        if table_type(hint) is not None:
+            value = parse_table(hint, value, key)
+        elif item_table_type(hint) is not None and isinstance(value, list):
+            value = [parse_table(item_table_type(hint), item, f"{key}[{i}]") for i, item in enumerate(value)]
         kwargs[f.name] = value
     for name, f in keyed.items():
         if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
-            expected = _describe(_hints(cls)[f.name], f.metadata)
-            raise _key_error(_join(prefix, name), f"required key missing; expected {expected}")
+            expected = describe(field_hints(cls)[f.name], f.metadata)
+            raise key_error(join_key(prefix, name), f"required key missing; expected {expected}")
     try:
         return cls(**kwargs)
     except ConfigError as err:
@@ -120,10 +122,10 @@ class _Leaf:
 
 def _apply(obj: Any, tree: Mapping[str, Any], prefix: str) -> Any:
     cls = type(obj)
-    keyed = _keyed(cls)
+    keyed = keyed_fields(cls)
     kwargs: dict[str, Any] = {}
     for name, sub in tree.items():
-        key = _join(prefix, name)
+        key = join_key(prefix, name)
         if name not in keyed:
             raise _unknown(cls, prefix, name, sub.value if isinstance(sub, _Leaf) else {})
         table = _sub_table(cls, name)
@@ -142,7 +144,7 @@ def _apply(obj: Any, tree: Mapping[str, Any], prefix: str) -> Any:
         raise _rekey(err, cls._key, prefix) from None
 
 
-def _override(obj: Any, dotted: Mapping[str, Any]) -> Any:
+def override(obj: Any, dotted: Mapping[str, Any]) -> Any:
     """A new, validated `obj` with dotted keys replaced, all at once (related keys may change together)."""
     tree: dict[str, Any] = {}
     for key, value in dotted.items():

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from splitfed.config.fields import ConfigError, _hints, _item_table, _join, _plain, _table, _tkey
+from splitfed.config.fields import ConfigError, field_hints, item_table_type, join_key, plain, table_type, toml_key
 from splitfed.config.schema import RunConfig
-from splitfed.config.tables import _parse
+from splitfed.config.tables import parse_table
 
 T = TypeVar("T")
 
@@ -44,14 +44,14 @@ def load_toml(cls: type[T], path: str | os.PathLike[str]) -> T:
     """Read and validate a TOML file as the config class `cls`; errors name the file and the key."""
     data = read_toml(path)
     try:
-        return _parse(cls, data, "")
+        return parse_table(cls, data, "")
     except ConfigError as err:
         raise ConfigError(f"{Path(path)}: {err}", key=err.key, detail=err.detail, path=str(Path(path))) from None
 
 
 def parse_config(mapping: Mapping[str, Any]) -> RunConfig:
     """A validated `RunConfig` from a TOML-like mapping (as `tomllib.loads` returns)."""
-    return _parse(RunConfig, mapping, "")
+    return parse_table(RunConfig, mapping, "")
 
 
 def load_config(path: str | os.PathLike[str]) -> RunConfig:
@@ -110,35 +110,42 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as a TOML value")
 
 
+def _emit_header(obj: Any, prefix: str, lines: list[str], title: str | None, header: str) -> None:
+    """Append a table's header line, after a blank line and (with `title` not None) its title."""
+    if lines:
+        lines.append("")
+    if title is not None:
+        # A class used for one table describes it; one shared by several (LoraPart) does not.
+        doc = (type(obj).__doc__ or "").strip().splitlines()
+        title = doc[0] if type(obj)._key == prefix and doc else title
+        if title:
+            lines.append(f"# {title}")
+    lines.append(header)
+
+
 def _emit(obj: Any, prefix: str, lines: list[str], comments: bool, title: str = "", header: str = "") -> None:
     """Append `obj` at `prefix`: its values (under `header`, or ``[prefix]``), then its tables."""
-    hints = _hints(type(obj))
+    hints = field_hints(type(obj))
     fields = dataclasses.fields(obj)
     values = [
         f
         for f in fields
-        if _table(hints[f.name]) is None and _item_table(hints[f.name]) is None and getattr(obj, f.name) is not None
+        if table_type(hints[f.name]) is None
+        and item_table_type(hints[f.name]) is None
+        and getattr(obj, f.name) is not None
     ]
     header = header or (f"[{prefix}]" if values and prefix else "")
     if header:
-        if lines:
-            lines.append("")
-        if comments:
-            # A class used for one table describes it; one shared by several (LoraPart) does not.
-            doc = (type(obj).__doc__ or "").strip().splitlines()
-            title = doc[0] if type(obj)._key == prefix and doc else title
-            if title:
-                lines.append(f"# {title}")
-        lines.append(header)
+        _emit_header(obj, prefix, lines, title if comments else None, header)
     for f in values:
         if comments and f.metadata.get("help"):
             lines.append(f"# {f.metadata['help']}")
-        lines.append(f"{_tkey(f)} = {_toml_value(_plain(getattr(obj, f.name)))}")
+        lines.append(f"{toml_key(f)} = {_toml_value(plain(getattr(obj, f.name)))}")
     for f in fields:
-        key, help = _join(prefix, _tkey(f)), f.metadata.get("help", "")
-        if _table(hints[f.name]) is not None:
+        key, help = join_key(prefix, toml_key(f)), f.metadata.get("help", "")
+        if table_type(hints[f.name]) is not None:
             _emit(getattr(obj, f.name), key, lines, comments, help)
-        elif _item_table(hints[f.name]) is not None:
+        elif item_table_type(hints[f.name]) is not None:
             for item in getattr(obj, f.name):
                 _emit(item, key, lines, comments, help, header=f"[[{key}]]")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from splitfed.config.fields import ConfigError, _tkey
+from splitfed.config.fields import ConfigError, toml_key
 from splitfed.eval.attacks.activations import LearnedInversion, NearestEmbedding, PublicTextBaseline, WhiteBoxInversion
 from splitfed.eval.attacks.membership import LossThreshold, ReferenceCalibrated
 from splitfed.eval.attacks.top import GradientLabels, LogitLens
@@ -46,7 +46,7 @@ def build(attack_cls: type, options: AttackSection):
 def attack_knobs() -> list[tuple[str, str]]:
     """(dotted key, help) of every attack option (``[attacks.learned] steps`` is ``attacks.learned.steps``)."""
     tables = (LearnedOptions, WhiteBoxOptions, UpdateOptions, MembershipOptions)
-    return [(f"{t._key}.{_tkey(f)}", f.metadata.get("help", "")) for t in tables for f in dataclasses.fields(t)]
+    return [(f"{t._key}.{toml_key(f)}", f.metadata.get("help", "")) for t in tables for f in dataclasses.fields(t)]
 
 
 def defense_knobs() -> list[tuple[str, str]]:

@@ -16,6 +16,7 @@ import math
 import os
 from pathlib import Path
 
+from splitfed.checks import is_number
 from splitfed.errors import SplitfedError
 
 RESULTS, MARKDOWN = "results.json", "results.md"
@@ -66,7 +67,7 @@ def attack_ok(attack: dict | None) -> bool:
 
 
 def number(x) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and not math.isnan(x)
+    return is_number(x) and not math.isnan(x)
 
 
 def best_inversion(cell: dict) -> tuple[str, float] | None:

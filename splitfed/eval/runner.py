@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from splitfed.atomic import atomic_open
-from splitfed.config.fields import _plain
+from splitfed.config.fields import plain
 from splitfed.errors import SplitfedError
 from splitfed.eval import metrics
 from splitfed.eval.attacks.base import (
@@ -106,18 +106,18 @@ def open_run(cfg: AttackConfig, run_dir: Path, *, restart: bool = False) -> dict
     """The results so far in `run_dir` (a new, empty record when there are none)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / RESULTS
-    plain = _plain(cfg)
+    wanted = plain(cfg)
     if path.is_file() and not restart:
         try:
             results = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise RunDirError(f"{path}: unreadable results ({err}); pass --restart to start over") from None
-        if results.get("config") != json.loads(json.dumps(plain)):
+        if results.get("config") != json.loads(json.dumps(wanted)):
             raise RunDirError(
                 f"{path} holds results of a different config; use another --out directory or pass --restart"
             )
         return results
-    return {"version": VERSION, "config": plain, "setting": {}, "cells": []}
+    return {"version": VERSION, "config": wanted, "setting": {}, "cells": []}
 
 
 def _truth(data: EvalData, tokenizer) -> Truth:

@@ -20,8 +20,9 @@ import torch
 
 from splitfed.client.privacy import ClientPrivacy, PostRelease
 from splitfed.config.fields import ConfigError
+from splitfed.config.schema import Compression
 from splitfed.data import Example, batches, collate
-from splitfed.eval.config import AttackConfig, ChannelNoise, Compression, DefenseSpec
+from splitfed.eval.config import AttackConfig, ChannelNoise, DefenseSpec
 from splitfed.eval.data import EvalData
 
 _CHANNELS = {

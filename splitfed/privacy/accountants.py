@@ -34,6 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
+from splitfed.checks import is_int
 from splitfed.errors import MissingPackageError
 from splitfed.privacy.events import (
     DiscreteGaussianEvent,
@@ -223,7 +224,7 @@ def epsilon_of(events: Iterable[PrivacyEvent], delta: float, accountant: str = "
 
 def _gaussian_steps(name: str, event: object, count: int) -> tuple[tuple[float, float] | None, int]:
     """((noise multiplier, sample rate), steps) of `count` x `event`; key None for a non-private event."""
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    if not is_int(count) or count < 1:
         raise ValueError(f"count must be an integer >= 1, got {count!r}")
     if isinstance(event, SampledGaussianEvent):
         return (float(event.noise_multiplier), float(event.sample_rate)), event.count * count

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from crypto.dgauss import MAX_TV_PER_DRAW
+from splitfed.checks import is_int, is_number
 from splitfed.privacy.events import DiscreteGaussianEvent, NonPrivateEvent, PrivacyEvent, SampledGaussianEvent
 from splitfed.privacy.grid import default_step, noise_tv, row_bound, valid_step
 
@@ -56,7 +57,7 @@ STEP_TV = MAX_COORDS * MAX_TV_PER_DRAW  # sampler TV slack of one discrete DP-SG
 
 
 def _number(x: object) -> bool:
-    return not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x)
+    return is_number(x) and math.isfinite(x)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class DPSGDConfig:
 
     def grid(self, coords: int) -> tuple[float, Fraction, Fraction]:
         """(gamma, Delta, sigma^2 in grid units) of the discrete mechanism over `coords` parameters."""
-        if isinstance(coords, bool) or not isinstance(coords, int) or not 1 <= coords <= MAX_COORDS:
+        if not is_int(coords) or not 1 <= coords <= MAX_COORDS:
             raise ValueError(f"DP-SGD over {coords!r} parameters: expected 1 to {MAX_COORDS}")
         gamma = self.grid_step or default_step(self.max_grad_norm, coords)
         delta = row_bound(self.max_grad_norm, gamma, coords)
@@ -98,7 +99,7 @@ class DPSGDConfig:
     def events(self, steps: int, *, coords: int | None = None) -> tuple[PrivacyEvent, ...]:
         """What `steps` DP-SGD steps release: () for none.  `coords` (the trainable parameters,
         when known) charges the sampler's own slack for that many draws, else `STEP_TV`."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        if not is_int(steps) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         if steps == 0:
             return ()
@@ -128,7 +129,7 @@ def poisson_batches(
     """
     if not _number(sample_rate) or not 0 < sample_rate <= 1:
         raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    if not is_int(steps) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     n = len(examples)
     if isinstance(generator, np.random.Generator):

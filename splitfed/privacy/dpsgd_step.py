@@ -20,6 +20,7 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
 from crypto.dgauss import RandBytes
+from splitfed.checks import is_int
 from splitfed.models import SplitPart, adapter_parameters
 from splitfed.privacy.discrete_optimizer import DiscreteDPOptimizer
 from splitfed.privacy.dpsgd import DPSGDConfig, per_example_loss, secure_generator
@@ -52,7 +53,7 @@ class DPSGDStrategy:
         secure_mode: bool = False,
         randbytes: RandBytes = os.urandom,
     ):
-        if isinstance(n_examples, bool) or not isinstance(n_examples, int) or n_examples < 1:
+        if not is_int(n_examples) or n_examples < 1:
             raise ValueError(f"n_examples must be an integer >= 1, got {n_examples!r}")
         self.parts, self.dp = (bottom, top), dp
         self.expected_batch_size = dp.sample_rate * n_examples

@@ -12,6 +12,8 @@ import enum
 import math
 from dataclasses import dataclass
 
+from splitfed.checks import is_int, is_number
+
 
 class Party(enum.Enum):
     """Against whom a release is made (who sees it)."""
@@ -51,7 +53,7 @@ class DiscreteGaussianEvent:
     def __post_init__(self) -> None:
         _check_nm(self.noise_multiplier)
         _check_count(self.count)
-        if isinstance(self.tv, bool) or not isinstance(self.tv, int | float) or not 0.0 <= self.tv < 1.0:
+        if not is_number(self.tv) or not 0.0 <= self.tv < 1.0:
             raise ValueError(f"tv must be a number in [0, 1), got {self.tv!r}")
 
 
@@ -84,10 +86,10 @@ PrivacyEvent = GaussianEvent | DiscreteGaussianEvent | SampledGaussianEvent | No
 
 
 def _check_nm(nm: float) -> None:
-    if isinstance(nm, bool) or not isinstance(nm, int | float) or not math.isfinite(nm) or nm <= 0:
+    if not is_number(nm) or not math.isfinite(nm) or nm <= 0:
         raise ValueError(f"noise_multiplier must be a finite number > 0, got {nm!r}")
 
 
 def _check_count(count: int) -> None:
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    if not is_int(count) or count < 1:
         raise ValueError(f"count must be an integer >= 1, got {count!r}")

@@ -14,13 +14,14 @@ from fractions import Fraction
 import torch
 
 from crypto.dgauss import cdt_sampler
+from splitfed.checks import is_number
 
 GRID_ROUNDING_SHARE = 0.01  # the default grid's rounding adds at most this share of clip / gamma
 
 
 def valid_step(g: object) -> bool:
     """Whether `g` is a grid step a config may name: 0 (automatic) or a finite power of two."""
-    ok = not isinstance(g, bool) and isinstance(g, int | float) and math.isfinite(g) and g >= 0
+    ok = is_number(g) and math.isfinite(g) and g >= 0
     return ok and (g == 0 or math.frexp(g)[0] == 0.5)
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from splitfed.checks import is_int
 from splitfed.errors import SplitfedError
 from splitfed.privacy.events import (
     DiscreteGaussianEvent,
@@ -51,7 +52,7 @@ class Disclosure:
     count: int = 1
 
     def __post_init__(self) -> None:
-        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+        if not is_int(self.count) or self.count < 1:
             raise ValueError(f"count must be an integer >= 1, got {self.count!r}")
 
 
@@ -106,7 +107,7 @@ class LedgerEntry:
         if kind is None:
             raise ValueError(f"unknown event type; known: {', '.join(_EVENTS)}")
         rnd = obj["round"]
-        if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
+        if not is_int(rnd) or rnd < 0:
             raise ValueError(f"round must be an integer >= 0, got {rnd!r}")
         # entries written before relations were recorded: local DP and the non-private ones are
         # replace-one, DP-SGD's multiplier is calibrated to add/remove

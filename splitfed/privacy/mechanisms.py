@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from crypto.dgauss import MAX_TV_PER_DRAW, cdt_sampler
+from splitfed.checks import is_int
 from splitfed.privacy.events import DiscreteGaussianEvent, GaussianEvent
 from splitfed.privacy.grid import default_step, noise_tv, snap_rows, sqrt_upper, valid_step
 
@@ -169,7 +170,7 @@ class DiscreteGaussianLDP:
 
     def __post_init__(self) -> None:
         GaussianLDP(self.clip, self.noise_multiplier, self.unit)  # the same checks
-        if isinstance(self.max_positions, bool) or not isinstance(self.max_positions, int) or self.max_positions < 1:
+        if not is_int(self.max_positions) or self.max_positions < 1:
             raise ValueError(f"max_positions must be an integer >= 1, got {self.max_positions!r}")
         g = self.grid_step
         if not valid_step(g):

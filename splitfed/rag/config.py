@@ -32,48 +32,46 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
-from splitfed.config.fields import _key_error, _opt, _req, _Section
+from splitfed.config.fields import Section, key_error, opt, req
 from splitfed.config.schema import ENDPOINT
 from splitfed.config.toml import load_toml
 
 
 @dataclass(frozen=True)
-class PartyConfig(_Section):
+class PartyConfig(Section):
     """One data party: its vector store, where it listens, and its mitigations."""
 
-    name: str = _req("Party name, as the querier lists it.", nonempty=True)
-    index: str = _req("Vector store directory (built by `splitfed rag index`).", nonempty=True, path=True)
-    endpoint: str = _req("Address to listen on (tcp://host:port or ipc://path).", **ENDPOINT)
-    keys_dir: str = _opt(
+    name: str = req("Party name, as the querier lists it.", nonempty=True)
+    index: str = req("Vector store directory (built by `splitfed rag index`).", nonempty=True, path=True)
+    endpoint: str = req("Address to listen on (tcp://host:port or ipc://path).", **ENDPOINT)
+    keys_dir: str = opt(
         "", "CURVE keys: NAME.key* is the party's own pair, allowed/ the queriers' keys; \"\" for none.", path=True
     )
-    noise_std: float = _opt(
+    noise_std: float = opt(
         0.0,
         "Score noise in cosine units: integer discrete Gaussian noise with noise multiplier noise_std / 2 "
         "(a DP mechanism, per querier; see docs/rag.md).",
         ge=0,
     )
-    k_max: int = _opt(10, "Most documents one fetch may ask for.", ge=1)
-    delta: float = _opt(1e-5, "delta of the per-querier epsilon statements.", gt=0, lt=1)
-    max_epsilon: float = _opt(
-        0.0, "Refuse a querier whose next answer would exceed this epsilon (0 = no budget).", ge=0
-    )
-    ledger_dir: str = _opt("", 'Per-querier privacy ledgers; "" = <index>-ledger next to the index.', path=True)
+    k_max: int = opt(10, "Most documents one fetch may ask for.", ge=1)
+    delta: float = opt(1e-5, "delta of the per-querier epsilon statements.", gt=0, lt=1)
+    max_epsilon: float = opt(0.0, "Refuse a querier whose next answer would exceed this epsilon (0 = no budget).", ge=0)
+    ledger_dir: str = opt("", 'Per-querier privacy ledgers; "" = <index>-ledger next to the index.', path=True)
 
     def _check(self) -> None:
         if self.max_epsilon > 0 and self.noise_std == 0:
-            raise _key_error("max_epsilon", "a budget needs noise_std > 0 (noiseless scores have an infinite epsilon)")
+            raise key_error("max_epsilon", "a budget needs noise_std > 0 (noiseless scores have an infinite epsilon)")
 
 
 @dataclass(frozen=True)
-class PartyAddress(_Section):
+class PartyAddress(Section):
     """Where the querier reaches one party."""
 
     _key: ClassVar[str] = "party"
 
-    name: str = _req("Party name.", nonempty=True)
-    endpoint: str = _req("The party's address (tcp://host:port or ipc://path).", **ENDPOINT)
-    public_key: str | None = _opt(
+    name: str = req("Party name.", nonempty=True)
+    endpoint: str = req("The party's address (tcp://host:port or ipc://path).", **ENDPOINT)
+    public_key: str | None = opt(
         None,
         "The party's public key file (NAME.key, as the party sent it); needed for CURVE.",
         path=True,
@@ -82,20 +80,20 @@ class PartyAddress(_Section):
 
 
 @dataclass(frozen=True)
-class QuerierConfig(_Section):
+class QuerierConfig(Section):
     """The querier: its own key pair, the parties it asks and how long it waits for each."""
 
-    parties: tuple[PartyAddress, ...] = _req(
+    parties: tuple[PartyAddress, ...] = req(
         "[[party]]: one table per party.", toml="party", expected="at least one [[party]] table", check=bool
     )
-    keys_dir: str = _opt("", 'The querier\'s own key pair (NAME.key_secret); "" for none (--insecure).', path=True)
-    name: str = _opt("querier", "Name of the querier's key pair in keys_dir.", nonempty=True)
-    timeout_s: float = _opt(30.0, "Seconds to wait for a party before leaving it out.", gt=0)
+    keys_dir: str = opt("", 'The querier\'s own key pair (NAME.key_secret); "" for none (--insecure).', path=True)
+    name: str = opt("querier", "Name of the querier's key pair in keys_dir.", nonempty=True)
+    timeout_s: float = opt(30.0, "Seconds to wait for a party before leaving it out.", gt=0)
 
     def _check(self) -> None:
         names = [p.name for p in self.parties]
         if len(set(names)) != len(names):
-            raise _key_error("party", f"expected distinct party names, got {names}")
+            raise key_error("party", f"expected distinct party names, got {names}")
 
 
 def load_party_config(path: str | os.PathLike) -> PartyConfig:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from splitfed.atomic import atomic_write_text
+from splitfed.checks import is_int
 from splitfed.transport.keys import KeyFileError, key_fingerprint, read_public_key_file
 
 ROSTER_FILE = "roster.toml"
@@ -149,7 +150,7 @@ def load_roster(path: str | os.PathLike) -> Roster:
         if not isinstance(row, dict) or set(row) != {"id", "name", "sign", "curve"}:
             raise KeyFileError(f"{where}: expected keys id, name, sign, curve, got {sorted(row)}")
         cid, name, sign, curve = row["id"], row["name"], row["sign"], row["curve"]
-        if not isinstance(cid, int) or isinstance(cid, bool) or name != f"client-{cid}":
+        if not is_int(cid) or name != f"client-{cid}":
             raise KeyFileError(f'{where}: expected id = K and name = "client-K", got id {cid!r}, name {name!r}')
         try:
             raw = bytes.fromhex(sign) if isinstance(sign, str) else b""

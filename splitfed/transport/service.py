@@ -25,6 +25,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from splitfed.checks import is_int
 from splitfed.transport.sockets import Incoming, ServerSocket
 from splitfed.wire import ErrorCode, Message, WireError, decode, decode_header, error_frames
 
@@ -80,7 +81,7 @@ class PeerLimits:
             value = getattr(self, name)
             if name == "max_errors" and value is None:
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            if not is_int(value) or value < least:
                 raise ValueError(f"PeerLimits.{name}: expected an integer >= {least}, got {value!r}")
 
 

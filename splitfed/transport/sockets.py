@@ -24,6 +24,7 @@ from pathlib import Path
 
 import zmq
 
+from splitfed.checks import is_int
 from splitfed.errors import SplitfedError
 from splitfed.transport.allowlist import AllowList
 from splitfed.transport.keys import allowed_clients, key_fingerprint, load_keypair, load_public
@@ -84,7 +85,7 @@ class ServerSocket:
         sending a larger frame is disconnected by ZeroMQ before the frame is read (None: no limit);
         `name`: whose key pair in `keys_dir` this socket uses (``NAME.key_secret``)."""
         for option, value in (("send_hwm", send_hwm), ("recv_hwm", recv_hwm), ("max_frame_bytes", max_frame_bytes)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise ValueError(f"ServerSocket {option}: expected an integer >= 1, got {value!r}")
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from splitfed.config.tables import _parse
+from splitfed.config.tables import parse_table
 from splitfed.eval import runner, train
 from splitfed.eval.config import AttackConfig
 from splitfed.eval.report import base_ppl, beats_base, render_markdown
 
 
 def _config(defenses):
-    return _parse(
+    return parse_table(
         AttackConfig,
         {
             "model": {"name": "tiny-llama", "cuts": [1], "top_cut": -1, "goal_cut": 1},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from splitfed.config import ConfigError
-from splitfed.config.tables import _parse
+from splitfed.config.tables import parse_table
 from splitfed.config.toml import load_toml
 from splitfed.eval.attacks.activations import LearnedInversion, NearestEmbedding, WhiteBoxInversion
 from splitfed.eval.attacks.membership import LossThreshold, ReferenceCalibrated
@@ -17,7 +17,7 @@ from splitfed.eval.runner import attack_options
 
 
 def _attacks(raw: dict) -> AttackSection:
-    return _parse(AttackConfig, {"attacks": raw}, "").attacks
+    return parse_table(AttackConfig, {"attacks": raw}, "").attacks
 
 
 def test_defaults_are_the_efforts_the_grid_used():
@@ -94,7 +94,7 @@ def test_the_examples_use_the_attack_tables(name):
 
 
 def test_decoded_texts_are_capped_at_the_example_length():
-    cfg = _parse(AttackConfig, {"data": {"max_length": 24}, "attacks": {"update": {"length": 40, "top_k": 7}}}, "")
+    cfg = parse_table(AttackConfig, {"data": {"max_length": 24}, "attacks": {"update": {"length": 40, "top_k": 7}}}, "")
     assert attack_options(cfg).update == UpdateOptions(length=24, top_k=7)
-    cfg = _parse(AttackConfig, {"data": {"max_length": 64}}, "")
+    cfg = parse_table(AttackConfig, {"data": {"max_length": 64}}, "")
     assert attack_options(cfg).update.length == 32

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from splitfed.cli.main import main
-from splitfed.config.tables import _parse
+from splitfed.config.tables import parse_table
 from splitfed.eval import runner
 from splitfed.eval.config import AttackConfig
 
@@ -15,7 +15,7 @@ ACTIVATION_ATTACKS = ["chance", "nearest-embedding", "learned-inversion", "white
 
 
 def _config(defenses, attacks=ACTIVATION_ATTACKS, **train):
-    return _parse(
+    return parse_table(
         AttackConfig,
         {
             "model": {"name": "tiny-llama", "cuts": [1], "top_cut": -1, "goal_cut": 1},
@@ -123,7 +123,7 @@ def test_bad_configs_name_the_key(patch, key):
     from splitfed.config import ConfigError
 
     with pytest.raises(ConfigError) as err:
-        _parse(AttackConfig, patch, "")
+        parse_table(AttackConfig, patch, "")
     assert err.value.key.startswith(key), err.value
 
 

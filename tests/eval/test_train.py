@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from splitfed.config.tables import _parse
+from splitfed.config.tables import parse_table
 from splitfed.eval.config import AttackConfig, DefenseSpec
 from splitfed.eval.train import exact_channels, privacy_config, wire_round_trip
 
 
 def _rc(tmp_path, **defense):
-    cfg = _parse(AttackConfig, {}, "")
+    cfg = parse_table(AttackConfig, {}, "")
     return privacy_config(cfg, DefenseSpec("d", **defense), {"activation": 2.0, "gradient": 0.5}, 120, tmp_path)
 
 
