@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from splitfed.checks import is_int
 from splitfed.config import RunConfig
 from splitfed.data import Example, batches, load_drug_reviews, partition_dirichlet, partition_iid, tokenize_examples
 
@@ -70,7 +71,7 @@ def load_client_data(cfg: RunConfig, client_id: int, tokenizer, *, model: str = 
     if held is not None and d.eval_examples:
         held_out, _ = tokenize_records(held, tokenizer, max_length=d.max_length, model=model)
         held_out = held_out[: d.eval_examples]
-    counts = {k: v for k, v in vars(stats).items() if isinstance(v, int) and not isinstance(v, bool)}
+    counts = {k: v for k, v in vars(stats).items() if is_int(v)}
     return ClientData(examples, held_out, source=str(d.train), format=train.format, stats=counts)
 
 

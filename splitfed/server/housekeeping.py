@@ -16,6 +16,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from splitfed.checks import is_int
+
 log = logging.getLogger("splitfed.server")
 
 REMIND_EVERY = 1000  # failing ticks between two "still failing" warnings (about minutes at heartbeat rate)
@@ -44,7 +46,7 @@ class Housekeeping:
         logger: logging.Logger = log,
         remind_every: int = REMIND_EVERY,
     ):
-        if isinstance(remind_every, bool) or not isinstance(remind_every, int) or remind_every < 1:
+        if not is_int(remind_every) or remind_every < 1:
             raise ValueError(f"remind_every: expected an integer >= 1, got {remind_every!r}")
         self.steps = tuple(steps)
         self.metrics, self.log, self.remind_every = metrics, logger, remind_every

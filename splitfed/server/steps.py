@@ -225,7 +225,9 @@ class StepScheduler:
         """`name` left (or timed out): its part of the pending step is dropped (it contributes
         nothing); a step whose members are all in or gone runs; the queue goes on."""
         if self.pending is not None and name in self.pending.members:
-            self.pending.members[name].session.stage = Stage.READY
+            left = self.pending.members[name].session
+            if left.stage == Stage.AWAIT_BACKWARD:  # a client that said bye stays DONE
+                left.stage = Stage.READY
             self.pending.grads[name] = None
             if self.pending.complete:
                 self._complete(rnd, by=None)

@@ -6,15 +6,15 @@ mechanism's release as its grid integers and step (`wire.grid`), exactly.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import get_args
 
 import torch
 
+from splitfed.config.schema import Compression
 from splitfed.wire.grid import decode_grid, encode_grid, step_name
 from splitfed.wire.messages import ErrorCode, WireError
 
-Compression = Literal["fp32", "fp16", "bf16", "int8"]
-COMPRESSIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 INTEGERS = "integers"  # the discrete LDP release: grid integers + step, exact (not a compression setting)
 _CAST = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
