@@ -53,9 +53,10 @@ class Bounds:
 
 @dataclass(frozen=True)
 class MaxChars:
-    """At most `n` characters, all printable."""
+    """At most `n` characters, all printable unless `printable` is false."""
 
     n: int = MAX_TEXT_CHARS
+    printable: bool = True
 
 
 Count = Annotated[int, Bounds(0)]
@@ -144,7 +145,7 @@ class RagFetch:
 @dataclass(frozen=True)
 class Error:
     code: ErrorCodeName
-    detail: Annotated[str, MaxChars(DETAIL_BUDGET)] = ""
+    detail: Annotated[str, MaxChars(DETAIL_BUDGET, printable=False)] = ""  # may hold newlines
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ def describe(tp) -> str:
         elif isinstance(x, Bounds):
             word += f" in [{x.lo}, {x.hi}]"
         elif isinstance(x, MaxChars):
-            word = f"a printable string of at most {x.n} characters"
+            word = f"a {'printable ' if x.printable else ''}string of at most {x.n} characters"
     return word
 
 
@@ -244,7 +245,7 @@ def _check(tp, value: Any, where: str) -> Any:
     for x in extras:
         if isinstance(x, Bounds) and not ((x.lo is None or value >= x.lo) and (x.hi is None or value <= x.hi)):
             raise _mismatch(where, tp, value)
-        if isinstance(x, MaxChars) and (len(value) > x.n or not value.isprintable()):
+        if isinstance(x, MaxChars) and (len(value) > x.n or (x.printable and not value.isprintable())):
             raise _mismatch(where, tp, value)
     return value
 
