@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from splitfed.wire import Message, MsgType
+from splitfed.wire.meta import SecAgg
 
 State = Mapping[str, torch.Tensor]
 
@@ -37,10 +38,11 @@ class RoundOutcome:
 
 
 #: send(client name, meta, tensors): one aggregation-protocol message (SECAGG) to a participant
-Outbox = Callable[[str, dict[str, Any], dict[str, torch.Tensor]], None]
+Outbox = Callable[[str, SecAgg, dict[str, torch.Tensor]], None]
 
-#: request(type, meta, tensors, expected reply types) -> the reply, on the client's connection
-Request = Callable[[MsgType, dict[str, Any], State | None, frozenset[MsgType]], Message]
+#: request(type, meta (that type's `wire.meta` class), tensors, expected reply types) -> the reply,
+#: on the client's connection
+Request = Callable[[MsgType, Any, State | None, frozenset[MsgType]], Message]
 
 
 class Aggregator(Protocol):

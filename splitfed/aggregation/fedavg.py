@@ -9,6 +9,7 @@ import torch
 from splitfed.aggregation.base import ClientUpdate, Outbox, Request, RoundOutcome, State
 from splitfed.aggregation.layout import AdapterLayout
 from splitfed.wire import ErrorCode, Message, MsgType, WireError
+from splitfed.wire.meta import Update
 
 
 def weighted_mean(updates: Mapping[str, tuple[State, int]]) -> dict[str, torch.Tensor]:
@@ -61,4 +62,4 @@ class PlainUpload:
     """Client side of plain FedAvg (an `Uploader`): the adapter goes in the UPDATE message."""
 
     def upload(self, request: Request, rnd: int, update: State, loss: float) -> Message:
-        return request(MsgType.UPDATE, {"loss": loss}, update, frozenset({MsgType.ROUND_RESULT}))
+        return request(MsgType.UPDATE, Update(loss=loss), update, frozenset({MsgType.ROUND_RESULT}))

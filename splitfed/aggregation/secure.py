@@ -40,6 +40,8 @@ from splitfed.aggregation.base import ClientUpdate, Outbox, Request, RoundOutcom
 from splitfed.aggregation.layout import AdapterLayout
 from splitfed.config import AggregationSection
 from splitfed.wire import ErrorCode, Message, MsgType, WireError, bytes_tensor, tensor_bytes
+from splitfed.wire.messages import short
+from splitfed.wire.meta import SecAgg, Update
 
 log = logging.getLogger("splitfed.aggregation")
 
@@ -47,11 +49,13 @@ MODULUS_BITS = 32  # masked vectors travel as uint32
 _EITHER = frozenset({MsgType.SECAGG, MsgType.ROUND_RESULT})
 
 
-def wire_stage(meta: Mapping[str, Any]) -> Stage:
-    """The protocol stage a SECAGG message names.  Raises `WireError`."""
-    name = meta.get("stage")
+def wire_stage(name: str) -> Stage:
+    """The protocol stage a SECAGG message names (``msg.meta.stage``, checked by the codec against
+    `wire.meta.StageName`).  Raises `WireError`."""
     if not isinstance(name, str) or name not in Stage.__members__:
-        raise WireError(ErrorCode.MALFORMED, f"secagg 'stage': expected one of {list(Stage.__members__)}, got {name!r}")
+        raise WireError(
+            ErrorCode.MALFORMED, f"secagg 'stage': expected one of {list(Stage.__members__)}, got {short(name)}"
+        )
     return Stage[name]
 
 
@@ -82,7 +86,7 @@ class SecureAggregator:
         self._outcome: RoundOutcome | None = None
 
     def accept(self, msg: Message) -> State:
-        if msg.tensors or msg.header.meta.get("secure") is not True:
+        if msg.tensors or not msg.meta.secure:
             raise WireError(ErrorCode.OUT_OF_ORDER, "this run uses secure aggregation: send no plaintext adapter")
         if self.server is not None:
             raise WireError(ErrorCode.OUT_OF_ORDER, f"round {self.rnd}'s secure aggregation has already started")
@@ -112,15 +116,15 @@ class SecureAggregator:
         for name, cid in self.ids.items():
             self._send(name, payload, weight=self.weights[cid])
 
-    def _send(self, name: str, payload: bytes, **meta: Any) -> None:
-        self.send(name, {"stage": self.server.stage.name, **meta}, {"payload": bytes_tensor(payload)})
+    def _send(self, name: str, payload: bytes, weight: float | None = None) -> None:
+        self.send(name, SecAgg(self.server.stage.name, weight), {"payload": bytes_tensor(payload)})
 
     def receive(self, client: str, msg: Message) -> None:
         if self.server is None:
             raise WireError(ErrorCode.OUT_OF_ORDER, "no secure aggregation in progress")
         if client not in self.ids:
             raise WireError(ErrorCode.OUT_OF_ORDER, f"{client} is not a participant of round {self.rnd}")
-        stage = wire_stage(msg.header.meta)
+        stage = wire_stage(msg.meta.stage)
         if stage is not self.server.stage:
             raise WireError(
                 ErrorCode.OUT_OF_ORDER, f"secagg: expected stage {self.server.stage.name}, got {stage.name}"
@@ -200,27 +204,26 @@ class SecureUpload:
     def upload(self, request: Request, rnd: int, update: State, loss: float) -> Message:
         vector = AdapterLayout.of(update).flatten(update)
         self.machine = None
-        msg = request(MsgType.UPDATE, {"loss": loss, "secure": True}, None, _EITHER)
+        msg = request(MsgType.UPDATE, Update(loss=loss, secure=True), None, _EITHER)
         while msg.type == MsgType.SECAGG:
-            stage = wire_stage(msg.header.meta)
+            stage = wire_stage(msg.meta.stage)
             payload = tensor_bytes(msg.tensors, "payload")
             if self.machine is None:
-                reply = self.begin(rnd, stage, msg.header.meta, payload, vector)
+                reply = self.begin(rnd, stage, msg.meta.weight, payload, vector)
             else:
                 reply = self.answer(stage, payload)
-            msg = request(MsgType.SECAGG, {"stage": stage.name}, {"payload": bytes_tensor(reply)}, _EITHER)
+            msg = request(MsgType.SECAGG, SecAgg(stage.name), {"payload": bytes_tensor(reply)}, _EITHER)
         self._record("secagg", round=rnd, stage=None if self.machine is None else self.machine.stage.name)
         return msg
 
-    def begin(self, rnd: int, stage: Stage, meta: Mapping[str, Any], payload: bytes, vector: np.ndarray) -> bytes:
+    def begin(self, rnd: int, stage: Stage, weight: float | None, payload: bytes, vector: np.ndarray) -> bytes:
         """The server's round configuration and this client's weight -> the key advertisement."""
         config = decode(payload)
         if stage is not Stage.ADVERTISE_KEYS or not isinstance(config, RoundConfig):
             raise ProtocolError(f"expected the round configuration first, got {type(config).__name__} ({stage.name})")
         if config.vector_length != vector.size:
             raise ProtocolError(f"round expects {config.vector_length} values, this client has {vector.size}")
-        weight = meta.get("weight")
-        if not isinstance(weight, float) or not 0.0 < weight <= 1.0:
+        if not isinstance(weight, float) or not 0.0 < weight <= 1.0:  # the codec checked [0, 1] or absent
             raise ProtocolError(f"weight: expected a number in (0, 1], got {weight!r}")
         ints, report = quantize(
             weight * vector, clip=self.params.clip, bits=self.params.bits, modulus_bits=MODULUS_BITS, rng=self.rng

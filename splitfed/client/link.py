@@ -33,6 +33,7 @@ from splitfed.wire import (
     encode,
     frames_nbytes,
 )
+from splitfed.wire.meta import Forward
 
 
 class ServerLost(SplitfedError, ConnectionError):
@@ -111,7 +112,7 @@ class Connection:
             except WireError as err:
                 raise ServerRefused(f"server sent a malformed message: {err}") from err
             if msg.type == MsgType.ERROR:
-                code, detail = msg.header.meta.get("code"), msg.header.meta.get("detail")
+                code, detail = msg.meta.code, msg.meta.detail
                 if code in (ErrorCode.UNKNOWN_CLIENT.value, ErrorCode.OUT_OF_ORDER.value):
                     raise ServerLost(f"server lost our session ({code}: {detail})")
                 if code == ErrorCode.WRONG_IDENTITY.value:
@@ -171,8 +172,7 @@ class RemoteTrunk:
     def forward(self, act: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         kind = INTEGERS if self.train and self.act_step else self.compression
         tensors = {**compress("act", act.cpu(), kind, step=self.act_step), "mask": mask.to("cpu", torch.uint8)}
-        meta = {"train": self.train, "base": True} if self.base else {"train": self.train}
-        h = Header(MsgType.FORWARD, self.conn.session, self.round, self.step, meta)
+        h = Header(MsgType.FORWARD, self.conn.session, self.round, self.step, Forward(self.train, self.base))
         msg = self.conn.request(h, tensors, expect=MsgType.ACTIVATIONS, step=self.step)
         out = decompress("act", msg.tensors, self.compression)
         if tuple(out.shape) != tuple(act.shape):

@@ -41,6 +41,7 @@ from splitfed.privacy.ledger import describe, finite
 from splitfed.transport import client_name
 from splitfed.utility import utility_from_summary
 from splitfed.wire import Header, Message, MsgType, WireError, encode
+from splitfed.wire.meta import Bye, Hello
 
 log = logging.getLogger("splitfed.client")
 REJECTED_GRACE_S = 10.0  # how long a client retries a server that refuses its handshake
@@ -178,7 +179,7 @@ class Client:
         """Hand the round's adapter to the aggregation; the round's aggregate comes back as ROUND_RESULT."""
         from crypto.secagg import ProtocolError
 
-        def request(mtype: MsgType, meta: dict, tensors, expect: frozenset[MsgType]) -> Message:
+        def request(mtype: MsgType, meta, tensors, expect: frozenset[MsgType]) -> Message:
             return conn.request(Header(mtype, conn.session, rnd, 0, meta), tensors, expect=expect)
 
         try:
@@ -200,14 +201,14 @@ class Client:
             self.privacy.ledger.append(self.privacy.hello_entries())
         h = Header(
             MsgType.HELLO,
-            meta={
-                "client_id": self.client_id,
-                "config_hash": self.cfg.hash(),
-                "config_keys": self.cfg.key_digests(),
-                "model": self.base_model.fingerprint,
-                **({"roster": self.roster.digest} if self.roster is not None else {}),
-                "n_samples": len(self.examples),
-            },
+            meta=Hello(
+                client_id=self.client_id,
+                config_hash=self.cfg.hash(),
+                config_keys=self.cfg.key_digests(),
+                model=self.base_model.fingerprint,
+                roster=self.roster.digest if self.roster is not None else None,
+                n_samples=len(self.examples),
+            ),
         )
         msg = conn.request(h, expect=MsgType.WELCOME)
         conn.session = msg.header.session
@@ -318,20 +319,17 @@ class Client:
                     conn = Connection(self.cfg, self.client_id, insecure=self.insecure, endpoint=self.endpoint)
                 welcome = self._hello(conn)
                 lost_since = None
-                meta = welcome.header.meta
-                if (
-                    meta["compression"] != self.cfg.transport.compression
-                    or meta["hidden"] != self.bottom.config.hidden_size
-                ):
-                    raise ServerRefused(f"server runs compression {meta['compression']} / hidden {meta['hidden']}")
+                meta = welcome.meta
+                if meta.compression != self.cfg.transport.compression or meta.hidden != self.bottom.config.hidden_size:
+                    raise ServerRefused(f"server runs compression {meta.compression} / hidden {meta.hidden}")
                 self._take_result(welcome.tensors)
                 private = self.privacy is not None  # a discrete channel's release goes as its integers
-                act_step, grad_step = self.privacy.grid_steps(meta["hidden"]) if private else (0.0, 0.0)
+                act_step, grad_step = self.privacy.grid_steps(meta.hidden) if private else (0.0, 0.0)
                 link = RemoteTrunk(
-                    conn, self.cfg.transport.compression, meta["hidden"], act_step=act_step, grad_step=grad_step
+                    conn, self.cfg.transport.compression, meta.hidden, act_step=act_step, grad_step=grad_step
                 )
                 stepper = self._stepper(link)
-                rnd, done = meta["round"], meta["done"]
+                rnd, done = meta.round, meta.done
                 if "ppl_before" not in summary and self.eval_set:
                     # the public base model (every adapter off, here and on the server): the same
                     # number whichever client trains first, and what a private run must beat
@@ -344,7 +342,7 @@ class Client:
                         summary["stopped"] = stop
                         break
                     result = self._train_round(conn, link, stepper, rnd, batches, progress)
-                    rnd, done = result.header.meta["round"], result.header.meta["done"]
+                    rnd, done = result.meta.round, result.meta.done
                 if self.eval_set:
                     summary["ppl_after"] = self.evaluate(link)
                     self.metrics.write("eval", round=rnd, model="fine-tuned", perplexity=summary["ppl_after"])
@@ -357,7 +355,7 @@ class Client:
                 if self.privacy is not None:
                     summary["privacy"] = describe(self.privacy.statements(), self.cfg.privacy.delta)
                 summary.update(losses=self.losses, bytes_out=conn.traffic.bytes_out, bytes_in=conn.traffic.bytes_in)
-                traffic = {"bytes_out": conn.traffic.bytes_out, "bytes_in": conn.traffic.bytes_in}
+                traffic = Bye(bytes_out=conn.traffic.bytes_out, bytes_in=conn.traffic.bytes_in)
                 with contextlib.suppress(ConnectionError):  # the run is done: a BYE that cannot leave is no loss
                     conn.sock.send(encode(Header(MsgType.BYE, conn.session, rnd, 0, traffic)), timeout_ms=1000)
                 time.sleep(0.2)  # let the BYE leave before the socket closes

@@ -30,6 +30,8 @@ from splitfed.rag.config import PartyConfig
 from splitfed.rag.store import VectorStore
 from splitfed.transport import Incoming, RequestLoop, ServerSocket
 from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, bytes_tensor, encode, tensor_bytes
+from splitfed.wire.messages import short
+from splitfed.wire.meta import RagContext, RagDoc, RagFetch, RagScore
 
 log = logging.getLogger("splitfed.rag.party")
 
@@ -132,9 +134,8 @@ class Party:
         self.scorers.move_to_end(key_id)
         while len(self.scorers) > self.max_contexts:
             self.scorers.popitem(last=False)
-        meta = {"key_id": key_id, "rows": len(self.store.docs)}
-        if self.noise is not None:
-            meta["grid"] = self.noise.grid.to_meta()
+        grid = self.noise.grid.to_meta() if self.noise is not None else None
+        meta = RagContext(key_id=key_id, rows=len(self.store.docs), grid=grid)
         return encode(Header(MsgType.RAG_CONTEXT, step=msg.header.step, meta=meta))
 
     def _querier(self, inc: Incoming) -> str:
@@ -144,8 +145,8 @@ class Party:
     def _score(self, msg: Message, querier: str) -> list:
         from crypto.he import HEError
 
-        key_id = msg.header.meta.get("key_id")
-        scorer = self.scorers.get(key_id) if isinstance(key_id, str) else None
+        key_id = msg.meta.key_id
+        scorer = self.scorers.get(key_id) if key_id is not None else None
         if scorer is None:
             raise WireError(ErrorCode.OUT_OF_ORDER, f"unknown key id {key_id!r}: send rag_context first")
         if self.budget is not None:
@@ -160,31 +161,18 @@ class Party:
             raise WireError(ErrorCode.BAD_TENSOR, f"encrypted query refused: {exc}") from None
         self.served += 1
         tensors = {f"scores.{i}": bytes_tensor(c) for i, c in enumerate(cts)}
-        meta = {"key_id": key_id, "rows": len(self.store.docs)}
+        meta = RagScore(key_id=key_id, rows=len(self.store.docs))
         return encode(Header(MsgType.RAG_SCORE, step=msg.header.step, meta=meta), tensors)
 
     def _fetch(self, msg: Message) -> list:
-        rows = msg.header.meta.get("rows")
+        rows = msg.meta.rows  # None or a list of integers >= 0 (the codec checked)
         n = len(self.store.docs)
-        if (
-            not isinstance(rows, list)
-            or not 1 <= len(rows) <= self.k_max
-            or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < n for r in rows)
-            or len(set(rows)) != len(rows)
-        ):
+        if not rows or len(rows) > self.k_max or not all(r < n for r in rows) or len(set(rows)) != len(rows):
             raise WireError(
-                ErrorCode.MALFORMED, f"rows: expected 1..{self.k_max} distinct integers in [0, {n}), got {rows!r}"
+                ErrorCode.MALFORMED, f"rows: expected 1..{self.k_max} distinct integers in [0, {n}), got {short(rows)}"
             )
-        docs = [
-            {
-                "row": r,
-                "doc_id": self.store.docs[r].doc_id,
-                "title": self.store.docs[r].title,
-                "text": self.store.docs[r].text,
-            }
-            for r in rows
-        ]
-        return encode(Header(MsgType.RAG_FETCH, step=msg.header.step, meta={"docs": docs}))
+        docs = [RagDoc(r, self.store.docs[r].doc_id, self.store.docs[r].title, self.store.docs[r].text) for r in rows]
+        return encode(Header(MsgType.RAG_FETCH, step=msg.header.step, meta=RagFetch(docs=docs)))
 
 
 def check_party_keys(cfg: PartyConfig) -> None:

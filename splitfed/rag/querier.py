@@ -24,6 +24,7 @@ from splitfed.errors import UsageError
 from splitfed.rag.config import PartyAddress, QuerierConfig
 from splitfed.transport import ClientSocket, NotSent
 from splitfed.wire import Header, Message, MsgType, WireError, bytes_tensor, decode, encode, frames_nbytes
+from splitfed.wire.meta import RagContext, RagDoc, RagFetch, RagScore
 
 log = logging.getLogger("splitfed.rag.querier")
 
@@ -163,7 +164,7 @@ class Querier:
                     continue  # a late answer to an earlier request
                 pending.discard(name)
                 if msg.type == MsgType.ERROR:
-                    stats.failed[name] = f"{msg.header.meta.get('code')}: {msg.header.meta.get('detail')}"
+                    stats.failed[name] = f"{msg.meta.code}: {msg.meta.detail}"
                 elif msg.type != expect:
                     stats.failed[name] = f"expected {expect.value}, got {msg.type.value}"
                 else:
@@ -176,11 +177,11 @@ class Querier:
             log.warning("party %s left out: %s", name, why)
         return replies
 
-    def _grid(self, meta: dict):
+    def _grid(self, meta: RagContext):
         """The party's announced score grid (None for float scores); ValueError if malformed."""
         from crypto.he import ScoreGrid
 
-        return None if meta.get("grid") is None else ScoreGrid.from_meta(meta["grid"], self.secret.params.dim)
+        return None if meta.grid is None else ScoreGrid.from_meta(meta.grid, self.secret.params.dim)
 
     def search_vector(self, vector: np.ndarray, *, k: int = 5) -> SearchResult:
         from crypto.he import HEError, decrypt_scores, encrypt_query
@@ -197,12 +198,12 @@ class Querier:
             }
             for name, msg in self._ask(req, ctx, MsgType.RAG_CONTEXT, stats).items():
                 try:
-                    self.grids[name] = self._grid(msg.header.meta)
+                    self.grids[name] = self._grid(msg.meta)
                 except ValueError as exc:
                     stats.failed[name] = f"bad score grid ({exc})"
                     log.warning("party %s left out: %s", name, stats.failed[name])
                     continue
-                self.key_ok[name] = int(msg.header.meta.get("rows", 0))
+                self.key_ok[name] = msg.meta.rows or 0
         stats.seconds["context"] = time.perf_counter() - t
         live = [n for n in self.socks if n in self.key_ok and n not in stats.failed]
         t = time.perf_counter()
@@ -214,7 +215,7 @@ class Querier:
         req = self._request_id()
         reqs = {
             n: encode(
-                Header(MsgType.RAG_SCORE, step=req, meta={"key_id": key_id}),
+                Header(MsgType.RAG_SCORE, step=req, meta=RagScore(key_id=key_id)),
                 {"query": bytes_tensor(queries[self.grids[n]])},
             )
             for n in live
@@ -224,7 +225,7 @@ class Querier:
         t = time.perf_counter()
         candidates: list[tuple[float, str, int]] = []
         for name, msg in replies.items():
-            rows = msg.header.meta.get("rows")
+            rows = msg.meta.rows
             cts = [
                 msg.tensors[f"scores.{i}"].numpy().tobytes()
                 for i in range(len(msg.tensors))
@@ -247,15 +248,17 @@ class Querier:
         for _, name, row in winners:
             by_party.setdefault(name, []).append(row)
         req = self._request_id()
-        reqs = {n: encode(Header(MsgType.RAG_FETCH, step=req, meta={"rows": rows})) for n, rows in by_party.items()}
-        docs = {}
+        reqs = {
+            n: encode(Header(MsgType.RAG_FETCH, step=req, meta=RagFetch(rows=rows))) for n, rows in by_party.items()
+        }
+        docs: dict[tuple[str, int], RagDoc] = {}
         for name, msg in self._ask(req, reqs, MsgType.RAG_FETCH, stats).items():
-            for d in msg.header.meta.get("docs", []):
-                docs[(name, d["row"])] = d
+            for d in msg.meta.docs or []:
+                docs[(name, d.row)] = d
         stats.seconds["fetch"] = time.perf_counter() - t
         for score, name, row in winners:
-            d = docs.get((name, row), {})
-            stats.hits.append(Hit(name, row, score, d.get("doc_id", ""), d.get("title", ""), d.get("text", "")))
+            d = docs.get((name, row), RagDoc(row, "", "", ""))
+            stats.hits.append(Hit(name, row, score, d.doc_id, d.title, d.text))
         return stats
 
     def search(self, text: str, *, k: int = 5) -> SearchResult:

@@ -7,10 +7,13 @@ error details only through `short`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from splitfed.wire.messages import (
     clip,
     short,
 )
+from splitfed.wire.meta import Error, meta_json, parse_meta
 
 # dtype allow-list: wire name -> torch dtype
 WIRE_DTYPES: dict[str, torch.dtype] = {
@@ -64,10 +68,20 @@ class Message:
     def type(self) -> MsgType:
         return self.header.type
 
+    @cached_property
+    def meta(self) -> Any:
+        """The header's ``meta`` as its type's class (`wire.meta.META`).  `decode` has checked it;
+        for a message built by hand the check runs here, raising `WireError`."""
+        return parse_meta(self.header.type, self.header.meta)
+
 
 def encode(header: Header, tensors: Mapping[str, torch.Tensor] | None = None) -> list:
-    """Frames for `header` and `tensors` (the header's tensor specs are filled in here)."""
+    """Frames for `header` and `tensors` (the header's tensor specs are filled in here).
+
+    ``header.meta`` is the type's `wire.meta` class (checked: ValueError if it would not decode)
+    or, unchecked, a JSON object."""
     tensors = dict(tensors or {})
+    meta = meta_json(header.type, header.meta) if dataclasses.is_dataclass(header.meta) else header.meta
     specs, frames = [], []
     for name, t in tensors.items():
         t = t.detach()
@@ -78,7 +92,7 @@ def encode(header: Header, tensors: Mapping[str, torch.Tensor] | None = None) ->
         # bfloat16 has no numpy dtype: send its bits
         raw = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
         frames.append(raw.numpy().reshape(-1).view("uint8").data)  # zero-copy 1-D byte view
-    full = Header(header.type, header.session, header.round, header.step, header.meta, tuple(specs), header.version)
+    full = Header(header.type, header.session, header.round, header.step, meta, tuple(specs), header.version)
     return [json.dumps(full.to_json(), allow_nan=False).encode(), *frames]
 
 
@@ -256,7 +270,9 @@ def _decode(frames: Sequence, max_bytes: int) -> Message:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise WireError(ErrorCode.BAD_TENSOR, f"tensor {short(spec.name)} contains NaN or Inf")
         tensors[spec.name] = t
-    return Message(header, tensors)
+    msg = Message(header, tensors)
+    _ = msg.meta  # checked last: frame and tensor errors are reported first, as before meta was typed
+    return msg
 
 
 _UNEXPECTED = "undecodable message"  # the guard's detail: a check above is missing
@@ -273,7 +289,8 @@ def decode_header(raw) -> Header:
 
 
 def decode(frames: Sequence, *, max_bytes: int) -> Message:
-    """Parse and check a message: frame count, header, dtypes, sizes, and no NaN/Inf.
+    """Parse and check a message: frame count, header, dtypes, sizes, no NaN/Inf, and the
+    metadata against its type's class (`Message.meta`).
 
     Raises `WireError` and nothing else; never returns a partially checked message.
     """
@@ -298,6 +315,4 @@ def _buf(frame) -> memoryview:
 
 
 def error_frames(code: ErrorCode, detail: str, *, session: str = "", round: int = 0, step: int = 0) -> list:
-    return encode(
-        Header(MsgType.ERROR, session, round, step, {"code": code.value, "detail": clip(detail, DETAIL_BUDGET)})
-    )
+    return encode(Header(MsgType.ERROR, session, round, step, Error(code.value, clip(detail, DETAIL_BUDGET))))

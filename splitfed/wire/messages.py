@@ -106,7 +106,7 @@ class Header:
     session: str = ""
     round: int = 0
     step: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: Any = field(default_factory=dict)  # decoded: the JSON object; to send: also a `wire.meta` class
     tensors: tuple[TensorSpec, ...] = ()
     version: int = PROTOCOL_VERSION
 

@@ -1,12 +1,15 @@
 """Adapter layout (the one key order both sides flatten in), FedAvg as an Aggregator, SecAgg+ stage checks."""
 
+from typing import get_args
+
 import numpy as np
 import pytest
 import torch
 
 from splitfed.aggregation import AdapterLayout, ClientUpdate, FedAvg
 from splitfed.aggregation.secure import wire_stage
-from splitfed.wire import Header, Message, MsgType, WireError
+from splitfed.wire import Header, Message, MsgType, WireError, decode, encode
+from splitfed.wire.meta import StageName
 
 
 def _state(order):
@@ -54,7 +57,11 @@ def test_fedavg_as_an_aggregator_is_the_weighted_mean():
 def test_secagg_stage_travels_as_an_enum_name():
     from crypto.secagg import Stage
 
-    assert wire_stage({"stage": "MASKED_INPUT"}) is Stage.MASKED_INPUT
-    for bad in ({}, {"stage": "masked_input"}, {"stage": 3}, {"stage": ["UNMASK"]}):
+    assert wire_stage("MASKED_INPUT") is Stage.MASKED_INPUT
+    for bad in (None, "masked_input", 3, ["UNMASK"]):
         with pytest.raises(WireError, match="secagg 'stage': expected one of"):
             wire_stage(bad)
+    assert set(get_args(StageName)) == set(Stage.__members__)  # the codec checks the same names
+    for bad in ({}, {"stage": "masked_input"}, {"stage": 3}, {"stage": ["UNMASK"]}):
+        with pytest.raises(WireError, match="secagg meta"):
+            decode(encode(Header(MsgType.SECAGG, meta=bad)), max_bytes=1 << 20)

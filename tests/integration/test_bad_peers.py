@@ -99,7 +99,11 @@ def test_malformed_messages_get_errors_and_a_good_client_finishes(make_run):
         "config_mismatch",
         "different base model",
     )
-    bad.expect_error(encode(Header(MsgType.HELLO, meta={**run.hello_meta(1, 3), "model": [1] * 99})), "config_mismatch")
+    bad.expect_error(
+        encode(Header(MsgType.HELLO, meta={**run.hello_meta(1, 3), "model": [1] * 99})),
+        "malformed",
+        "hello meta field 'model': expected a printable string of at most 256 characters, got [1, 1, 1, 1, ...]",
+    )
     welcome = bad.ask(encode(hello))
     assert welcome.type == MsgType.WELCOME
     sid, hidden = welcome.header.session, welcome.header.meta["hidden"]

@@ -13,6 +13,7 @@ from splitfed.client.link import Connection
 from splitfed.config import parse_config
 from splitfed.transport import ServerSocket, generate_keys
 from splitfed.wire import ErrorCode, Header, MsgType, decode, encode, error_frames
+from splitfed.wire.meta import Hello, Welcome
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -86,7 +87,8 @@ def test_no_heartbeat_with_an_unknown_session_while_hello_waits(tmp_path):
             queued = []
             while (inc := server.recv(0)) is not None:
                 queued.append(inc)
-            server.send(hello.identity, encode(Header(MsgType.WELCOME, "s1", 0, 0, {})))
+            welcome = Welcome(round=0, rounds=1, done=False, hidden=8, compression="fp32", mode="shared")
+            server.send(hello.identity, encode(Header(MsgType.WELCOME, "s1", 0, 0, welcome)))
             seen.append(MsgType.WELCOME)
             for inc in queued:
                 msg = decode(inc.frames, max_bytes=1 << 20)
@@ -108,7 +110,7 @@ def test_no_heartbeat_with_an_unknown_session_while_hello_waits(tmp_path):
     thread.start()
     conn = Connection(cfg, 0, insecure=False)
     try:
-        welcome = conn.request(Header(MsgType.HELLO, meta={"client_id": 0}), expect=MsgType.WELCOME)
+        welcome = conn.request(Header(MsgType.HELLO, meta=Hello(0, "h", "m", 1)), expect=MsgType.WELCOME)
         conn.session = welcome.header.session
         reply = conn.request(Header(MsgType.FORWARD, conn.session, 0, 0), expect=MsgType.ACTIVATIONS, step=0)
     finally:

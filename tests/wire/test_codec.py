@@ -20,6 +20,7 @@ from splitfed.wire import (
     encode,
     frames_nbytes,
 )
+from splitfed.wire.meta import Forward
 
 MAX = 1 << 24
 
@@ -28,10 +29,11 @@ MAX = 1 << 24
 def test_round_trip_is_exact(dtype):
     t = (torch.randn(3, 4, 5) * 10).to(dtype)
     msg = decode(
-        encode(Header(MsgType.FORWARD, "s", 2, 7, {"a": 1}), {"x": t, "empty": torch.zeros(0, 3)}), max_bytes=MAX
+        encode(Header(MsgType.FORWARD, "s", 2, 7, Forward(train=False)), {"x": t, "empty": torch.zeros(0, 3)}),
+        max_bytes=MAX,
     )
     assert msg.type == MsgType.FORWARD and msg.header.round == 2 and msg.header.step == 7
-    assert msg.header.meta == {"a": 1}
+    assert msg.header.meta == {"train": False, "base": False} and msg.meta == Forward(train=False)
     assert msg.tensors["x"].dtype == dtype and torch.equal(msg.tensors["x"], t)
     assert msg.tensors["empty"].shape == (0, 3)
 

@@ -36,6 +36,11 @@ def header(**fields) -> bytes:
     return json.dumps({**base, **fields}).encode()
 
 
+def doc_header(text: str) -> bytes:
+    """A RAG_FETCH reply carrying one document of `text`."""
+    return header(type="rag_fetch", meta={"docs": [{"row": 0, "doc_id": "d", "title": "t", "text": text}]})
+
+
 def spec(shape, dtype="float32", name="x") -> dict:
     return {"name": name, "dtype": dtype, "shape": shape}
 
@@ -68,13 +73,13 @@ def test_deep_nesting_in_tensors_is_refused_before_parsing():
 
 
 def test_nesting_limit_is_exact_and_brackets_in_strings_do_not_count():
-    def nested(k):  # header (1) + meta (2) + k lists
+    def nested(k):  # header (1) + meta (2) + k lists; no message type's meta nests so: the header alone
         return header(meta={"x": json.loads("[" * k + "]" * k)})
 
-    assert decode([nested(codec.MAX_DEPTH - 2)], max_bytes=MAX).header.meta["x"] is not None
+    assert decode_header(nested(codec.MAX_DEPTH - 2)).meta["x"] is not None
     refused([nested(codec.MAX_DEPTH - 1)], ErrorCode.MALFORMED, "nested deeper than 32 levels")
     tricky = '[{"\\"[' * 200  # brackets and escaped quotes inside a string
-    assert decode([header(meta={"s": tricky})], max_bytes=MAX).header.meta["s"] == tricky
+    assert decode([doc_header(tricky)], max_bytes=MAX).meta.docs[0].text == tricky
 
 
 @pytest.mark.parametrize("field", ["round", "step", "meta", "shape"])
@@ -126,8 +131,8 @@ def test_duplicate_keys_are_refused(raw):
 
 def test_header_size_limit_holds_for_a_megabyte_string_in_meta():
     refused([header(meta={"s": "a" * (1 << 20)})], ErrorCode.TOO_LARGE, "limit 65536", max_bytes=1 << 22)
-    big = "a" * 60_000  # within the header limit: meta strings are bounded by the header size only
-    assert decode([header(meta={"s": big})], max_bytes=MAX).header.meta["s"] == big
+    big = "a" * 60_000  # within the header limit: a document's text is bounded by the header size only
+    assert decode([doc_header(big)], max_bytes=MAX).meta.docs[0].text == big
 
 
 @pytest.mark.parametrize(
