@@ -25,7 +25,6 @@ from splitfed.aggregation import Aggregator, ClientUpdate, RoundOutcome
 from splitfed.config import RunConfig
 from splitfed.config.fields import ConfigError
 from splitfed.models.client_adapter import TRUNK_PREFIX
-from splitfed.models.source import short_fingerprint
 from splitfed.server.checkpoint import ServerCheckpoint
 from splitfed.server.events import (
     Action,
@@ -44,12 +43,13 @@ from splitfed.server.ops import Average
 from splitfed.server.rounds import RoundPolicy
 from splitfed.server.session import Session, Stage
 from splitfed.server.steps import QueuedForward, StepScheduler
-from splitfed.server.validate import check_activations, check_bound, config_difference, gradient_encoding
+from splitfed.server.validate import check_activations, check_agreement, check_bound, gradient_encoding
 from splitfed.transport import client_name
 from splitfed.transport.keys import key_fingerprint
-from splitfed.transport.roster import format_fingerprint
 from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, decompress, encode, frames_nbytes
 from splitfed.wire.messages import short
+from splitfed.wire.meta import Forward as ForwardMeta
+from splitfed.wire.meta import Hello, RoundResult, SecAgg, Welcome
 
 log = logging.getLogger("splitfed.server")
 
@@ -171,70 +171,53 @@ class ServerCore:
 
     # ------------------------------------------------------------------ handlers
     def _hello(self, ev: Received) -> None:
-        meta = ev.msg.header.meta
-        cid = meta.get("client_id")
-        if not isinstance(cid, int) or isinstance(cid, bool) or not 0 <= cid < len(self.clients):
-            raise WireError(ErrorCode.UNKNOWN_CLIENT, f"client_id must be in [0, {len(self.clients)}), got {cid!r}")
-        name = client_name(cid)
+        hello: Hello = ev.msg.meta  # types and protocol bounds checked by the codec
+        if hello.client_id >= len(self.clients):
+            raise WireError(
+                ErrorCode.UNKNOWN_CLIENT, f"client_id must be in [0, {len(self.clients)}), got {hello.client_id}"
+            )
+        name = client_name(hello.client_id)
         if ev.user is not None and ev.key_owner != name:
             raise WireError(
                 ErrorCode.WRONG_IDENTITY,
                 f"this key (fingerprint {key_fingerprint(ev.user)}) belongs to {ev.key_owner}, not {name}",
             )
-        self._check_agreement(meta, name)
-        n, most = meta.get("n_samples"), self.cfg.server.max_samples
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= most:
-            raise WireError(ErrorCode.MALFORMED, f"n_samples must be an integer in [1, {most}], got {short(n)}")
+        check_agreement(
+            hello,
+            name,
+            self.cfg,
+            digests=self.key_digests,
+            roster=self.roster,
+            model_fingerprint=self.model_fingerprint,
+        )
+        most = self.cfg.server.max_samples
+        if hello.n_samples > most:
+            raise WireError(ErrorCode.MALFORMED, f"n_samples must be an integer in [1, {most}], got {hello.n_samples}")
         for ident, old in list(self.sessions.items()):  # a reconnecting client replaces its old session
             if old.name == name:
                 self._forget(ident, old)
         self.rounds.joined(name)
-        sess = Session(name, cid, ev.identity, self.new_session_id(), n, last_seen=self.now)
+        sess = Session(name, hello.client_id, ev.identity, self.new_session_id(), hello.n_samples, last_seen=self.now)
         self.sessions[ev.identity] = sess
-        meta_out = {
-            "round": self.round,
-            "rounds": self.cfg.training.rounds,
-            "done": self.done,
-            "hidden": self.hidden,
-            "compression": self.cfg.transport.compression,
-            "mode": self.cfg.server.mode,
-        }
+        welcome = Welcome(
+            round=self.round,
+            rounds=self.cfg.training.rounds,
+            done=self.done,
+            hidden=self.hidden,
+            compression=self.cfg.transport.compression,
+            mode=self.cfg.server.mode,
+        )
         tensors = self._result_tensors(sess)
-        self._reply(sess, encode(Header(MsgType.WELCOME, sess.session_id, self.round, 0, meta_out), tensors))
+        self._reply(sess, encode(Header(MsgType.WELCOME, sess.session_id, self.round, 0, welcome), tensors))
         self.outbox.write("hello", client=name, round=self.round)
         log.info("%s joined (round %d)", name, self.round)
 
-    def _check_agreement(self, meta: dict, name: str) -> None:
-        """The same configuration, roster and base model as the server's, or a CONFIG_MISMATCH naming the difference."""
-        if meta.get("config_hash") != self.config_hash:
-            raise WireError(ErrorCode.CONFIG_MISMATCH, config_difference(self.cfg, self.key_digests, meta, name))
-        if self.roster is not None and meta.get("roster") != self.roster.digest:
-            theirs = meta.get("roster")
-            theirs = format_fingerprint(theirs) if isinstance(theirs, str) else short(theirs)
-            raise WireError(
-                ErrorCode.CONFIG_MISMATCH,
-                f"different secure-aggregation roster: the server's has fingerprint {self.roster.fingerprint}, "
-                f"{name}'s {theirs} (every party needs the same roster.toml)",
-            )
-        fp = meta.get("model")
-        if fp != self.model_fingerprint:
-            theirs = short_fingerprint(fp) if isinstance(fp, str) else short(fp)
-            raise WireError(
-                ErrorCode.CONFIG_MISMATCH,
-                f"different base model: the server's is {short_fingerprint(self.model_fingerprint)}, "
-                f"{name}'s is {theirs} (every party needs a copy of the same weights)",
-            )
-
     def _forward(self, sess: Session, msg: Message) -> None:
-        meta = msg.header.meta
-        for flag in ("train", "base"):
-            if flag in meta and not isinstance(meta[flag], bool):
-                raise WireError(ErrorCode.MALFORMED, f"forward: {flag} must be true or false, got {short(meta[flag])}")
-        train, base = meta.get("train", True), meta.get("base", False)
-        if base and train:
+        fwd: ForwardMeta = msg.meta
+        if fwd.base and fwd.train:
             raise WireError(ErrorCode.MALFORMED, "forward: a base-model forward (base = true) needs train = false")
-        act, mask = check_activations(msg, self.cfg, hidden=self.hidden)  # validated before it is queued
-        self.steps.forward(QueuedForward(sess, msg.header, act, mask, train=train, base=base))
+        act, mask = check_activations(msg, self.cfg, hidden=self.hidden, train=fwd.train)  # before it is queued
+        self.steps.forward(QueuedForward(sess, msg.header, act, mask, train=fwd.train, base=fwd.base))
 
     def _backward(self, sess: Session, msg: Message) -> None:
         member = self.steps.member(sess, msg.header.step)
@@ -252,10 +235,9 @@ class ServerCore:
             log.warning("%s sent its update for round %d after it closed; skipped", sess.name, r)
             self._send_round_result(sess)
             return
-        loss = msg.header.meta.get("loss")
-        loss = float(loss) if isinstance(loss, int | float) and not isinstance(loss, bool) else None
+        loss = msg.meta.loss
         self.rounds.add(sess.name, ClientUpdate(sess.client_id, sess.n_samples, state), loss)
-        self.outbox.write("update", client=sess.name, round=r, loss=msg.header.meta.get("loss"))
+        self.outbox.write("update", client=sess.name, round=r, loss=loss)
 
     def _heartbeat(self, sess: Session, msg: Message) -> None:
         self._reply(sess, encode(Header(MsgType.HEARTBEAT, sess.session_id, self.round)))
@@ -270,7 +252,7 @@ class ServerCore:
         self.rounds.left(sess.name)
         self.outbox.write(
             "bye", client=sess.name, bytes_in=sess.bytes_in, bytes_out=sess.bytes_out, metrics=msg.header.meta
-        )
+        )  # the client's own byte counts, as it sent them (checked by the codec)
         log.info("%s left", sess.name)
 
     def _forget(self, ident: bytes, sess: Session) -> None:
@@ -316,7 +298,7 @@ class ServerCore:
         if outcome is not None:
             self._finish_round(outcome)
 
-    def _send_aggregation(self, name: str, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    def _send_aggregation(self, name: str, meta: SecAgg, tensors: dict[str, torch.Tensor]) -> None:
         sess = next((s for s in self.sessions.values() if s.name == name and s.stage == Stage.AWAIT_ROUND), None)
         if sess is not None:  # gone: the aggregation protocol counts it as dropped
             self._reply(sess, encode(Header(MsgType.SECAGG, sess.session_id, self.round, 0, meta), tensors))
@@ -348,7 +330,7 @@ class ServerCore:
 
     def _send_round_result(self, sess: Session) -> None:
         sess.stage = Stage.READY
-        meta = {"round": self.round, "done": self.done}
+        meta = RoundResult(round=self.round, done=self.done)
         tensors = self._result_tensors(sess)
         self._reply(sess, encode(Header(MsgType.ROUND_RESULT, sess.session_id, self.round, 0, meta), tensors))
 

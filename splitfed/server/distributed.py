@@ -36,6 +36,7 @@ from splitfed.models.placement import resolve_device
 from splitfed.server.engine import TrunkEngine
 from splitfed.server.ops import TrunkOp, op_frames, op_from_message
 from splitfed.wire import Header, MsgType, decode, encode
+from splitfed.wire.meta import TrunkOp as OpMeta
 
 log = logging.getLogger("splitfed.server")
 
@@ -132,7 +133,7 @@ class RankGroup:
 
 
 def _control(word: str) -> list:
-    return encode(Header(MsgType.HEARTBEAT, meta={"control": word}))
+    return encode(Header(MsgType.TRUNK_OP, meta=OpMeta(word)))
 
 
 def run_replicated(engine: TrunkEngine, group: RankGroup, op: TrunkOp):
@@ -205,12 +206,12 @@ def serve_replica(engine: TrunkEngine, group: RankGroup) -> None:
     and not on rank 0 (or the reverse) raises `GroupAbort` on every rank."""
     while True:
         msg = decode(group.receive(), max_bytes=MAX_OP_BYTES)
-        if msg.type == MsgType.HEARTBEAT:
-            if msg.header.meta.get("control") == STOP:
-                return
-            continue
         if msg.type != MsgType.TRUNK_OP:
             raise GroupAbort(f"rank {group.rank}: rank 0 sent a {msg.type.value} message, expected a trunk op")
+        if msg.meta.op == STOP:
+            return
+        if msg.meta.op == PING:
+            continue
         try:
             run_replicated(engine, group, op_from_message(msg))
         except GroupAbort:

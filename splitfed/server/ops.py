@@ -9,12 +9,14 @@ message (`wire.encode`, type ``trunk_op``): a JSON header and raw tensor frames,
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from splitfed.wire import Header, Message, MsgType, encode
+from splitfed.wire import Header, Message, MsgType, bytes_tensor, encode, tensor_bytes
+from splitfed.wire.meta import TrunkOp as OpMeta
 
 Tensors = dict[str, torch.Tensor]
 
@@ -65,6 +67,9 @@ TrunkOp = Infer | Forward | Backward | Average | Restore
 
 
 # ------------------------------------------------------------------ on the rank channel
+OPTIMIZERS = "optimizers.json"  # a restore's optimizer scalars and param groups, as JSON bytes
+
+
 def op_frames(op: TrunkOp) -> list:
     """`op` as wire frames (header + raw tensors)."""
     meta, tensors = _flatten(op)
@@ -73,41 +78,38 @@ def op_frames(op: TrunkOp) -> list:
 
 def op_from_message(msg: Message) -> TrunkOp:
     """The op a ``trunk_op`` message carries (sent by rank 0, which this rank trusts as its own)."""
-    meta, t = msg.header.meta, msg.tensors
-    kind = meta["op"]
-    if kind == "infer":
-        return Infer(meta["client"], t["act"], t["mask"], meta["base"])
-    if kind == "forward":
-        return Forward(tuple((c, t[f"act/{i}"], t[f"mask/{i}"]) for i, c in enumerate(meta["clients"])))
-    if kind == "backward":
-        return Backward(tuple((c, t.get(f"grad/{i}")) for i, c in enumerate(meta["clients"])))
-    if kind == "average":
-        return Average(tuple((c, int(n)) for c, n in meta["weights"]))
-    if kind == "restore":
-        states = {k: {n[len(k) + 7 :]: v for n, v in t.items() if n.startswith(f"state/{k}/")} for k in meta["keys"]}
-        optimizers = {k: _unflatten_optimizer(o, t, f"opt/{k}/") for k, o in meta["optimizers"].items()}
-        return Restore(states, optimizers)
-    raise ValueError(f"unknown trunk op {kind!r}")
+    m, t = msg.meta, msg.tensors
+    if m.op == "infer":
+        return Infer(m.clients[0], t["act"], t["mask"], m.base)
+    if m.op == "forward":
+        return Forward(tuple((c, t[f"act/{i}"], t[f"mask/{i}"]) for i, c in enumerate(m.clients)))
+    if m.op == "backward":
+        return Backward(tuple((c, t.get(f"grad/{i}")) for i, c in enumerate(m.clients)))
+    if m.op == "average":
+        return Average(tuple(zip(m.clients, m.weights, strict=True)))
+    states = {k: {n[len(k) + 7 :]: v for n, v in t.items() if n.startswith(f"state/{k}/")} for k in m.keys}
+    opt_meta = json.loads(tensor_bytes(t, OPTIMIZERS))
+    optimizers = {k: _unflatten_optimizer(o, t, f"opt/{k}/") for k, o in opt_meta.items()}
+    return Restore(states, optimizers)
 
 
-def _flatten(op: TrunkOp) -> tuple[dict[str, Any], Tensors]:
+def _flatten(op: TrunkOp) -> tuple[OpMeta, Tensors]:
     if isinstance(op, Infer):
-        return {"op": "infer", "client": op.client, "base": op.base}, {"act": op.act, "mask": op.mask}
+        return OpMeta("infer", clients=[op.client], base=op.base), {"act": op.act, "mask": op.mask}
     if isinstance(op, Forward):
         tensors = {}
         for i, (_, act, mask) in enumerate(op.items):
             tensors[f"act/{i}"], tensors[f"mask/{i}"] = act, mask
-        return {"op": "forward", "clients": [c for c, _, _ in op.items]}, tensors
+        return OpMeta("forward", clients=[c for c, _, _ in op.items]), tensors
     if isinstance(op, Backward):
         tensors = {f"grad/{i}": g for i, (_, g) in enumerate(op.grads) if g is not None}
-        return {"op": "backward", "clients": [c for c, _ in op.grads]}, tensors
+        return OpMeta("backward", clients=[c for c, _ in op.grads]), tensors
     if isinstance(op, Average):
-        return {"op": "average", "weights": [[c, n] for c, n in op.weights]}, {}
+        return OpMeta("average", clients=[c for c, _ in op.weights], weights=[n for _, n in op.weights]), {}
     tensors = {f"state/{k}/{n}": v for k, s in op.states.items() for n, v in s.items()}
-    opt_meta = {}
-    for k, sd in op.optimizers.items():
-        opt_meta[k] = _flatten_optimizer(sd, tensors, f"opt/{k}/")
-    return {"op": "restore", "keys": list(op.states), "optimizers": opt_meta}, tensors
+    opt_meta = {k: _flatten_optimizer(sd, tensors, f"opt/{k}/") for k, sd in op.optimizers.items()}
+    tensors[OPTIMIZERS] = bytes_tensor(json.dumps(opt_meta).encode())
+    return OpMeta("restore", keys=list(op.states)), tensors
 
 
 def _flatten_optimizer(sd: dict, tensors: Tensors, prefix: str) -> dict:

@@ -6,8 +6,11 @@ import torch
 
 from splitfed.config import RunConfig
 from splitfed.config.schema import flat_items
+from splitfed.models.source import short_fingerprint
+from splitfed.transport.roster import format_fingerprint
 from splitfed.wire import INTEGERS, ErrorCode, Message, WireError, decompress
 from splitfed.wire.messages import short
+from splitfed.wire.meta import Hello
 
 
 def activations_encoding(cfg: RunConfig, *, train: bool) -> str:
@@ -21,9 +24,9 @@ def gradient_encoding(cfg: RunConfig) -> str:
     return INTEGERS if cfg.privacy.releases_integers(cfg.privacy.gradients) else cfg.transport.compression
 
 
-def check_activations(msg: Message, cfg: RunConfig, *, hidden: int) -> tuple[torch.Tensor, torch.Tensor]:
+def check_activations(msg: Message, cfg: RunConfig, *, hidden: int, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """A FORWARD's (B, T, D) float32 activations and (B, T) long mask, within the server's limits
-    (``meta.train``, checked by the caller to be a bool, picks the encoding)."""
+    (``train`` picks the encoding)."""
     mask = msg.tensors.get("mask")
     if mask is None or mask.dtype != torch.uint8 or mask.dim() != 2:
         raise WireError(ErrorCode.BAD_TENSOR, "forward needs 'mask': uint8 (batch, tokens)")
@@ -33,7 +36,7 @@ def check_activations(msg: Message, cfg: RunConfig, *, hidden: int) -> tuple[tor
         raise WireError(ErrorCode.BAD_TENSOR, f"batch x tokens {b} x {t} outside limits 1..{max_b} x 1..{max_t}")
     if bool((mask > 1).any()) or bool((mask.sum(-1) == 0).any()):
         raise WireError(ErrorCode.BAD_TENSOR, "mask must be 0/1 with at least one token per row")
-    act = decompress("act", msg.tensors, activations_encoding(cfg, train=msg.header.meta.get("train", True)))
+    act = decompress("act", msg.tensors, activations_encoding(cfg, train=train))
     if tuple(act.shape) != (b, t, hidden):
         raise WireError(ErrorCode.BAD_TENSOR, f"act: expected shape {[b, t, hidden]}, got {list(act.shape)}")
     check_bound("act", act, cfg.server.max_abs_value)
@@ -52,16 +55,33 @@ def check_bound(name: str, x: torch.Tensor, bound: float) -> None:
 MAX_NAMED_KEYS = 8  # differing keys named in one config-mismatch error
 
 
-def config_difference(cfg: RunConfig, digests: dict[str, str], meta: dict, client: str) -> str:
+def check_agreement(
+    hello: Hello, client: str, cfg: RunConfig, *, digests: dict[str, str], roster, model_fingerprint: str
+) -> None:
+    """The same configuration, roster and base model as the server's, or a CONFIG_MISMATCH
+    `WireError` naming the difference."""
+    if hello.config_hash != cfg.hash():
+        raise WireError(ErrorCode.CONFIG_MISMATCH, config_difference(cfg, digests, hello.config_keys, client))
+    if roster is not None and hello.roster != roster.digest:
+        theirs = format_fingerprint(hello.roster) if hello.roster is not None else "none"
+        raise WireError(
+            ErrorCode.CONFIG_MISMATCH,
+            f"different secure-aggregation roster: the server's has fingerprint {roster.fingerprint}, "
+            f"{client}'s {theirs} (every party needs the same roster.toml)",
+        )
+    if hello.model != model_fingerprint:
+        raise WireError(
+            ErrorCode.CONFIG_MISMATCH,
+            f"different base model: the server's is {short_fingerprint(model_fingerprint)}, "
+            f"{client}'s is {short_fingerprint(hello.model)} (every party needs a copy of the same weights)",
+        )
+
+
+def config_difference(cfg: RunConfig, digests: dict[str, str], theirs: dict[str, str] | None, client: str) -> str:
     """Why a client's config hash differs from the server's, naming the differing keys (and the
-    server's values) from the per-key digests the client sent at HELLO."""
-    theirs = meta.get("config_keys")
+    server's values) from the per-key digests the client sent at HELLO (`theirs`)."""
     generic = f"{client} was started with a different configuration than the server"
-    if (
-        not isinstance(theirs, dict)
-        or len(theirs) > 4 * len(digests) + 64
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in theirs.items())
-    ):
+    if theirs is None or len(theirs) > 4 * len(digests) + 64:
         return generic + " (it sent no per-key digests: an older splitfed?)"
     differ = sorted(k for k in digests.keys() & theirs.keys() if digests[k] != theirs[k])
     only_server = sorted(digests.keys() - theirs.keys())

@@ -20,6 +20,7 @@ rag_fetch      querier<->party  request: rows; reply: docs                      
 heartbeat      either way       -                                               -
 error          either way       code, detail                                    -
 bye            client->server   bytes_out?, bytes_in?                           -
+trunk_op       rank 0->ranks    op, clients?, base?, weights?, keys?            the op's tensors
 =============  ===============  ==============================================  =======================
 
 `parse_meta` checks a header's JSON ``meta`` against its type's class (`META`): every field's
@@ -149,6 +150,18 @@ class Error:
 
 
 @dataclass(frozen=True)
+class TrunkOp:
+    """torchrun rank 0 -> other ranks (`splitfed.server.ops`); a restore's optimizer state
+    travels as JSON in a uint8 frame, not here."""
+
+    op: Literal["infer", "forward", "backward", "average", "restore", "ping", "stop"]  # the last two: control
+    clients: list[Ident] | None = None  # infer, forward, backward, average: whose tensors, in order
+    base: bool | None = None  # infer: the trunk with its adapter off
+    weights: list[Count] | None = None  # average: each client's weight
+    keys: list[Ident] | None = None  # restore: the adapter states' keys
+
+
+@dataclass(frozen=True)
 class Bye:
     bytes_out: Count | None = None
     bytes_in: Count | None = None
@@ -170,6 +183,7 @@ META: dict[MsgType, type] = {
     MsgType.HEARTBEAT: Empty,
     MsgType.ERROR: Error,
     MsgType.BYE: Bye,
+    MsgType.TRUNK_OP: TrunkOp,
 }
 
 

@@ -13,7 +13,7 @@ from splitfed.server.core import ServerCore
 from splitfed.server.engine import load_engine
 from splitfed.server.events import Banned, Outbox, Received, Record, Reject, Send, Tick
 from splitfed.transport import client_name
-from splitfed.wire import Header, MsgType, compress, decode, decompress, encode, frames_nbytes
+from splitfed.wire import Header, MsgType, WireError, compress, decode, decompress, encode, frames_nbytes
 
 HIDDEN = 32  # the tiny models' hidden size
 MAX_BYTES = 1 << 24
@@ -70,7 +70,10 @@ class Harness:
         session = self.sessions.get(ident, "") if session is None else session
         rnd = self.core.round if rnd is None else rnd
         frames = encode(Header(mtype, session, rnd, step, dict(meta or {})), tensors)
-        msg = decode(frames, max_bytes=MAX_BYTES)
+        try:
+            msg = decode(frames, max_bytes=MAX_BYTES)
+        except WireError as err:  # what the transport's loop does: the core never sees it
+            return [Reject(ident, err, step)]
         return self.core.handle(Received(ident, msg, now, frames_nbytes(frames), user, key_owner))
 
     def tick(self, now: float):
@@ -110,7 +113,7 @@ class Harness:
         return self.send(ident, MsgType.UPDATE, now=now, meta={"loss": loss}, tensors=state, rnd=rnd)
 
     def bye(self, ident, *, now):
-        return self.send(ident, MsgType.BYE, now=now, meta={"steps": 1})
+        return self.send(ident, MsgType.BYE, now=now, meta={"bytes_out": 1, "bytes_in": 2})
 
     def client_state(self, value: float) -> dict[str, torch.Tensor]:
         """A client adapter update of the agreed layout, every value `value`."""

@@ -139,8 +139,8 @@ def test_base_forward_must_not_train(make_core):
     for meta, detail in (
         ({"base": True}, "forward: a base-model forward (base = true) needs train = false"),
         ({"base": True, "train": True}, "forward: a base-model forward (base = true) needs train = false"),
-        ({"train": 1}, "forward: train must be true or false, got 1"),
-        ({"train": False, "base": "yes"}, "forward: base must be true or false, got 'yes'"),
+        ({"train": 1}, "forward meta field 'train': expected true or false, got 1"),
+        ({"train": False, "base": "yes"}, "forward meta field 'base': expected true or false, got 'yes'"),
     ):
         err = only_reject(h.forward(A, act, mask, now=1.0, **meta), A)
         assert (err.code, err.detail) == (ErrorCode.MALFORMED, detail)

@@ -25,6 +25,7 @@ from splitfed.wire.meta import (
     RoundResult,
     SecAgg,
     ServerMode,
+    TrunkOp,
     Update,
     Welcome,
     meta_json,
@@ -50,6 +51,7 @@ SAMPLES = {
     MsgType.HEARTBEAT: Empty(),
     MsgType.ERROR: Error("bad_tensor", "tensor 'act' contains NaN or Inf"),
     MsgType.BYE: Bye(bytes_out=10, bytes_in=20),
+    MsgType.TRUNK_OP: TrunkOp("average", clients=["client-0", "client-1"], weights=[3, 1]),
 }
 #: what honest peers send today, as JSON (senders: client, server, aggregation, rag party/querier)
 HONEST = [
