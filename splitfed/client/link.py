@@ -1,7 +1,7 @@
 """The client's link to the server: request/reply over one DEALER, and the trunk behind it.
 
 `Connection.request` sends one message and waits for the expected reply, sending heartbeats
-while it waits (not for a HELLO: no session exists yet); `RemoteTrunk` is the `TrunkLink` the
+while it waits (not for a HELLO: no session exists yet); `RemoteLink` is the `TrunkLink` the
 client step talks to.
 
 A HELLO also watches the transport: a server that refuses the handshake (our key is not in its
@@ -151,7 +151,7 @@ class Connection:
         self.sock.close()
 
 
-class RemoteTrunk:
+class RemoteLink:
     """`TrunkLink` to the server: compressed activations up, activations/gradients back.
 
     `act_step` / `grad_step` (0 = none): the grid step of a channel whose release is the discrete

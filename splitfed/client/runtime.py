@@ -27,7 +27,7 @@ from splitfed.client.data import load_client_data, pad_id, releases_per_round, r
 from splitfed.client.link import (
     Connection,
     HandshakeRejected,
-    RemoteTrunk,
+    RemoteLink,
     ServerLost,
     ServerRefused,
     ServerUnreachable,
@@ -214,7 +214,7 @@ class Client:
         conn.session = msg.header.session
         return msg
 
-    def _stepper(self, link: RemoteTrunk):
+    def _stepper(self, link: RemoteLink):
         """The client half of a step (plain, or with this client's privacy mechanisms) over `link`."""
         if self.stepper is None:
             from splitfed.training import ClientStep
@@ -259,7 +259,7 @@ class Client:
         self.privacy.ledger.append(entries)
         return None
 
-    def _train_round(self, conn: Connection, link: RemoteTrunk, stepper, rnd: int, batches, progress) -> Message:
+    def _train_round(self, conn: Connection, link: RemoteLink, stepper, rnd: int, batches, progress) -> Message:
         """The round's local steps through the server, then the update; returns ROUND_RESULT."""
         link.round = rnd
         losses = []
@@ -325,7 +325,7 @@ class Client:
                 self._take_result(welcome.tensors)
                 private = self.privacy is not None  # a discrete channel's release goes as its integers
                 act_step, grad_step = self.privacy.grid_steps(meta.hidden) if private else (0.0, 0.0)
-                link = RemoteTrunk(
+                link = RemoteLink(
                     conn, self.cfg.transport.compression, meta.hidden, act_step=act_step, grad_step=grad_step
                 )
                 stepper = self._stepper(link)
@@ -379,7 +379,7 @@ class Client:
                 time.sleep(min(1.0, self.cfg.transport.heartbeat_s))
                 conn.sock.reconnect()  # just before the HELLO: a refusal comes after it left
 
-    def evaluate(self, link: RemoteTrunk, *, base: bool = False) -> float:
+    def evaluate(self, link: RemoteLink, *, base: bool = False) -> float:
         """Held-out perplexity of the whole split model (trunk forward on the server, no update);
         `base`: of the public base model, every adapter off on both sides."""
         from splitfed.data import batches

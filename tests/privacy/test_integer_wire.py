@@ -1,6 +1,6 @@
 """The discrete release on the wire: the integers sent are the snapped input plus the draw, exactly.
 
-The client's link (`RemoteTrunk`) sends through the real codec to a stand-in connection; the
+The client's link (`RemoteLink`) sends through the real codec to a stand-in connection; the
 server's checks (`check_activations`, `gradient_encoding`) then rebuild the release bit for bit.
 """
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from crypto.dgauss import cdt_sampler
-from splitfed.client.link import RemoteTrunk
+from splitfed.client.link import RemoteLink
 from splitfed.client.privacy import ClientPrivacy
 from splitfed.config import parse_config
 from splitfed.privacy.mechanisms import TorchNoise
@@ -54,9 +54,9 @@ def _batch(scale=4.0):
     return x, mask
 
 
-def _link(cp: ClientPrivacy, conn: _Wire) -> RemoteTrunk:
+def _link(cp: ClientPrivacy, conn: _Wire) -> RemoteLink:
     act_step, grad_step = cp.grid_steps(D)
-    return RemoteTrunk(conn, cp.cfg.transport.compression, D, act_step=act_step, grad_step=grad_step)
+    return RemoteLink(conn, cp.cfg.transport.compression, D, act_step=act_step, grad_step=grad_step)
 
 
 CHANNELS = {
