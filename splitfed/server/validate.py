@@ -24,7 +24,9 @@ def gradient_encoding(cfg: RunConfig) -> str:
     return INTEGERS if cfg.privacy.releases_integers(cfg.privacy.gradients) else cfg.transport.compression
 
 
-def check_activations(msg: Message, cfg: RunConfig, *, hidden: int, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def check_activations(
+    msg: Message, cfg: RunConfig, *, hidden: int, train: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A FORWARD's (B, T, D) float32 activations and (B, T) long mask, within the server's limits
     (``train`` picks the encoding)."""
     mask = msg.tensors.get("mask")
@@ -36,7 +38,7 @@ def check_activations(msg: Message, cfg: RunConfig, *, hidden: int, train: bool)
         raise WireError(ErrorCode.BAD_TENSOR, f"batch x tokens {b} x {t} outside limits 1..{max_b} x 1..{max_t}")
     if bool((mask > 1).any()) or bool((mask.sum(-1) == 0).any()):
         raise WireError(ErrorCode.BAD_TENSOR, "mask must be 0/1 with at least one token per row")
-    act = decompress("act", msg.tensors, activations_encoding(cfg, train=train))
+    act = decompress("act", msg.tensors, activations_encoding(cfg, train=msg.meta.train if train is None else train))
     if tuple(act.shape) != (b, t, hidden):
         raise WireError(ErrorCode.BAD_TENSOR, f"act: expected shape {[b, t, hidden]}, got {list(act.shape)}")
     check_bound("act", act, cfg.server.max_abs_value)
@@ -81,7 +83,11 @@ def config_difference(cfg: RunConfig, digests: dict[str, str], theirs: dict[str,
     """Why a client's config hash differs from the server's, naming the differing keys (and the
     server's values) from the per-key digests the client sent at HELLO (`theirs`)."""
     generic = f"{client} was started with a different configuration than the server"
-    if theirs is None or len(theirs) > 4 * len(digests) + 64:
+    if (
+        not isinstance(theirs, dict)
+        or len(theirs) > 4 * len(digests) + 64
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in theirs.items())
+    ):
         return generic + " (it sent no per-key digests: an older splitfed?)"
     differ = sorted(k for k in digests.keys() & theirs.keys() if digests[k] != theirs[k])
     only_server = sorted(digests.keys() - theirs.keys())

@@ -129,20 +129,20 @@ def test_a_config_mismatch_names_the_differing_keys_and_the_servers_values():
     server = RunConfig()
     client = server.with_overrides(**{"training.lr": 0.5, "training.local_steps": 7, "run.dir": "elsewhere"})
     meta = {"config_keys": client.key_digests()}
-    text = config_difference(server, server.key_digests(), meta, "client-1")
+    text = config_difference(server, server.key_digests(), meta["config_keys"], "client-1")
     assert f"training.lr (server: {server.training.lr})" in text
     assert "training.local_steps" in text and "run.dir" not in text
     assert "client-1" in text
     # hostile or old clients: no digests, or nonsense, still one clear sentence
-    assert "different configuration" in config_difference(server, server.key_digests(), {}, "client-1")
-    nonsense = {"config_keys": {"x" * 500: 3}}
+    assert "different configuration" in config_difference(server, server.key_digests(), None, "client-1")
+    nonsense = {"x" * 500: 3}
     assert "different configuration" in config_difference(server, server.key_digests(), nonsense, "client-1")
     extra = {"config_keys": {**server.key_digests(), "future.key": "00"}}
     assert "keys only client-1 knows: 'future.key'" in config_difference(
-        server, server.key_digests(), extra, "client-1"
+        server, server.key_digests(), extra["config_keys"], "client-1"
     )
     deep = server.with_overrides(**{"lora.bottom.r": 4})
-    text = config_difference(server, server.key_digests(), {"config_keys": deep.key_digests()}, "client-1")
+    text = config_difference(server, server.key_digests(), deep.key_digests(), "client-1")
     assert f"lora.bottom.r (server: {server.lora.bottom.r})" in text and "lora.top" not in text
     # the digests themselves: one per agreed key, none for local keys
     digests = server.key_digests()
