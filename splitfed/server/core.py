@@ -186,6 +186,7 @@ class ServerCore:
             hello,
             name,
             self.cfg,
+            config_hash=self.config_hash,
             digests=self.key_digests,
             roster=self.roster,
             model_fingerprint=self.model_fingerprint,

@@ -58,11 +58,18 @@ MAX_NAMED_KEYS = 8  # differing keys named in one config-mismatch error
 
 
 def check_agreement(
-    hello: Hello, client: str, cfg: RunConfig, *, digests: dict[str, str], roster, model_fingerprint: str
+    hello: Hello,
+    client: str,
+    cfg: RunConfig,
+    *,
+    config_hash: str,
+    digests: dict[str, str],
+    roster,
+    model_fingerprint: str,
 ) -> None:
     """The same configuration, roster and base model as the server's, or a CONFIG_MISMATCH
     `WireError` naming the difference."""
-    if hello.config_hash != cfg.hash():
+    if hello.config_hash != config_hash:
         raise WireError(ErrorCode.CONFIG_MISMATCH, config_difference(cfg, digests, hello.config_keys, client))
     if roster is not None and hello.roster != roster.digest:
         theirs = format_fingerprint(hello.roster) if hello.roster is not None else "none"
