@@ -51,7 +51,7 @@ def test_a_run_that_improves_names_the_base_model_and_does_not_warn(make_run):
 
 
 def test_a_private_run_drowned_in_noise_warns_that_it_bought_no_utility(make_run, trained_base):
-    # noise 1000x the clip on both cut channels and on the client's own adapter gradients, at a
+    # noise 100x the clip on both cut channels and on the client's own adapter gradients, at a
     # large learning rate: every adapter takes random steps away from the base model
     run, done = _run(
         make_run,
@@ -59,9 +59,9 @@ def test_a_private_run_drowned_in_noise_warns_that_it_bought_no_utility(make_run
         training__lr=3.0,
         privacy__enabled=True,
         privacy__secure_noise=False,
-        privacy__activations={"enabled": True, "noise_multiplier": 1000.0, "clip": 4.0},
-        privacy__gradients={"enabled": True, "noise_multiplier": 1000.0, "clip": 1.0},
-        privacy__dpsgd={"enabled": True, "noise_multiplier": 1000.0, "max_grad_norm": 1.0},
+        privacy__activations={"enabled": True, "noise_multiplier": 100.0, "clip": 4.0},
+        privacy__gradients={"enabled": True, "noise_multiplier": 100.0, "clip": 1.0},
+        privacy__dpsgd={"enabled": True, "noise_multiplier": 100.0, "max_grad_norm": 1.0},
     )
     log = run.log("client-0")
     assert done["utility"]["beats_base"] is False, done
