@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal, TypeVar
 
 from splitfed.config.fields import Section, key_error, opt, req, sub
-from splitfed.config.schema import Compression
+from splitfed.config.parties import Compression
 from splitfed.eval.options import LearnedOptions, MembershipOptions, UpdateOptions, WhiteBoxOptions
 
 Unit = Literal["sequence", "token"]

@@ -20,7 +20,7 @@ import torch
 
 from splitfed.client.privacy import ClientPrivacy, PostRelease
 from splitfed.config.fields import ConfigError
-from splitfed.config.schema import Compression
+from splitfed.config.parties import Compression
 from splitfed.data import Example, batches, collate
 from splitfed.eval.config import AttackConfig, ChannelNoise, DefenseSpec
 from splitfed.eval.data import EvalData

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from splitfed.atomic import atomic_dir
-from splitfed.config.schema import LoraSpec, SplitLoraConfig
+from splitfed.config.lora import LoraSpec, SplitLoraConfig
 from splitfed.models.parts import SplitPart
 
 ADAPTER = "default"

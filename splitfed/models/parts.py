@@ -17,7 +17,7 @@ from torch import nn
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-from splitfed.config.schema import LoraSpec
+from splitfed.config.lora import LoraSpec
 from splitfed.models.layout import Layout
 
 

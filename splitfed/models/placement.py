@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from splitfed.config.fields import ConfigError
-from splitfed.config.schema import DEVICE_EXPECTED, valid_device
+from splitfed.config.parties import DEVICE_EXPECTED, valid_device
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from splitfed.config.fields import Section, key_error, opt, req
-from splitfed.config.schema import ENDPOINT
+from splitfed.config.parties import ENDPOINT
 from splitfed.config.toml import load_toml
 
 

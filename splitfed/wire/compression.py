@@ -10,7 +10,7 @@ from typing import get_args
 
 import torch
 
-from splitfed.config.schema import Compression
+from splitfed.config.parties import Compression
 from splitfed.wire.grid import decode_grid, encode_grid, step_name
 from splitfed.wire.messages import ErrorCode, WireError
 

@@ -62,7 +62,7 @@ class MaxChars:
 
 Count = Annotated[int, Bounds(0)]
 Ident = Annotated[str, MaxChars()]
-ServerMode = Literal["shared", "per_client"]  # config.schema.ServerMode (wire does not import config)
+ServerMode = Literal["shared", "per_client"]  # config.parties.ServerMode (wire does not import config)
 StageName = Literal["ADVERTISE_KEYS", "SHARE_KEYS", "MASKED_INPUT", "UNMASK", "DONE", "ABORTED"]  # secagg Stage
 ErrorCodeName = Literal[tuple(c.value for c in ErrorCode)]  # type: ignore[valid-type]
 

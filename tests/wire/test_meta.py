@@ -98,7 +98,7 @@ def test_what_honest_peers_send_decodes(mtype, obj):
 
 
 def test_literals_match_the_sets_they_copy():
-    from splitfed.config.schema import ServerMode as ConfigServerMode
+    from splitfed.config.parties import ServerMode as ConfigServerMode
 
     assert get_args(ServerMode) == get_args(ConfigServerMode)
     assert set(get_args(ErrorCodeName)) == {c.value for c in ErrorCode}
