@@ -6,7 +6,7 @@ gets it when clients drop out at any stage, as long as ``threshold`` of them rem
 
 - :func:`run_local` - the whole protocol in one process (tests, benchmarks).
 - :class:`SecAggClient`, :class:`SecAggServer` - transport-agnostic state machines.
-- :mod:`~crypto.secagg.messages` - message dataclasses, ``encode``/``decode``.
+- :mod:`~crypto.secagg.messages` - message dataclasses; :mod:`~crypto.secagg.encoding` - ``encode``/``decode``.
 - :mod:`~crypto.secagg.quantize` - floats <-> integers modulo ``2**modulus_bits``.
 - :class:`RoundConfig` - the parameters both sides agree on.
 """
@@ -14,8 +14,8 @@ gets it when clients drop out at any stage, as long as ``threshold`` of them rem
 from crypto.secagg.client import SecAggClient
 from crypto.secagg.common import ProtocolError, SecAggAbort, Stage
 from crypto.secagg.config import RoundConfig, default_neighbours, share_threshold
+from crypto.secagg.encoding import decode, encode
 from crypto.secagg.local import LocalResult, run_local
-from crypto.secagg.messages import decode, encode
 from crypto.secagg.quantize import QuantizeReport, check_capacity, dequantize_sum, quantize
 from crypto.secagg.server import AggregateResult, SecAggServer
 

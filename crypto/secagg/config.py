@@ -90,7 +90,7 @@ class RoundConfig:
 
     ``client_ids`` are distinct integers in ``[0, 2**32)``; ``vector_length`` is the number of
     integers each client contributes; ``graph_seed`` (public) fixes the neighbour graph.
-    The server sends this configuration to the clients (``messages.encode`` serialises it).
+    The server sends this configuration to the clients (``encoding.encode`` serialises it).
     """
 
     round_id: bytes

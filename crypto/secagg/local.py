@@ -1,7 +1,7 @@
 """Run the real client and server state machines in one process, without a network.
 
-For tests and benchmarks: every message is serialised with :func:`messages.encode` and parsed
-back with :func:`messages.decode`, so byte counts are those a transport would carry.
+For tests and benchmarks: every message is serialised with :func:`encoding.encode` and parsed
+back with :func:`encoding.decode`, so byte counts are those a transport would carry.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from crypto import sign
 from crypto.secagg.client import SecAggClient
 from crypto.secagg.common import PROTOCOL_STAGES, SecAggAbort, Stage
 from crypto.secagg.config import RoundConfig
-from crypto.secagg.messages import decode, encode
+from crypto.secagg.encoding import decode, encode
 from crypto.secagg.quantize import QuantizeReport, check_capacity, dequantize_sum, quantize
 from crypto.secagg.server import SecAggServer
 

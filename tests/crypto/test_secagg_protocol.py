@@ -19,6 +19,7 @@ from crypto.secagg import (
     run_local,
 )
 from crypto.secagg.common import advert_payload
+from crypto.secagg.encoding import decode, encode
 from crypto.secagg.messages import (
     EncryptedShare,
     KeyDirectory,
@@ -27,8 +28,6 @@ from crypto.secagg.messages import (
     ShareInbox,
     UnmaskRequest,
     UnmaskResponse,
-    decode,
-    encode,
 )
 from crypto.secagg.quantize import quantization_step
 
