@@ -147,11 +147,16 @@ def test_header_size_limit_holds_for_a_megabyte_string_in_meta():
     ],
 )
 def test_worst_case_headers_are_refused_in_linear_time(raw):
-    """Each is about 64 KB and takes well under a millisecond; a quadratic step would take seconds."""
-    start = time.perf_counter()
-    with pytest.raises(WireError) as exc:
-        decode_header(raw[: codec.MAX_HEADER_BYTES])
-    assert time.perf_counter() - start < 0.25 and not exc.value.detail.startswith(GUARD)
+    """Each is about 64 KB and takes well under a millisecond; a quadratic step over 64 KB (4e9
+    operations) would take seconds at least.  A complexity guard, not a speed target: the best of
+    three tries is held to a bar 1,000x above the expected time, so a loaded CI box cannot fail it."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        with pytest.raises(WireError) as exc:
+            decode_header(raw[: codec.MAX_HEADER_BYTES])
+        best = min(best, time.perf_counter() - start)
+    assert best < 1.0 and not exc.value.detail.startswith(GUARD)
 
 
 # --- header fields ------------------------------------------------------------------------------------
