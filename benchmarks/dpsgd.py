@@ -1,4 +1,4 @@
-"""Client step time of DP-SGD (`DPClientStep`, Opacus) vs plain split training (`ClientStep`).
+"""Client step time of DP-SGD (`DPSGDStrategy`, Opacus) vs plain split training (`ClientStep`).
 
 SmolLM2-135M cut at (2, 28), LoRA r=8 (q/v) on every part; the trunk runs in this process
 behind a `LocalLink` (its LoRA trained without DP in both modes), timed separately so the
@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 import warnings
+from functools import partial
 
 from _data import add_step_options, full_length_batches
 
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     from splitfed.data import load_drug_reviews
     from splitfed.models import LoraSpec, SplitLoraConfig, apply_lora, load_pretrained, split_model
     from splitfed.privacy.dpsgd import DPSGDConfig
-    from splitfed.privacy.dpsgd_step import DPClientStep
+    from splitfed.privacy.dpsgd_step import DPSGDStrategy
     from splitfed.training import ClientStep, LocalLink, OptimConfig
 
     if args.threads:
@@ -85,9 +86,8 @@ def main(argv=None) -> int:
         links[name] = TimedLink(LocalLink(split.trunk, optim))
         if name == "DP-SGD":
             gen = torch.Generator().manual_seed(0)
-            steps[name] = DPClientStep(
-                split.bottom, split.top, links[name], optim, dp, n_examples=n_train, generator=gen
-            )
+            strategy = partial(DPSGDStrategy, dp=dp, n_examples=n_train, generator=gen)
+            steps[name] = ClientStep(split.bottom, split.top, links[name], optim, strategy=strategy)
         else:
             steps[name] = ClientStep(split.bottom, split.top, links[name], optim)
 

@@ -30,6 +30,7 @@ import math
 import statistics
 import time
 import warnings
+from functools import partial
 
 
 def main(argv=None) -> int:
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
         gaussian_composition_epsilon,
     )
     from splitfed.privacy.dpsgd import STEP_TV, DPSGDConfig, poisson_batches
-    from splitfed.privacy.dpsgd_step import DPClientStep
+    from splitfed.privacy.dpsgd_step import DPSGDStrategy
     from splitfed.privacy.events import GaussianEvent
     from splitfed.privacy.mechanisms import MAX_RELEASE_TV, DiscreteGaussianLDP, GaussianLDP, SecureNoise, TorchNoise
     from splitfed.training import ClientStep, LocalLink, OptimConfig, evaluate
@@ -191,7 +192,13 @@ def main(argv=None) -> int:
             dp = DPSGDConfig(nm, 1.0, q, mechanism="float" if mech == "float" else "discrete")
 
             def make(link, dp=dp, plan=plan):
-                s = DPClientStep(split.bottom, split.top, link, optim, dp, n_examples=len(train), generator=gen)
+                s = ClientStep(
+                    split.bottom,
+                    split.top,
+                    link,
+                    optim,
+                    strategy=partial(DPSGDStrategy, dp=dp, n_examples=len(train), generator=gen),
+                )
 
                 def run(i):
                     idx = plan[i]

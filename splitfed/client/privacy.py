@@ -28,9 +28,11 @@ as non-private (`ledger.REPRODUCIBLE_NOISE`).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -47,6 +49,7 @@ from splitfed.privacy.ledger import (
     LedgerEntry,
     Relation,
     Statement,
+    finite,
     spent,
     statements,
 )
@@ -215,26 +218,42 @@ class ClientPrivacy:
             generator=self.generator,
         )
 
+    def poisson_batches(self, examples: list, *, pad_token_id: int) -> tuple[list[dict | None], int]:
+        """DP-SGD: the round's collated Poisson batches (None: an empty batch) and how often its
+        most-used example is sent."""
+        from splitfed.data import collate
+
+        plan = self.poisson_round(len(examples))
+        counts = collections.Counter(i for idx in plan for i in idx)
+        side = self.cfg.data.padding_side
+        batches = [
+            collate([examples[i] for i in idx], pad_token_id=pad_token_id, padding_side=side) if idx else None
+            for idx in plan
+        ]
+        return batches, max(counts.values(), default=0)
+
+    def round_statement(self) -> dict:
+        """The metrics line of a round: epsilon and relation per party, what no epsilon covers."""
+        stated = self.statements()
+        return {
+            "delta": self.cfg.privacy.delta,
+            "epsilon": {s.party: finite(s.epsilon) for s in stated},
+            "relation": {s.party: s.relation.value for s in stated},
+            "not_covered": sorted({line for s in stated for line in s.not_covered}),
+        }
+
     def stepper(self, bottom, top, link, optim, n_examples: int):
         """The client half of a step with this client's mechanisms: DP-SGD or plain, LDP on the cut."""
+        from splitfed.training import ClientStep
+
         hooks = {"release_activations": self.release_activations, "release_gradient": self.release_gradient}
         if self.dpsgd is None:
-            from splitfed.training import ClientStep
-
             return ClientStep(bottom, top, link, optim, **hooks)
-        from splitfed.privacy.dpsgd_step import DPClientStep
+        from splitfed.privacy.dpsgd_step import DPSGDStrategy
 
-        return DPClientStep(
-            bottom,
-            top,
-            link,
-            optim,
-            self.dpsgd,
-            n_examples=n_examples,
-            generator=self.generator,
-            randbytes=self.noise.randbytes,
-            **hooks,
-        )
+        noise = {"generator": self.generator, "randbytes": self.noise.randbytes}
+        strategy = partial(DPSGDStrategy, dp=self.dpsgd, n_examples=n_examples, **noise)
+        return ClientStep(bottom, top, link, optim, strategy=strategy, **hooks)
 
     def spent(self, extra: list[LedgerEntry] = ()) -> dict[str, float]:
         p = self.cfg.privacy

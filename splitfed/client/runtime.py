@@ -6,14 +6,12 @@ Per round: ``training.local_steps`` split steps through the server, then the cli
 goes to the server for aggregation and the aggregate comes back.  If the server goes
 silent for ``transport.timeout_s`` the client reconnects by itself, says hello again and
 continues from the round the server reports (a restarted server resumes from its last
-checkpoint), for up to 10 x ``transport.timeout_s``.  Before the first WELCOME it gives up sooner:
-after ``transport.connect_timeout_s`` without a connection, or `REJECTED_GRACE_S` after the server
-refused its handshake, with a message naming the endpoint and what to check.
+checkpoint); `splitfed.client.reconnect` decides how long it keeps trying.  Its adapters in and
+out (aggregate, audit copy, exported PEFT adapter) are in `splitfed.client.adapters`.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import time
@@ -22,21 +20,16 @@ from pathlib import Path
 import torch
 
 from splitfed.aggregation import Uploader, client_uploader, run_roster
-from splitfed.atomic import atomic_path
+from splitfed.client.adapters import export_adapter, keep_update, take_result, wire_state
 from splitfed.client.data import load_client_data, pad_id, releases_per_round, round_batches
-from splitfed.client.link import (
-    Connection,
-    HandshakeRejected,
-    RemoteLink,
-    ServerLost,
-    ServerRefused,
-    ServerUnreachable,
-)
+from splitfed.client.evaluation import held_out_perplexity
+from splitfed.client.link import Connection, RemoteLink, ServerLost, ServerRefused
 from splitfed.client.privacy import ClientPrivacy
+from splitfed.client.reconnect import ReconnectPolicy
 from splitfed.config import RunConfig
 from splitfed.errors import UsageError
 from splitfed.metrics import MetricsWriter
-from splitfed.models.client_adapter import client_adapter_state, load_client_adapter_state
+from splitfed.models.client_adapter import load_client_adapter_state
 from splitfed.privacy.ledger import describe, finite
 from splitfed.transport import client_name
 from splitfed.utility import utility_from_summary
@@ -44,7 +37,6 @@ from splitfed.wire import Header, Message, MsgType, WireError, encode
 from splitfed.wire.meta import Bye, Hello
 
 log = logging.getLogger("splitfed.client")
-REJECTED_GRACE_S = 10.0  # how long a client retries a server that refuses its handshake
 
 
 class Client:
@@ -131,46 +123,21 @@ class Client:
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The client adapter as it goes on the wire (``bottom/...`` and ``top/...`` keys), on the host."""
-        return {k: v.cpu() for k, v in client_adapter_state(self.parts).items()}
+        return wire_state(self.parts)
 
     def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
         load_client_adapter_state(self.parts, state)
 
     def _take_result(self, tensors: dict[str, torch.Tensor]) -> None:
         """Load the round's aggregate; keep the trunk adapter the server sends once the run is done."""
-        from splitfed.models.client_adapter import client_adapter_shapes, split_result
-
-        trunk_shapes = None
-        if any(k.startswith("trunk/") for k in tensors):
-            lora = self.cfg.lora.to_split_lora()
-            trunk_shapes = client_adapter_shapes(self.base_model.path, self.cfg.model.cut, lora, roles=("trunk",))
-        try:
-            client_state, trunk = split_result(tensors, trunk_shapes)
-            self.load_adapter_state(client_state)
-        except (KeyError, ValueError) as exc:
-            raise ServerRefused(f"the server's adapters do not fit this model: {exc}") from exc
+        trunk = take_result(self.parts, tensors, self.cfg, self.base_model)
         if trunk is not None:
             self.trunk_adapter = trunk
 
     def export(self) -> Path:
-        """Write this client's fine-tuned model as one standard PEFT adapter for its own base model:
-        its Bottom/Top adapters and the trunk adapter (when the server shared it)."""
-        from splitfed.models.client_adapter import client_adapter_state, export_split_adapter
-
-        out = export_split_adapter(
-            self.adapter_dir,
-            self.cfg.lora.to_split_lora(),
-            trunk_state=self.trunk_adapter,
-            client_state={k: v.cpu() for k, v in client_adapter_state(self.parts).items()},
-            model_type=self.bottom.layout.model_type,
-            base_model=self.base_model.path,
-            metadata={
-                "party": self.name,
-                "rounds": self.cfg.training.rounds,
-                "cut": list(self.cfg.model.cut),
-                "base_model_fingerprint": self.base_model.fingerprint,
-                "trunk_adapter": self.trunk_adapter is not None,
-            },
+        """Write this client's fine-tuned model as one standard PEFT adapter for its own base model."""
+        out = export_adapter(
+            self.adapter_dir, self.cfg, self.parts, self.trunk_adapter, self.base_model, party=self.name
         )
         self.metrics.write("export", path=str(out), trunk_adapter=self.trunk_adapter is not None)
         return out
@@ -186,15 +153,6 @@ class Client:
             return self.uploader.upload(request, rnd, update, loss)
         except (WireError, ProtocolError) as exc:
             raise ServerRefused(f"aggregation failed: {exc}") from exc
-
-    def _keep_update(self, rnd: int, update: dict[str, torch.Tensor]) -> None:
-        """The client's own copy of what it sent for aggregation (its disk, for audit)."""
-        from safetensors.torch import save_file
-
-        path = self.run_dir / "clients" / self.name / f"update-round-{rnd}.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file({k: v.contiguous() for k, v in update.items()}, tmp)
 
     def _hello(self, conn: Connection) -> Message:
         if self.privacy is not None:  # n_samples below is disclosed: recorded before it leaves
@@ -233,16 +191,7 @@ class Client:
                 round_batches(self.cfg, self.examples, self.client_id, rnd, self.pad),
                 releases_per_round(self.cfg, len(self.examples)),
             )
-        from splitfed.data import collate
-
-        plan = self.privacy.poisson_round(len(self.examples))
-        counts = collections.Counter(i for idx in plan for i in idx)
-        pad_side = self.cfg.data.padding_side
-        batches = [
-            collate([self.examples[i] for i in idx], pad_token_id=self.pad, padding_side=pad_side) if idx else None
-            for idx in plan
-        ]
-        return batches, max(counts.values(), default=0)
+        return self.privacy.poisson_batches(self.examples, pad_token_id=self.pad)
 
     def _budget_stop(self, rnd: int, releases: int) -> str | None:
         """Record what round `rnd` will release; a reason to stop if that would exceed the budget."""
@@ -283,7 +232,7 @@ class Client:
                 progress(rnd, step, res.loss)
         self.losses.extend(losses)
         update = self.adapter_state()
-        self._keep_update(rnd, update)
+        keep_update(self.run_dir / "clients" / self.name / f"update-round-{rnd}.safetensors", update)
         loss = sum(losses) / len(losses) if losses else None
         # the training loss is a statistic of the private data: with privacy on it stays here
         result = self._send_update(conn, rnd, update, None if self.privacy is not None else loss)
@@ -297,111 +246,94 @@ class Client:
             transport_s=conn.traffic.transport_s,
         )
         if self.privacy is not None:
-            stated = self.privacy.statements()
-            eps = {s.party: finite(s.epsilon) for s in stated}
-            relation = {s.party: s.relation.value for s in stated}
-            left = sorted({line for s in stated for line in s.not_covered})
-            self.metrics.write(
-                "privacy", round=rnd, delta=self.cfg.privacy.delta, epsilon=eps, relation=relation, not_covered=left
-            )
+            self.metrics.write("privacy", round=rnd, **self.privacy.round_statement())
         return result
 
     def run(self, *, progress=None, max_reconnect_s: float | None = None) -> dict:
         """Train every round; returns a summary (losses, perplexities, bytes)."""
-        max_reconnect_s = max_reconnect_s if max_reconnect_s is not None else 10 * self.cfg.transport.timeout_s
+        transport = self.cfg.transport
+        policy = ReconnectPolicy(
+            self.name,
+            max_reconnect_s if max_reconnect_s is not None else 10 * transport.timeout_s,
+            transport.connect_timeout_s,
+        )
         summary: dict = {"client": self.name}
-        lost_since: float | None = None
-        last_reason = ""
         conn = None
         while True:
             try:
                 if conn is None:
                     conn = Connection(self.cfg, self.client_id, insecure=self.insecure, endpoint=self.endpoint)
-                welcome = self._hello(conn)
-                lost_since = None
-                meta = welcome.meta
-                if meta.compression != self.cfg.transport.compression or meta.hidden != self.bottom.config.hidden_size:
-                    raise ServerRefused(f"server runs compression {meta.compression} / hidden {meta.hidden}")
-                self._take_result(welcome.tensors)
-                private = self.privacy is not None  # a discrete channel's release goes as its integers
-                act_step, grad_step = self.privacy.grid_steps(meta.hidden) if private else (0.0, 0.0)
-                link = RemoteLink(
-                    conn, self.cfg.transport.compression, meta.hidden, act_step=act_step, grad_step=grad_step
-                )
-                stepper = self._stepper(link)
-                rnd, done = meta.round, meta.done
-                if "ppl_before" not in summary and self.eval_set:
-                    # the public base model (every adapter off, here and on the server): the same
-                    # number whichever client trains first, and what a private run must beat
-                    summary["ppl_before"] = self.evaluate(link, base=True)
-                    self.metrics.write("eval", round=-1, model="base", perplexity=summary["ppl_before"])
-                while not done:
-                    batches, releases = self._round_batches(rnd)
-                    stop = self._budget_stop(rnd, releases)
-                    if stop:
-                        summary["stopped"] = stop
-                        break
-                    result = self._train_round(conn, link, stepper, rnd, batches, progress)
-                    rnd, done = result.meta.round, result.meta.done
-                if self.eval_set:
-                    summary["ppl_after"] = self.evaluate(link)
-                    self.metrics.write("eval", round=rnd, model="fine-tuned", perplexity=summary["ppl_after"])
-                    utility = utility_from_summary(summary)
-                    if utility is not None:  # the public base model: the floor a fine-tuned model must beat
-                        summary["utility"] = utility.to_json()
-                if done:
-                    summary["adapter"] = str(self.export())
-                    summary["trunk_adapter"] = self.trunk_adapter is not None
-                if self.privacy is not None:
-                    summary["privacy"] = describe(self.privacy.statements(), self.cfg.privacy.delta)
-                summary.update(losses=self.losses, bytes_out=conn.traffic.bytes_out, bytes_in=conn.traffic.bytes_in)
-                traffic = Bye(bytes_out=conn.traffic.bytes_out, bytes_in=conn.traffic.bytes_in)
-                with contextlib.suppress(ConnectionError):  # the run is done: a BYE that cannot leave is no loss
-                    conn.sock.send(encode(Header(MsgType.BYE, conn.session, rnd, 0, traffic)), timeout_ms=1000)
-                time.sleep(0.2)  # let the BYE leave before the socket closes
-                conn.close()
-                self.metrics.write("done", **{k: v for k, v in summary.items() if k != "losses"})
-                return summary
+                return self._session(conn, policy, summary, progress)
             except ServerLost as exc:
-                # before the first WELCOME the wait is short (a server that is not there, or refuses
-                # us, is a setup mistake); once welcomed, a lost server may be restarting: wait long
-                now = time.monotonic()
-                lost_since = lost_since or (now if conn.welcomed else conn.started)
-                budget = max_reconnect_s if conn.welcomed else self.cfg.transport.connect_timeout_s
-                if isinstance(exc, HandshakeRejected):
-                    budget = min(budget, REJECTED_GRACE_S)  # retried only in case the server is being fixed
-                if isinstance(exc, ServerUnreachable) or now - lost_since > budget:
-                    raise ServerLost(f"{self.name} gave up after {now - lost_since:.0f} s: {exc}") from None
-                if str(exc) != last_reason:
+                if policy.lost(exc, now=time.monotonic(), welcomed=conn.welcomed, started=conn.started):
                     log.warning("%s: %s; reconnecting", self.name, exc)
-                last_reason = str(exc)
                 self.metrics.write("reconnect", reason=str(exc))
-                time.sleep(min(1.0, self.cfg.transport.heartbeat_s))
+                time.sleep(min(1.0, transport.heartbeat_s))
                 conn.sock.reconnect()  # just before the HELLO: a refusal comes after it left
 
+    def _session(self, conn: Connection, policy: ReconnectPolicy, summary: dict, progress) -> dict:
+        """One connection's part of the run, from HELLO to BYE; a lost server raises `ServerLost`."""
+        welcome = self._hello(conn)
+        policy.connected()
+        link = self._link(conn, welcome)
+        stepper = self._stepper(link)
+        rnd, done = welcome.meta.round, welcome.meta.done
+        if "ppl_before" not in summary and self.eval_set:
+            # the public base model (every adapter off, here and on the server): the same
+            # number whichever client trains first, and what a private run must beat
+            summary["ppl_before"] = self.evaluate(link, base=True)
+            self.metrics.write("eval", round=-1, model="base", perplexity=summary["ppl_before"])
+        while not done:
+            batches, releases = self._round_batches(rnd)
+            stop = self._budget_stop(rnd, releases)
+            if stop:
+                summary["stopped"] = stop
+                break
+            result = self._train_round(conn, link, stepper, rnd, batches, progress)
+            rnd, done = result.meta.round, result.meta.done
+        self._conclude(link, summary, rnd, done)
+        summary.update(losses=self.losses, bytes_out=conn.traffic.bytes_out, bytes_in=conn.traffic.bytes_in)
+        traffic = Bye(bytes_out=conn.traffic.bytes_out, bytes_in=conn.traffic.bytes_in)
+        with contextlib.suppress(ConnectionError):  # the run is done: a BYE that cannot leave is no loss
+            conn.sock.send(encode(Header(MsgType.BYE, conn.session, rnd, 0, traffic)), timeout_ms=1000)
+        time.sleep(0.2)  # let the BYE leave before the socket closes
+        conn.close()
+        self.metrics.write("done", **{k: v for k, v in summary.items() if k != "losses"})
+        return summary
+
+    def _link(self, conn: Connection, welcome: Message) -> RemoteLink:
+        """The trunk link the server's WELCOME describes; its adapters are loaded."""
+        meta = welcome.meta
+        if meta.compression != self.cfg.transport.compression or meta.hidden != self.bottom.config.hidden_size:
+            raise ServerRefused(f"server runs compression {meta.compression} / hidden {meta.hidden}")
+        self._take_result(welcome.tensors)
+        private = self.privacy is not None  # a discrete channel's release goes as its integers
+        act_step, grad_step = self.privacy.grid_steps(meta.hidden) if private else (0.0, 0.0)
+        return RemoteLink(conn, self.cfg.transport.compression, meta.hidden, act_step=act_step, grad_step=grad_step)
+
+    def _conclude(self, link: RemoteLink, summary: dict, rnd: int, done: bool) -> None:
+        """The end of the run: held-out perplexity against the base model, the export, the privacy statement."""
+        if self.eval_set:
+            summary["ppl_after"] = self.evaluate(link)
+            self.metrics.write("eval", round=rnd, model="fine-tuned", perplexity=summary["ppl_after"])
+            utility = utility_from_summary(summary)
+            if utility is not None:  # the public base model: the floor a fine-tuned model must beat
+                summary["utility"] = utility.to_json()
+        if done:
+            summary["adapter"] = str(self.export())
+            summary["trunk_adapter"] = self.trunk_adapter is not None
+        if self.privacy is not None:
+            summary["privacy"] = describe(self.privacy.statements(), self.cfg.privacy.delta)
+
     def evaluate(self, link: RemoteLink, *, base: bool = False) -> float:
-        """Held-out perplexity of the whole split model (trunk forward on the server, no update);
-        `base`: of the public base model, every adapter off on both sides."""
-        from splitfed.data import batches
-        from splitfed.models.lora import adapters_disabled
-        from splitfed.training import evaluate
-
-        link.train, link.base = False, base
-        self.bottom.eval()
-        self.top.eval()
-
-        device = self.device
-
-        def logits(ids, mask):
-            link.step += 1
-            ids, mask = ids.to(device), mask.to(device)
-            return self.top(link.forward(self.bottom(ids, mask), mask), mask)
-
-        try:
-            with adapters_disabled(*self.parts.values()) if base else contextlib.nullcontext():
-                res = evaluate(
-                    logits, batches(self.eval_set, 8, pad_token_id=self.pad, padding_side=self.cfg.data.padding_side)
-                )
-        finally:
-            link.train, link.base = True, False
-        return res.perplexity
+        """Held-out perplexity of the whole split model; `base`: of the public base model."""
+        return held_out_perplexity(
+            self.bottom,
+            self.top,
+            link,
+            self.eval_set,
+            pad_token_id=self.pad,
+            padding_side=self.cfg.data.padding_side,
+            device=self.device,
+            base=base,
+        )

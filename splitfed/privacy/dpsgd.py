@@ -2,7 +2,7 @@
 
 This module holds the settings, the Poisson sampling and the per-example loss, and loads no
 model stack; the step itself is `splitfed.training.ClientStep` with the DP-SGD strategy of
-`splitfed.privacy.dpsgd_step` (`DPClientStep`).
+`splitfed.privacy.dpsgd_step` (`DPSGDStrategy`).
 
 One step, over every trainable parameter the client holds (the LoRA tensors of Bottom and Top):
 

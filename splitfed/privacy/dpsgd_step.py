@@ -1,4 +1,7 @@
-"""The DP-SGD client step: `ClientStep` with `DPSGDStrategy` (the mechanism: `splitfed.privacy.dpsgd`).
+"""The DP-SGD client step: `DPSGDStrategy`, the strategy of the one client step path (the mechanism:
+`splitfed.privacy.dpsgd`).  Build it as ``ClientStep(bottom, top, link, optim,
+strategy=partial(DPSGDStrategy, dp=dp, n_examples=n))``; its state (`params`, `optimizer`,
+`steps`, `events()`) is read through ``step.strategy``.
 
 The strategy swaps, in the one client step path of `splitfed.training.ClientStep`: the loss (the
 per-example mean `per_example_loss`, averaged over the batch), the optimizer (Opacus'
@@ -13,7 +16,6 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 
 import torch
 from opacus import GradSampleModule
@@ -25,8 +27,7 @@ from splitfed.models import SplitPart, adapter_parameters
 from splitfed.privacy.discrete_optimizer import DiscreteDPOptimizer
 from splitfed.privacy.dpsgd import DPSGDConfig, per_example_loss, secure_generator
 from splitfed.privacy.events import PrivacyEvent
-from splitfed.training import ClientStep, OptimConfig, TrunkLink, make_optimizer
-from splitfed.training.inprocess import Release
+from splitfed.training import OptimConfig, make_optimizer
 
 _HOOK_ATTRS = ("activations", "max_batch_len")  # what Opacus leaves on a module mid-step
 
@@ -146,63 +147,3 @@ class DPSGDStrategy:
             if hasattr(p, "_current_grad_sample"):
                 del p._current_grad_sample
         self.optimizer.zero_grad(set_to_none=True)
-
-
-class DPClientStep(ClientStep):
-    """`ClientStep` under DP-SGD: the one step path with `DPSGDStrategy` (see its arguments).
-
-    `release_activations` / `release_gradient`: local DP on what crosses to the server, as in
-    `ClientStep` (the first on the autograd graph, per example).  The strategy's state reads
-    through: `dp`, `params`, `optimizer`, `steps`, `events()`.
-    """
-
-    strategy: DPSGDStrategy
-
-    def __init__(
-        self,
-        bottom: SplitPart,
-        top: SplitPart,
-        link: TrunkLink,
-        optim: OptimConfig,
-        dp: DPSGDConfig,
-        *,
-        n_examples: int,
-        generator: torch.Generator | None = None,
-        secure_mode: bool = False,
-        randbytes: RandBytes = os.urandom,
-        release_activations: Release | None = None,
-        release_gradient: Release | None = None,
-    ):
-        strategy = partial(
-            DPSGDStrategy, dp=dp, n_examples=n_examples, generator=generator, secure_mode=secure_mode,
-            randbytes=randbytes,
-        )  # fmt: skip
-        super().__init__(
-            bottom,
-            top,
-            link,
-            optim,
-            strategy=strategy,
-            release_activations=release_activations,
-            release_gradient=release_gradient,
-        )
-
-    @property
-    def dp(self) -> DPSGDConfig:
-        return self.strategy.dp
-
-    @property
-    def params(self) -> list[torch.nn.Parameter]:
-        return self.strategy.params
-
-    @property
-    def optimizer(self) -> DPOptimizer:
-        return self.strategy.optimizer
-
-    @property
-    def steps(self) -> int:
-        return self.strategy.steps
-
-    def events(self) -> tuple[PrivacyEvent, ...]:
-        """The privacy events of the steps taken so far (one event, count = steps)."""
-        return self.strategy.events()

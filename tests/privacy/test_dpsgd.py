@@ -1,6 +1,7 @@
 """DP-SGD on the client's adapters: per-example gradients, the clipped noised step, empty batches."""
 
 import copy
+from functools import partial
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from splitfed_testing import no_dropout, padded_batch, tiny_model
 from crypto.dgauss import KeystreamBytes, cdt_sampler
 from splitfed.models import LoraSpec, SplitLoraConfig, adapter_parameters, apply_lora, split_model
 from splitfed.privacy.dpsgd import DPSGDConfig, per_example_loss, poisson_batches, secure_generator
-from splitfed.privacy.dpsgd_step import DPClientStep
+from splitfed.privacy.dpsgd_step import DPSGDStrategy
 from splitfed.privacy.events import DiscreteGaussianEvent, NonPrivateEvent, SampledGaussianEvent
 from splitfed.privacy.grid import snap_rows
 from splitfed.training import ClientStep, LocalLink, OptimConfig
@@ -42,9 +43,8 @@ def dp_step(split, dp, *, n_examples, seed=0, link=None):
     link = link or LocalLink(split.trunk, OPTIM)
     gen = torch.Generator().manual_seed(seed)
     randbytes = KeystreamBytes(seed.to_bytes(32, "little"))
-    return DPClientStep(
-        split.bottom, split.top, link, OPTIM, dp, n_examples=n_examples, generator=gen, randbytes=randbytes
-    )
+    strategy = partial(DPSGDStrategy, dp=dp, n_examples=n_examples, generator=gen, randbytes=randbytes)
+    return ClientStep(split.bottom, split.top, link, OPTIM, strategy=strategy)
 
 
 def single_example_grads(split, batch):
@@ -72,11 +72,11 @@ def test_per_example_gradients_equal_single_example_loop(arch, padding):
     expected = single_example_grads(split, batch)
     step = dp_step(split, DPSGDConfig(1.0, 1.0, 0.5), n_examples=8)
     step.step(batch)
-    for j, p in enumerate(step.params):
+    for j, p in enumerate(step.strategy.params):
         assert p.grad_sample.shape == (4, *p.shape)
         for i in range(4):
             torch.testing.assert_close(p.grad_sample[i], expected[i][j], atol=1e-5, rtol=1e-4)
-    lora = {id(p) for p in step.params}
+    lora = {id(p) for p in step.strategy.params}
     for part in split.parts.values():
         for name, p in part.named_parameters():
             if id(p) not in lora:
@@ -107,7 +107,7 @@ def test_one_step_equals_hand_computed_dp_sgd(arch):
     for p, g in zip(expected, expected_grads, strict=True):
         p.grad = g
     adamw.step()
-    for p, g, e in zip(step.params, expected_grads, expected, strict=True):
+    for p, g, e in zip(step.strategy.params, expected_grads, expected, strict=True):
         torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-4)
         torch.testing.assert_close(p.detach(), e.detach(), atol=1e-6, rtol=1e-5)
 
@@ -133,13 +133,13 @@ def test_discrete_step_releases_the_snapped_sum_plus_the_exact_draw(arch):
     snapped = snap_rows(clipped, gamma, bound)
     assert int((snapped * snapped).sum(dim=1).max()) <= bound**2
     z = torch.from_numpy(cdt_sampler(sigma2).sample(d, KeystreamBytes((9).to_bytes(32, "little"))))
-    assert torch.equal(step.optimizer.last_release, snapped.sum(dim=0) + z)
+    assert torch.equal(step.strategy.optimizer.last_release, snapped.sum(dim=0) + z)
     assert z.double().std() == pytest.approx(0.7 * float(bound), rel=0.2)  # sigma = nm * Delta grid units
-    expected = torch.cat([p.grad.flatten() for p in step.params]).double()
+    expected = torch.cat([p.grad.flatten() for p in step.strategy.params]).double()
     torch.testing.assert_close(expected, (snapped.sum(dim=0) + z).double() * gamma / 5.0, rtol=1e-6, atol=1e-9)
-    for p, p0 in zip(step.params, before, strict=True):
+    for p, p0 in zip(step.strategy.params, before, strict=True):
         assert not torch.equal(p.detach(), p0)
-    assert step.events() == (DiscreteGaussianEvent(0.7, count=1, tv=step.dp.events(1)[0].tv),)
+    assert step.strategy.events() == (DiscreteGaussianEvent(0.7, count=1, tv=step.strategy.dp.events(1)[0].tv),)
 
 
 def test_discrete_empty_batch_releases_noise_only_and_the_grid_is_validated():
@@ -148,10 +148,10 @@ def test_discrete_empty_batch_releases_noise_only_and_the_grid_is_validated():
     step = dp_step(split, dp, n_examples=30, link=NoLink(), seed=3)
     empty = {k: torch.zeros((0, 10), dtype=torch.long) for k in ("input_ids", "attention_mask", "labels")}
     step.step(empty)
-    d = sum(p.numel() for p in step.params)
+    d = sum(p.numel() for p in step.strategy.params)
     gamma, _, sigma2 = dp.grid(d)
     z = torch.from_numpy(cdt_sampler(sigma2).sample(d, KeystreamBytes((3).to_bytes(32, "little"))))
-    assert torch.equal(step.optimizer.last_release, z)
+    assert torch.equal(step.strategy.optimizer.last_release, z)
     coarse = DPSGDConfig(1.0, 1.0, 0.1, grid_step=0.25)
     assert coarse.grid(100)[:2] == (0.25, 4 + 5)  # C / gamma + sqrt(d) / 2
     for bad in (0.3, -1.0, float("inf")):
@@ -189,21 +189,21 @@ def test_empty_batch_takes_a_noise_only_step_without_the_link():
     empty = {k: torch.zeros((0, 10), dtype=torch.long) for k in ("input_ids", "attention_mask", "labels")}
     assert step.step(empty).tokens == 0
     noise = torch.Generator().manual_seed(0)  # dp_step's seed: the whole gradient is the noise / (q * n)
-    for p in step.params:
+    for p in step.strategy.params:
         torch.testing.assert_close(p.grad, torch.normal(0.0, 1.0, size=p.shape, generator=noise) / 3.0)
     assert step.empty_step().tokens == 0
-    for p, p0 in zip(step.params, lora_before, strict=True):
+    for p, p0 in zip(step.strategy.params, lora_before, strict=True):
         assert not torch.equal(p, p0)
     assert all(torch.equal(p, p0) for p, p0 in zip(base, base_before, strict=True))
-    assert step.events() == (SampledGaussianEvent(1.0, 0.1, count=2),)
+    assert step.strategy.events() == (SampledGaussianEvent(1.0, 0.1, count=2),)
 
     quiet = dp_step(make_split("gpt2"), DPSGDConfig(0.0, 1.0, 0.1), n_examples=30, link=NoLink())
-    before = [p.detach().clone() for p in quiet.params]
-    assert quiet.events() == ()
+    before = [p.detach().clone() for p in quiet.strategy.params]
+    assert quiet.strategy.events() == ()
     quiet.empty_step()
-    for p, p0 in zip(quiet.params, before, strict=True):  # zero gradient: only AdamW's weight decay
+    for p, p0 in zip(quiet.strategy.params, before, strict=True):  # zero gradient: only AdamW's weight decay
         torch.testing.assert_close(p.detach(), p0 * (1 - OPTIM.lr * OPTIM.weight_decay), rtol=0, atol=1e-7)
-    assert quiet.events() == (NonPrivateEvent(count=1),)
+    assert quiet.strategy.events() == (NonPrivateEvent(count=1),)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -220,7 +220,7 @@ def test_without_noise_or_clipping_dp_gradient_is_client_step_gradient(arch):
     dp = dp_step(private, DPSGDConfig(0.0, 1e6, 0.5), n_examples=6)
     a, b = ref.step(batch), dp.step(batch)
     assert b.loss == pytest.approx(a.loss, rel=1e-6)
-    for p, q in zip(client_params(plain), dp.params, strict=True):
+    for p, q in zip(client_params(plain), dp.strategy.params, strict=True):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4)  # float32 sums, summed apart
         torch.testing.assert_close(q.detach(), p.detach(), atol=1e-7, rtol=1e-5)
 
@@ -241,9 +241,9 @@ def test_failed_link_leaves_no_stale_capture():
     step = dp_step(split, DPSGDConfig(1.0, 1.0, 0.5), n_examples=8, link=FailOnce(split.trunk, OPTIM))
     with pytest.raises(ConnectionError):
         step.step(padded_batch("right", batch=2, seed=5))
-    assert step.steps == 0 and step.events() == ()
+    assert step.strategy.steps == 0 and step.strategy.events() == ()
     step.step(batch)
-    for j, p in enumerate(step.params):
+    for j, p in enumerate(step.strategy.params):
         torch.testing.assert_close(p.grad_sample, torch.stack([ex[j] for ex in expected]), atol=1e-5, rtol=1e-4)
 
 
