@@ -38,20 +38,18 @@ def test_base_model_line_is_computed_once_like_the_cells_and_kept_on_resume(tmp_
         return ppl
 
     monkeypatch.setattr(train, "heldout_perplexity", spy)
-    cfg = _config([{"name": "none"}, {"name": "drowned", "activation_noise_multiplier": 1000.0}])
+    cfg = _config([{"name": "none"}, {"name": "noised", "activation_noise_multiplier": 10.0}])
     res = runner.run(cfg, tmp_path, show_progress=False)
     base = res["base"]["ppl"]
     # one evaluation of the model without adapters (the base line), then before/after per cell
     assert [has_lora for has_lora, _ in evaluated] == [False, True, True, True, True]
     assert evaluated[0][1] == base
-    none, drowned = res["cells"]
+    none, noised = res["cells"]
     # LoRA at initialisation (B = 0) is the base model: the cells' "before" equals the base line
-    assert none["ppl_before"] == pytest.approx(base, rel=1e-5) and drowned["ppl_before"] == pytest.approx(
-        base, rel=1e-5
-    )
+    assert none["ppl_before"] == pytest.approx(base, rel=1e-5) and noised["ppl_before"] == pytest.approx(base, rel=1e-5)
     assert json.loads((tmp_path / "results.json").read_text())["base"] == {"model": "tiny-llama", "ppl": base}
     assert base_ppl(res) == base
-    assert beats_base(res, none) is (none["ppl"] < base) and beats_base(res, drowned) is (drowned["ppl"] < base)
+    assert beats_base(res, none) is (none["ppl"] < base) and beats_base(res, noised) is (noised["ppl"] < base)
     md = render_markdown(res)
     assert f"Public base model (not fine-tuned, evaluated the same way): ppl {base:.1f}." in md
     evaluated.clear()
