@@ -26,6 +26,7 @@ from splitfed.server.events import (
     Action,
     Banned,
     Export,
+    Idle,
     Outbox,
     Progress,
     Received,
@@ -33,7 +34,6 @@ from splitfed.server.events import (
     Reject,
     SaveCheckpoint,
     Send,
-    Idle,
     Tick,
 )
 from splitfed.server.export import export_run_adapter

@@ -71,7 +71,8 @@ def test_prefill_and_decode_equal_the_uncached_trunk(make_core):
     full_act, full_mask = act, mask
     for k in range(3):
         new = _rand(2, 1, D, seed=10 + k)
-        full_act, full_mask = torch.cat([full_act, new], 1), torch.cat([full_mask, torch.ones(2, 1, dtype=torch.long)], 1)
+        full_act = torch.cat([full_act, new], 1)
+        full_mask = torch.cat([full_mask, torch.ones(2, 1, dtype=torch.long)], 1)
         h.generate(A, "step", 0, now=2.0 + k, act=new, mask=torch.ones(2, 1), step=2 + k)
         got = _answer(h.idle(2.0 + k), A)
         torch.testing.assert_close(got, ref.infer("client-0", full_act, full_mask)[:, -1:], rtol=0, atol=1e-5)
