@@ -61,6 +61,11 @@ class SplitLM:
 
         if not 0 <= client_id < cfg.data.clients:
             raise UsageError(f"--client-id must be in [0, {cfg.data.clients}), got {client_id}")
+        if cfg.privacy.enabled:  # what it would send is a release no ledger states: refuse rather than mislead
+            raise UsageError(
+                "privacy is on for this run, and split generation does not yet noise or record its releases "
+                "(every position sent is one); generate locally with the merged adapter instead"
+            )
         self.cfg, self.client_id, self.name = cfg, client_id, client_name(client_id)
         self.base_model = resolve_base_model(cfg.model, need_tokenizer=True)
         self.tokenizer = load_tokenizer(self.base_model.path)
