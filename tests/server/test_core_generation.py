@@ -80,21 +80,22 @@ def test_prefill_and_decode_equal_the_uncached_trunk(make_core):
     assert not h.engine.streams.caches
 
 
-def test_two_streams_batched_give_exactly_what_each_gives_alone(make_core):
+def test_two_streams_batched_give_what_each_gives_alone(make_core):
+    """Streams of different lengths (one left-padded) stacked into one decode forward."""
     h = make_core(clients=2)
     _adapter_on(h.engine)
     h.gen_hello(A, 0)
     h.gen_hello(B, 1)
-    prompts = {A: _prompt(2, 5, seed=1, pad_left=3), B: _prompt(1, 8, seed=2)}
+    prompts = {A: _prompt(2, 5, seed=1, pad_left=3), B: _prompt(2, 8, seed=2)}
     for ident, (act, mask) in prompts.items():
         _open(h, ident, 0, act, mask)
         h.idle(1.0)  # prefills run one at a time
-    steps = {A: _rand(2, 1, D, seed=3), B: _rand(1, 1, D, seed=4)}
+    steps = {A: _rand(2, 1, D, seed=3), B: _rand(2, 1, D, seed=4)}
     for ident, new in steps.items():
         h.generate(ident, "step", 0, now=2.0, act=new, mask=torch.ones(new.shape[0], 1), step=2)
     batched = h.idle(2.0)
     [rec] = records(batched, "generate_step")
-    assert rec.fields["streams"] == 2 and rec.fields["rows"] == 3
+    assert rec.fields["streams"] == 2 and rec.fields["rows"] == 4
     alone = {}
     for ident, (act, mask) in prompts.items():  # each stream alone on a fresh engine with the same weights
         solo = make_core(clients=2)
@@ -107,7 +108,9 @@ def test_two_streams_batched_give_exactly_what_each_gives_alone(make_core):
         solo.generate(ident, "step", 0, now=2.0, act=steps[ident], mask=torch.ones(n, 1), step=2)
         alone[ident] = (_answer(solo.idle(2.0), ident), solo.engine.streams.caches)
     for ident in (A, B):
-        assert torch.equal(_answer(batched, ident), alone[ident][0])
+        # equal up to float32 rounding: the CPU GEMM sums in a batch-size-dependent order (measured:
+        # at most 1 ulp, 6e-8; a wrong mask or position would be off by ~1e-1)
+        torch.testing.assert_close(_answer(batched, ident), alone[ident][0], rtol=0, atol=1e-6)
 
 
 def test_without_batching_each_stream_steps_alone(make_core):
@@ -116,7 +119,8 @@ def test_without_batching_each_stream_steps_alone(make_core):
     h.gen_hello(B, 1)
     for ident in (A, B):
         _open(h, ident, 0, *_prompt(1, 4, seed=1))
-        h.idle(1.0)
+    h.idle(1.0)
+    for ident in (A, B):
         h.generate(ident, "step", 0, now=2.0, act=_rand(1, 1, D, seed=2), mask=torch.ones(1, 1), step=2)
     got = h.idle(2.0)
     assert [r.fields["streams"] for r in records(got, "generate_step")] == [1, 1]
