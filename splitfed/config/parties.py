@@ -52,8 +52,9 @@ class PeerLimitsSection(Section):
 class InferenceSection(Section):
     """[server.inference]: split generation streams (`splitfed generate`): how many, how long, batched or not.
 
-    A stream's KV cache holds rows x positions x 2 x (trunk layers) x (key/value width) floats, so
-    ``max_streams x server.max_batch x max_positions`` bounds the memory the caches can take."""
+    A stream's KV cache holds rows x positions x 2 x (trunk layers) x (key/value width) floats;
+    a stream reserves rows x positions when it opens, so ``max_cache`` bounds the caches' memory
+    and ``max_client_cache`` what one client can take of it."""
 
     _key: ClassVar[str] = "server.inference"
 
@@ -63,6 +64,12 @@ class InferenceSection(Section):
     max_streams: int = opt(64, "Generation streams open at once on this server; more are refused.", ge=1)
     max_streams_per_client: int = opt(4, "Generation streams one client may hold open at once.", ge=1)
     max_positions: int = opt(2048, "Most positions (prompt + generated tokens) one stream may hold.", ge=1)
+    max_client_cache: int = opt(
+        8192, "Most cached positions (rows x positions, as opened) of one client's streams together.", ge=1
+    )
+    max_cache: int = opt(
+        32768, "Most cached positions (rows x positions, as opened) of all streams: the caches' memory bound.", ge=1
+    )
     idle_timeout_s: float = opt(60.0, "A stream idle this long is closed and its cache freed.", gt=0)
 
 

@@ -12,9 +12,11 @@ caches live in the engine (`splitfed.server.caches`); this scheduler decides wha
   trunk forward of at most ``max_batch_rows`` rows, oldest first, so no stream waits more
   than one batch behind a newer one; prefills run one at a time (their lengths differ);
 - limits: ``max_streams`` on the server, ``max_streams_per_client``, ``max_positions`` per
-  stream, ``server.max_batch`` rows; a stream idle for ``idle_timeout_s`` is closed and a
-  client that leaves (bye, silence, ban, reconnect) loses all its streams.  Refusals are
-  protocol errors naming the limit, answered to that client only.
+  stream, ``server.max_batch`` rows, and the cache budgets ``max_cache`` (all streams) and
+  ``max_client_cache`` (one client's), counted as rows x positions reserved at open; a stream
+  idle for ``idle_timeout_s`` is closed and a client that leaves (bye, silence, ban,
+  reconnect) loses all its streams.  Refusals are protocol errors naming the limit, answered
+  to that client only.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ class Stream:
     def rows(self) -> int:
         return self.mask.shape[0]
 
+    @property
+    def reserved(self) -> int:
+        """Cache positions the stream may come to hold (rows x positions)."""
+        return self.rows * self.positions
+
 
 @dataclass
 class Request:
@@ -77,6 +84,9 @@ class GenerationScheduler:
         self.streams: dict[tuple[bytes, int], Stream] = {}
         self.queue: collections.deque[Request] = collections.deque()
 
+    def reserved(self) -> int:
+        return sum(s.reserved for s in self.streams.values())
+
     # ------------------------------------------------------------------ messages
     def open(self, sess: Session, header: Header, meta: Generate, act: torch.Tensor, mask: torch.Tensor) -> None:
         lim = self.limits
@@ -88,14 +98,23 @@ class GenerationScheduler:
                 f"generate open: positions must be an integer in [{mask.shape[1]} (the prompt), "
                 f"{lim.max_positions}] (server.inference.max_positions), got {meta.positions}",
             )
-        own = sum(1 for s in self.streams.values() if s.sess.identity == sess.identity)
-        if own >= lim.max_streams_per_client:
+        own = [s for s in self.streams.values() if s.sess.identity == sess.identity]
+        if len(own) >= lim.max_streams_per_client:
             raise WireError(
                 ErrorCode.TOO_LARGE,
-                f"generate: {own} streams open, server.inference.max_streams_per_client = {lim.max_streams_per_client}",
+                f"generate: {len(own)} streams open, server.inference.max_streams_per_client = "
+                f"{lim.max_streams_per_client}",
             )
-        if len(self.streams) >= lim.max_streams:
-            raise WireError(ErrorCode.TOO_LARGE, f"generate: the server holds {lim.max_streams} streams; try later")
+        wanted = mask.shape[0] * meta.positions
+        mine = sum(s.reserved for s in own)
+        if mine + wanted > lim.max_client_cache:
+            raise WireError(
+                ErrorCode.TOO_LARGE,
+                f"generate: {mask.shape[0]} rows x {meta.positions} positions on top of this client's {mine} "
+                f"exceeds server.inference.max_client_cache = {lim.max_client_cache}",
+            )
+        if len(self.streams) >= lim.max_streams or self.reserved() + wanted > lim.max_cache:
+            raise WireError(ErrorCode.TOO_LARGE, "generate: the server's generation capacity is taken; try later")
         key = f"{sess.name}/{sess.session_id}/{meta.stream}"
         stream = Stream(key, sess, meta.stream, mask, meta.positions, self.clock(), queued=True)
         self.streams[(sess.identity, meta.stream)] = stream

@@ -158,6 +158,23 @@ def test_limits_are_refused_by_name_and_others_are_served(make_core):
     assert len(h.engine.streams.caches) == 1
 
 
+def test_cache_budgets_bound_one_client_and_the_server(make_core):
+    h = make_core(clients=2, server__inference={"max_client_cache": 20, "max_cache": 30, "max_positions": 100})
+    h.gen_hello(A, 0)
+    h.gen_hello(B, 1)
+    act, mask = _prompt(2, 4, seed=1)
+    err = only_reject(h.generate(A, "open", 0, now=1.0, act=act, mask=mask, positions=11), A)
+    assert "2 rows x 11 positions on top of this client's 0 exceeds server.inference.max_client_cache = 20" in str(err)
+    _open(h, A, 0, act, mask, positions=10)  # 20 reserved: A's whole share
+    err = only_reject(h.generate(A, "open", 1, now=1.0, act=act[:1], mask=mask[:1], positions=4), A)
+    assert "max_client_cache" in str(err)
+    _open(h, B, 0, act[:1], mask[:1], positions=10)  # 30 reserved on the server
+    err = only_reject(h.generate(B, "open", 1, now=1.0, act=act[:1], mask=mask[:1], positions=4), B)
+    assert err.code == ErrorCode.TOO_LARGE and "capacity is taken" in str(err)
+    h.generate(A, "close", 0, now=2.0, step=5)
+    _open(h, B, 1, act[:1], mask[:1], positions=4, now=2.0)  # A's close freed room
+
+
 def test_idle_streams_and_departed_clients_free_their_caches(make_core):
     h = make_core(clients=2, server__inference={"idle_timeout_s": 5.0})
     h.gen_hello(A, 0)
