@@ -64,7 +64,7 @@ class SplitGenerator:
     ) -> None:
         self.bottom, self.top, self.link = bottom, top, link
         self.pad_token_id = int(pad_token_id)
-        eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else eos_token_id
+        eos = eos_token_id if isinstance(eos_token_id, Sequence) else [] if eos_token_id is None else [eos_token_id]
         self.eos_token_ids = [int(e) for e in eos]
 
     @torch.no_grad()
@@ -114,7 +114,15 @@ class SplitGenerator:
         return GenerationOutput(ids, new, [r or "length" for r in reasons])
 
     @staticmethod
-    def _finish(token, running, eos, new, reasons, settings, tokenizer) -> None:
+    def _finish(
+        token: torch.Tensor,
+        running: torch.Tensor,
+        eos: torch.Tensor,
+        new: list[list[int]],
+        reasons: list[FinishReason | None],
+        settings: GenerationSettings,
+        tokenizer,
+    ) -> None:
         """Record the step's tokens of running rows and mark the rows that finish."""
         hit_eos = torch.isin(token, eos) & running
         for row in running.nonzero().flatten().tolist():

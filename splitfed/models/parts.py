@@ -10,6 +10,7 @@ parameter names map to the full model's by a prefix swap (see `SplitPart.full_na
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -84,6 +85,10 @@ class SplitPart(nn.Module):
             self._prefixes["rotary"] = layout.rotary
         self._layer_types = _layer_types(config, layout.num_layers)
         self.lora_spec = None
+        # GPT-NeoX and GPTBigCode blocks take their cache as `layer_past`, the others as `past_key_values`
+        self._layer_past = {
+            i for i, layer in self.layers.items() if "layer_past" in inspect.signature(layer.forward).parameters
+        }
 
     @property
     def layer_range(self) -> tuple[int, int]:
@@ -134,8 +139,12 @@ class SplitPart(nn.Module):
                 h,
                 attention_mask=masks[self._layer_types[int(i)]],
                 position_ids=position_ids,
-                past_key_values=cache,
                 use_cache=cache is not None,
+                **(
+                    {"layer_past": cache, "past_key_values": None}
+                    if i in self._layer_past
+                    else {"past_key_values": cache}
+                ),
                 **extra,
             )
             h = out[0] if isinstance(out, tuple) else out

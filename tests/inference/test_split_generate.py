@@ -3,9 +3,11 @@
 import pytest
 import torch
 from generation_testing import ARCHS, batch_args, generator, hf_generate, right_padded, with_lora
+from splitfed_testing import ARCHS as EVERY_FAMILY
 from splitfed_testing import no_dropout, padded_batch, tiny_model, tiny_tokenizer
 
 from splitfed.inference import GenerationSettings, LocalDecodeLink, SplitGenerator, left_align
+from splitfed.models import split_model
 from splitfed.models.kv import KVCache
 
 
@@ -23,6 +25,20 @@ def test_greedy_equals_unsplit_generate_with_lora(arch):
         )
         assert torch.equal(out.sequences, want)
         assert out.new_tokens == want[:, 10:].tolist() and out.finish_reasons == ["length"] * 3
+
+
+@pytest.mark.parametrize("arch", EVERY_FAMILY)
+def test_greedy_equals_generate_every_family_and_empty_parts(arch):
+    """Every family's blocks take the cache (GPT-NeoX / GPTBigCode as `layer_past`); a cut
+    (0, 4) leaves Bottom and Top without blocks, whose caches only count positions."""
+    model = tiny_model(arch, **no_dropout(arch))
+    batch = padded_batch("left")
+    want = hf_generate(model, batch, max_new_tokens=6, eos_token_id=None)
+    for cut in [(0, 4), (1, 3)]:
+        split = split_model(model, cut)
+        gen = SplitGenerator(split.bottom, split.top, LocalDecodeLink(split.trunk), pad_token_id=0, eos_token_id=None)
+        out = gen.generate(**batch_args(batch), settings=GenerationSettings(max_new_tokens=6))
+        assert torch.equal(out.sequences, want), cut
 
 
 @pytest.mark.parametrize("arch", ARCHS)
