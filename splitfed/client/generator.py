@@ -142,8 +142,12 @@ class SplitLM:
         """Generate a continuation of each prompt (``chat``: each prompt is one user turn through the
         tokenizer's chat template); `on_text(row, piece)` streams the decoded text as it comes."""
         texts = [self._chat(p) if chat else p for p in prompts]
-        self.tokenizer.padding_side = "left"
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
+        ids = [list(self.tokenizer(t, add_special_tokens=not chat)["input_ids"]) for t in texts]
+        if not all(ids):
+            raise UsageError("a prompt tokenizes to nothing: give it some text")
+        width = max(len(r) for r in ids)
+        input_ids = torch.tensor([[self._pad_id()] * (width - len(r)) + r for r in ids])  # left padding
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
         shown = [""] * len(texts)
         rows: list[list[int]] = [[] for _ in texts]
 
@@ -157,7 +161,7 @@ class SplitLM:
                     on_text(row, text[len(shown[row]) :])
                     shown[row] = text
 
-        out = self.generate(enc["input_ids"], enc["attention_mask"], settings, on_tokens=stream, **overrides)
+        out = self.generate(input_ids, mask, settings, on_tokens=stream, **overrides)
         return [self.tokenizer.decode(toks, skip_special_tokens=True) for toks in out.new_tokens]
 
     def _chat(self, prompt: str) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 import torch
+from splitfed_testing import make_model_dir
 
 PROMPTS = ["The patient was given", "Side effects of this drug include"]
 
@@ -28,8 +29,9 @@ def _local_answers(run, k: int, prompts: list[str], max_new: int) -> list[str]:
     return [tok.decode(row[enc["input_ids"].shape[1] :], skip_special_tokens=True) for row in out]
 
 
-def test_two_clients_generate_at_once_against_a_served_run(make_run):
-    run = make_run(clients=2, training__rounds=1, training__local_steps=2)
+def test_two_clients_generate_at_once_against_a_served_run(make_run, tmp_path):
+    model = make_model_dir(tmp_path / "model", "llama")  # with a Hugging Face tokenizer
+    run = make_run(clients=2, model__path=str(model), training__rounds=1, training__local_steps=2)
     server = run.server()
     trainers = [run.client(k) for k in range(2)]
     for p in trainers:
