@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a server trains the middle blocks.",
         epilog="Examples:\n  splitfed keys init client-0 --dir keys\n  splitfed keys generate --dir keys --clients 3\n"
         "  splitfed server --config examples/run.toml\n  splitfed client --config examples/run.toml --client-id 0\n"
+        "  splitfed generate --config examples/run.toml --client-id 0 --prompt 'The drug'\n"
         "  splitfed models prepare smollm2-135m\n  splitfed models inspect /models/my-llama\n"
         "  splitfed data check notes.jsonl --model /models/my-llama\n  splitfed split-info --cut 2 28\n"
         "  splitfed data partition --clients 3 --alpha 0.5\n"
@@ -154,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="plaintext transport without authentication (warns)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_client)
+
+    from splitfed.cli.generate import register as register_generate
+
+    register_generate(
+        sub, load_config=_load_run_config, setup_logging=_setup_logging, run_help=run_help, set_help=set_help
+    )
 
     from splitfed.cli.rag import register as register_rag
 

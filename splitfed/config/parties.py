@@ -1,4 +1,4 @@
-"""[server], [server.limits], [client] and [transport]: where each party runs, what the
+"""[server], [server.limits], [server.inference], [client] and [transport]: where each party runs, what the
 server accepts from a peer, and the ZeroMQ link between them."""
 
 from __future__ import annotations
@@ -49,6 +49,31 @@ class PeerLimitsSection(Section):
 
 
 @dataclass(frozen=True)
+class InferenceSection(Section):
+    """[server.inference]: split generation streams (`splitfed generate`): how many, how long, batched or not.
+
+    A stream's KV cache holds rows x positions x 2 x (trunk layers) x (key/value width) floats;
+    a stream reserves rows x positions when it opens, so ``max_cache`` bounds the caches' memory
+    and ``max_client_cache`` what one client can take of it."""
+
+    _key: ClassVar[str] = "server.inference"
+
+    serve: bool = opt(False, "After the last round keep serving generation streams until stopped (Ctrl-C).")
+    batch: bool = opt(True, "Run the decode steps of concurrent streams as one trunk forward.")
+    max_batch_rows: int = opt(64, "Most rows (prompts) in one batched decode forward.", ge=1)
+    max_streams: int = opt(64, "Generation streams open at once on this server; more are refused.", ge=1)
+    max_streams_per_client: int = opt(4, "Generation streams one client may hold open at once.", ge=1)
+    max_positions: int = opt(2048, "Most positions (prompt + generated tokens) one stream may hold.", ge=1)
+    max_client_cache: int = opt(
+        8192, "Most cached positions (rows x positions, as opened) of one client's streams together.", ge=1
+    )
+    max_cache: int = opt(
+        32768, "Most cached positions (rows x positions, as opened) of all streams: the caches' memory bound.", ge=1
+    )
+    idle_timeout_s: float = opt(60.0, "A stream idle this long is closed and its cache freed.", gt=0)
+
+
+@dataclass(frozen=True)
 class ServerSection(Section):
     """[server]: how the server runs the trunk for its clients."""
 
@@ -78,6 +103,7 @@ class ServerSection(Section):
         "Frozen trunk weights: float32, bfloat16 or float16 (autocast; LoRA and optimizer stay float32).",
     )
     limits: PeerLimitsSection = sub(PeerLimitsSection, "[server.limits]: per-peer message rate and error budget.")
+    inference: InferenceSection = sub(InferenceSection, "[server.inference]: generation streams and their limits.")
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ HASH_EXCLUDED: tuple[str, ...] = (
     "transport.connect_timeout_s",
     "server.device",
     "client.device",
+    "server.inference",  # the whole table: the server's own generation limits
 )
 
 

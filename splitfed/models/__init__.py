@@ -2,6 +2,7 @@
 
 from splitfed.models.checkpoint import CheckpointError, load_client_parts, load_part
 from splitfed.models.fingerprint import model_fingerprint
+from splitfed.models.kv import KVCache, stack_caches, unstack_cache
 from splitfed.models.layout import Layout, UnsupportedModelError, detect_layout, validate_cut
 from splitfed.models.local import SUPPORTED_MODEL_TYPES, ModelDirError, ModelInfo, inspect_model_dir
 from splitfed.models.lora import (
@@ -34,6 +35,7 @@ __all__ = [
     "Bottom",
     "ByteTokenizer",
     "CheckpointError",
+    "KVCache",
     "Layout",
     "LoraSpec",
     "MODELS",
@@ -70,6 +72,8 @@ __all__ = [
     "set_adapter_state",
     "set_lora",
     "split_model",
+    "stack_caches",
+    "unstack_cache",
     "validate_cut",
     "verify_split",
     "with_adapter_name",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -112,3 +113,26 @@ def export_split_adapter(
     return export_adapter(
         out_dir, parts, model_type=model_type, base_model_name_or_path=str(base_model), metadata=metadata
     )
+
+
+def load_exported_adapter(parts: Mapping[str, SplitPart], adapter_dir: str | os.PathLike) -> list[str]:
+    """Load a PEFT adapter written by `export_split_adapter` into `parts` (each part takes the
+    tensors of its own layers); the roles loaded.  Errors name the directory and what is wrong."""
+    from safetensors.torch import load_file
+
+    path = Path(adapter_dir) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no PEFT adapter at {adapter_dir} (expected {path.name})")
+    prefix = "base_model.model."
+    tensors = {k.removeprefix(prefix): v for k, v in load_file(str(path)).items()}
+    loaded = []
+    for role, part in parts.items():
+        if part.lora_spec is None:
+            continue
+        mine = {k: tensors[k] for k in get_adapter_state(part) if k in tensors}
+        try:
+            set_adapter_state(part, mine)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"the adapter at {adapter_dir} does not fit this model's {role}: {exc}") from exc
+        loaded.append(role)
+    return loaded

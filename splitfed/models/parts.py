@@ -10,6 +10,7 @@ parameter names map to the full model's by a prefix swap (see `SplitPart.full_na
 
 from __future__ import annotations
 
+import inspect
 from typing import NamedTuple
 
 import torch
@@ -18,6 +19,7 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from splitfed.config.lora import LoraSpec
+from splitfed.models.kv import KVCache
 from splitfed.models.layout import Layout
 
 
@@ -34,15 +36,21 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def _ensure_mask(attention_mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+def _ensure_mask(attention_mask: torch.Tensor | None, like: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    """The 2-D mask over cached + new positions: (B, cache.length + T); all ones when None."""
+    past = cache.length if cache is not None else 0
+    shape = (like.shape[0], past + like.shape[1])
     if attention_mask is None:
-        return torch.ones(like.shape[:2], dtype=torch.long, device=like.device)
-    if attention_mask.dim() != 2 or tuple(attention_mask.shape) != tuple(like.shape[:2]):
-        raise ValueError(
-            f"attention_mask must be 2-D with shape {tuple(like.shape[:2])} (batch, tokens), "
-            f"got {tuple(attention_mask.shape)}"
-        )
+        return torch.ones(shape, dtype=torch.long, device=like.device)
+    if attention_mask.dim() != 2 or tuple(attention_mask.shape) != shape:
+        what = "(batch, cached + new tokens)" if cache is not None else "(batch, tokens)"
+        raise ValueError(f"attention_mask must be 2-D with shape {shape} {what}, got {tuple(attention_mask.shape)}")
     return attention_mask
+
+
+def _new_positions(attention_mask: torch.Tensor, new: int) -> torch.Tensor:
+    """Position ids of the last `new` columns, counted over the whole (cached + new) mask."""
+    return position_ids_from_mask(attention_mask)[:, attention_mask.shape[1] - new :]
 
 
 def _layer_types(config, num_layers: int) -> list[str]:
@@ -77,6 +85,10 @@ class SplitPart(nn.Module):
             self._prefixes["rotary"] = layout.rotary
         self._layer_types = _layer_types(config, layout.num_layers)
         self.lora_spec = None
+        # GPT-NeoX and GPTBigCode blocks take their cache as `layer_past`, the others as `past_key_values`
+        self._layer_past = {
+            i for i, layer in self.layers.items() if "layer_past" in inspect.signature(layer.forward).parameters
+        }
 
     @property
     def layer_range(self) -> tuple[int, int]:
@@ -100,15 +112,17 @@ class SplitPart(nn.Module):
                 return f"{head}.{full[len(prefix) + 1 :]}"
         raise KeyError(f"{self.role}: {full!r} does not belong to this part")
 
-    def _run_layers(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if not len(self.layers):
+    def _run_layers(self, h: torch.Tensor, attention_mask: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Run the blocks; with `cache`, `h` holds the new positions only and `attention_mask`
+        covers cached + new ones, and the blocks' K/V are appended to `cache`."""
+        if cache is None and not len(self.layers):
             return h
-        position_ids = position_ids_from_mask(attention_mask)
+        position_ids = _new_positions(attention_mask, h.shape[1])
         mask_kwargs = dict(
             config=self.config,
             inputs_embeds=h,
             attention_mask=attention_mask,
-            past_key_values=None,
+            past_key_values=cache,
             position_ids=position_ids,
         )
         wanted = {self._layer_types[int(i)] for i in self.layers}
@@ -118,18 +132,24 @@ class SplitPart(nn.Module):
         if "sliding_attention" in wanted:
             masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
         extra = {}
-        if self.rotary is not None:
+        if self.rotary is not None and len(self.layers):
             extra["position_embeddings"] = self.rotary(h, position_ids=position_ids)
         for i, layer in self.layers.items():
             out = layer(
                 h,
                 attention_mask=masks[self._layer_types[int(i)]],
                 position_ids=position_ids,
-                past_key_values=None,
-                use_cache=False,
+                use_cache=cache is not None,
+                **(
+                    {"layer_past": cache, "past_key_values": None}
+                    if i in self._layer_past
+                    else {"past_key_values": cache}
+                ),
                 **extra,
             )
             h = out[0] if isinstance(out, tuple) else out
+        if cache is not None:
+            cache.advance(h.shape[0], h.shape[1])
         return h
 
 
@@ -149,18 +169,26 @@ class Bottom(SplitPart):
         if embed_dropout is not None:
             self._prefixes["embed_dropout"] = layout.embed_dropout
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, D) activations at the first cut."""
-        attention_mask = _ensure_mask(attention_mask, input_ids)
-        return self.from_embeddings(self.embed(input_ids), attention_mask)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, D) activations at the first cut.
 
-    def from_embeddings(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        With `cache`, `input_ids` are the T new tokens and `attention_mask` covers the cached
+        positions too; the blocks' K/V are appended to `cache`.
+        """
+        attention_mask = _ensure_mask(attention_mask, input_ids, cache)
+        return self.from_embeddings(self.embed(input_ids), attention_mask, cache=cache)
+
+    def from_embeddings(
+        self, h: torch.Tensor, attention_mask: torch.Tensor, *, cache: KVCache | None = None
+    ) -> torch.Tensor:
         """(B, T, D) token embeddings -> activations at the first cut (the rest of `forward`)."""
         if self.pos_embed is not None:
-            h = h + self.pos_embed(position_ids_from_mask(attention_mask))
+            h = h + self.pos_embed(_new_positions(attention_mask, h.shape[1]))
         if self.embed_dropout is not None:
             h = self.embed_dropout(h)
-        return self._run_layers(h, attention_mask)
+        return self._run_layers(h, attention_mask, cache)
 
 
 class Trunk(SplitPart):
@@ -168,9 +196,11 @@ class Trunk(SplitPart):
 
     role = "trunk"
 
-    def forward(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D)."""
-        return self._run_layers(h, _ensure_mask(attention_mask, h))
+    def forward(
+        self, h: torch.Tensor, attention_mask: torch.Tensor | None = None, *, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); with `cache` as in `Bottom.forward`."""
+        return self._run_layers(h, _ensure_mask(attention_mask, h, cache), cache)
 
 
 class Top(SplitPart):
@@ -191,14 +221,16 @@ class Top(SplitPart):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         *,
+        cache: KVCache | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
     ) -> torch.Tensor | TopOutput:
         """(B, T, D) -> (B, T, V) logits; with `labels` a `TopOutput(logits, loss)`.
 
         The loss is Hugging Face's causal-LM loss (shifted, `-100` ignored), the mean over
-        target tokens, or their sum divided by `num_items_in_batch` when that is given.
+        target tokens, or their sum divided by `num_items_in_batch` when that is given.  With
+        `cache` as in `Bottom.forward` (logits of the new positions only).
         """
-        h = self._run_layers(h, _ensure_mask(attention_mask, h))
+        h = self._run_layers(h, _ensure_mask(attention_mask, h, cache), cache)
         logits = self.lm_head(self.norm(h))
         if labels is None:
             return logits

@@ -31,6 +31,7 @@ from splitfed.server.events import (
     Banned,
     Event,
     Export,
+    Idle,
     Outbox,
     Received,
     Reject,
@@ -38,6 +39,7 @@ from splitfed.server.events import (
     Send,
     Tick,
 )
+from splitfed.server.generation import GenerationScheduler
 from splitfed.server.housekeeping import Housekeeping
 from splitfed.server.ops import Average
 from splitfed.server.rounds import RoundPolicy
@@ -106,7 +108,18 @@ class ServerCore:
             outbox=outbox,
             clock=lambda: self.now,
         )
-        self.housekeeping = Housekeeping((self._expire, self._maybe_close_round), metrics=outbox)
+        self.generation = GenerationScheduler(
+            engine,
+            cfg.server.inference,
+            max_rows=cfg.server.max_batch,
+            compression=cfg.transport.compression,
+            reply=self._reply,
+            outbox=outbox,
+            clock=lambda: self.now,
+        )
+        self.housekeeping = Housekeeping(
+            (self._expire, self.generation.expire, self._maybe_close_round), metrics=outbox
+        )
 
     @property
     def round(self) -> int:
@@ -118,7 +131,10 @@ class ServerCore:
 
     @property
     def finished(self) -> bool:
-        """All rounds are done and every client has left (or was dropped)."""
+        """All rounds are done and every client has left (or was dropped); never while serving
+        generation (``server.inference.serve``)."""
+        if self.cfg.server.inference.serve:
+            return False
         everyone_left = not any(s.stage != Stage.DONE for s in self.sessions.values())
         return self.done and everyone_left and self.now - self.done_at > LINGER_S
 
@@ -135,6 +151,8 @@ class ServerCore:
                 self.outbox.put(Reject(event.identity, err, event.msg.header.step))
         elif isinstance(event, Tick):
             self.housekeeping.tick()
+        elif isinstance(event, Idle):
+            self.generation.flush()
         elif isinstance(event, Banned):
             for ident, sess in list(self.sessions.items()):
                 if ident == event.identity or (event.key_owner is not None and sess.name == event.key_owner):
@@ -166,6 +184,7 @@ class ServerCore:
             MsgType.UPDATE: self._update,
             MsgType.HEARTBEAT: self._heartbeat,
             MsgType.SECAGG: self._secagg,
+            MsgType.GENERATE: self._generate,
             MsgType.BYE: self._bye,
         }[msg.type](sess, msg)
 
@@ -194,11 +213,16 @@ class ServerCore:
         most = self.cfg.server.max_samples
         if hello.n_samples > most:
             raise WireError(ErrorCode.MALFORMED, f"n_samples must be an integer in [1, {most}], got {hello.n_samples}")
+        generates = bool(hello.generate)
         for ident, old in list(self.sessions.items()):  # a reconnecting client replaces its old session
-            if old.name == name:
+            if old.name == name and old.generates == generates:
                 self._forget(ident, old)
-        self.rounds.joined(name)
-        sess = Session(name, hello.client_id, ev.identity, self.new_session_id(), hello.n_samples, last_seen=self.now)
+        if not generates:
+            self.rounds.joined(name)
+        sess = Session(
+            name, hello.client_id, ev.identity, self.new_session_id(), hello.n_samples, last_seen=self.now,
+            stage=Stage.GENERATE if generates else Stage.READY, generates=generates,
+        )  # fmt: skip
         self.sessions[ev.identity] = sess
         welcome = Welcome(
             round=self.round,
@@ -246,21 +270,39 @@ class ServerCore:
     def _secagg(self, sess: Session, msg: Message) -> None:
         self.aggregator.receive(sess.name, msg)
 
+    def _generate(self, sess: Session, msg: Message) -> None:
+        meta = msg.meta
+        if meta.op == "close":
+            self.generation.close(sess, msg.header, meta)
+            return
+        act, mask = check_activations(msg, self.cfg, hidden=self.hidden, train=False)
+        if meta.op == "open":
+            self.generation.open(sess, msg.header, meta, act, mask)
+        else:
+            self.generation.step(sess, msg.header, meta, act, mask)
+
     def _bye(self, sess: Session, msg: Message) -> None:
         sess.stage = Stage.DONE
-        self.steps.drop(sess.identity)
-        self.steps.release(sess.name, self.round)
-        self.rounds.left(sess.name)
+        self._end(sess)
+        if not sess.generates:
+            self.rounds.left(sess.name)
         self.outbox.write(
             "bye", client=sess.name, bytes_in=sess.bytes_in, bytes_out=sess.bytes_out, metrics=msg.header.meta
         )  # the client's own byte counts, as it sent them (checked by the codec)
         log.info("%s left", sess.name)
 
+    def _end(self, sess: Session) -> None:
+        """A session ends: its generation streams, queued forwards and pending step go with it
+        (a generation session shares its client's name, never its steps)."""
+        self.generation.drop(sess.identity)
+        if not sess.generates:
+            self.steps.drop(sess.identity)
+            self.steps.release(sess.name, self.round)
+
     def _forget(self, ident: bytes, sess: Session) -> None:
-        """Remove a session (replaced, banned or silent): its queued forwards and pending step go with it."""
+        """Remove a session (replaced, banned or silent)."""
         del self.sessions[ident]
-        self.steps.drop(ident)
-        self.steps.release(sess.name, self.round)
+        self._end(sess)
 
     # ------------------------------------------------------------------ rounds
     def _expire(self) -> None:
@@ -273,14 +315,15 @@ class ServerCore:
                 log.warning("%s silent for %.0f s: dropped", sess.name, self.now - sess.last_seen)
                 self.outbox.write("dropped", client=sess.name, round=self.round)
                 self._forget(ident, sess)
-                self.rounds.left(sess.name)
+                if not sess.generates:
+                    self.rounds.left(sess.name)
 
     def _maybe_close_round(self) -> None:
         if self.done:
             return
         start = self.closing is None
         if start:
-            live = {s.name for s in self.sessions.values() if s.stage != Stage.DONE}
+            live = {s.name for s in self.sessions.values() if s.stage != Stage.DONE and not s.generates}
             missing = self.rounds.due(live)
             if missing is None:
                 return

@@ -16,7 +16,8 @@ from splitfed.aggregation import weighted_mean
 from splitfed.config import RunConfig
 from splitfed.models import SplitPart, get_adapter_state, set_adapter_state
 from splitfed.models.lora import adapters_disabled
-from splitfed.server.ops import Average, Backward, Forward, Infer, Restore, TrunkOp
+from splitfed.server.caches import StreamCaches
+from splitfed.server.ops import Average, Backward, Decode, Forward, Infer, Prefill, Release, Restore, TrunkOp
 from splitfed.training import LocalLink, OptimConfig
 
 SHARED = "shared"
@@ -46,6 +47,7 @@ class TrunkEngine:
         self._loaded: str | None = names[0]
         self.pending: dict[str, tuple[int, int, int]] = {}  # the pending step: client -> (row start, row end, tokens)
         self._pending_key: str | None = None
+        self.streams = StreamCaches(trunk, device=self.device, dtype=dtype)  # generation streams' KV caches
 
     def run(self, op: TrunkOp):
         """Run one op: `Infer` -> the output; `Forward` / `Backward` -> {client: tensor}; else None."""
@@ -59,6 +61,10 @@ class TrunkEngine:
             return self.average(dict(op.weights))
         if isinstance(op, Restore):
             return self.restore(op.states, op.optimizers)
+        if isinstance(op, Prefill | Decode):
+            return self.generate(op)
+        if isinstance(op, Release):
+            return self.streams.release(op.streams)
         raise TypeError(f"not a trunk op: {type(op).__name__}")
 
     def _key(self, client: str) -> str:
@@ -85,6 +91,25 @@ class TrunkEngine:
             with adapters_disabled(self.trunk):
                 return self.links[key].infer(act, mask)
         return self.links[key].infer(act, mask)
+
+    def generate(self, op: Prefill | Decode):
+        """A stream's prefill -> its output; a decode step -> each stream's output, in order.  In
+        per_client mode each client's streams run with its own adapter (one forward per client)."""
+        if self.busy:
+            raise RuntimeError(f"trunk busy with {', '.join(sorted(self.pending))}")
+        if isinstance(op, Prefill):
+            self._load(self._key(op.client))
+            return self.streams.prefill(op.stream, op.act, op.mask)
+        groups: dict[str, list[int]] = {}
+        for i, (_, client, _, _) in enumerate(op.items):
+            groups.setdefault(self._key(client), []).append(i)
+        outs: list[torch.Tensor | None] = [None] * len(op.items)
+        for key, idx in groups.items():
+            self._load(key)
+            steps = [(op.items[i][0], op.items[i][2], op.items[i][3]) for i in idx]
+            for i, out in zip(idx, self.streams.decode(steps), strict=True):
+                outs[i] = out
+        return outs
 
     def forward(self, items: list[tuple[str, torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Training forward of one client, or (shared mode) several as one batch.

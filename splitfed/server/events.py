@@ -44,7 +44,14 @@ class Banned:
     now: float
 
 
-Event = Received | Tick | Banned
+@dataclass(frozen=True)
+class Idle:
+    """No message is waiting on the socket: run the queued generation work (batched)."""
+
+    now: float
+
+
+Event = Received | Tick | Banned | Idle
 
 # ------------------------------------------------------------------ actions
 

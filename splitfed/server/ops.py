@@ -63,7 +63,32 @@ class Restore:
     optimizers: dict[str, dict]
 
 
-TrunkOp = Infer | Forward | Backward | Average | Restore
+@dataclass(frozen=True, eq=False)
+class Prefill:
+    """Open generation stream `stream` (a cache key) of `client` with its prompt's activations."""
+
+    stream: str
+    client: str
+    act: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class Decode:
+    """One new position of each stream, batched: items are (stream, client, act (B, 1, D), the
+    stream's whole mask (B, L + 1))."""
+
+    items: tuple[tuple[str, str, torch.Tensor, torch.Tensor], ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Release:
+    """Free these streams' caches (closed, idle, or their client left)."""
+
+    streams: tuple[str, ...]
+
+
+TrunkOp = Infer | Forward | Backward | Average | Restore | Prefill | Decode | Release
 
 
 # ------------------------------------------------------------------ on the rank channel
@@ -87,6 +112,13 @@ def op_from_message(msg: Message) -> TrunkOp:
         return Backward(tuple((c, t.get(f"grad/{i}")) for i, c in enumerate(m.clients)))
     if m.op == "average":
         return Average(tuple(zip(m.clients, m.weights, strict=True)))
+    if m.op == "prefill":
+        return Prefill(m.streams[0], m.clients[0], t["act"], t["mask"])
+    if m.op == "decode":
+        items = zip(m.streams, m.clients, strict=True)
+        return Decode(tuple((s, c, t[f"act/{i}"], t[f"mask/{i}"]) for i, (s, c) in enumerate(items)))
+    if m.op == "release":
+        return Release(tuple(m.streams))
     states = {k: {n[len(k) + 7 :]: v for n, v in t.items() if n.startswith(f"state/{k}/")} for k in m.keys}
     opt_meta = json.loads(tensor_bytes(t, OPTIMIZERS))
     optimizers = {k: _unflatten_optimizer(o, t, f"opt/{k}/") for k, o in opt_meta.items()}
@@ -106,6 +138,15 @@ def _flatten(op: TrunkOp) -> tuple[OpMeta, Tensors]:
         return OpMeta("backward", clients=[c for c, _ in op.grads]), tensors
     if isinstance(op, Average):
         return OpMeta("average", clients=[c for c, _ in op.weights], weights=[n for _, n in op.weights]), {}
+    if isinstance(op, Prefill):
+        return OpMeta("prefill", clients=[op.client], streams=[op.stream]), {"act": op.act, "mask": op.mask}
+    if isinstance(op, Decode):
+        tensors = {}
+        for i, (_, _, act, mask) in enumerate(op.items):
+            tensors[f"act/{i}"], tensors[f"mask/{i}"] = act, mask
+        return OpMeta("decode", clients=[c for _, c, _, _ in op.items], streams=[s for s, _, _, _ in op.items]), tensors
+    if isinstance(op, Release):
+        return OpMeta("release", streams=list(op.streams)), {}
     tensors = {f"state/{k}/{n}": v for k, s in op.states.items() for n, v in s.items()}
     opt_meta = {k: _flatten_optimizer(sd, tensors, f"opt/{k}/") for k, sd in op.optimizers.items()}
     tensors[OPTIMIZERS] = bytes_tensor(json.dumps(opt_meta).encode())

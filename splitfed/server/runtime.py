@@ -26,6 +26,7 @@ from splitfed.server.events import (
     Action,
     Banned,
     Export,
+    Idle,
     Outbox,
     Progress,
     Received,
@@ -133,7 +134,10 @@ class Server:
         """Run until all rounds are done and every client has left (or timed out)."""
         try:
             finished = self.loop.run(
-                poll_ms=int(self.cfg.transport.heartbeat_s * 1000), tick=self._tick, max_seconds=max_seconds
+                poll_ms=int(self.cfg.transport.heartbeat_s * 1000),
+                tick=self._tick,
+                idle=self._idle,
+                max_seconds=max_seconds,
             )
             if not finished:
                 log.error("server ran past %.0f s; stopping", max_seconds)
@@ -152,6 +156,10 @@ class Server:
         self._perform(self.core.handle(Tick(time.monotonic())))
         self.engine.tick()
         return self.core.finished
+
+    def _idle(self) -> None:
+        """The socket is drained: run the queued generation work (decode steps batched)."""
+        self._perform(self.core.handle(Idle(time.monotonic())))
 
     def _banned(self, ban: Ban) -> None:
         """A peer over its limits is ignored for a cool-down: its session (and any step it holds) goes."""

@@ -13,6 +13,7 @@ class Stage(enum.Enum):
     READY = "ready"  # may send FORWARD, UPDATE, HEARTBEAT, BYE
     AWAIT_BACKWARD = "await_backward"  # sent a training FORWARD; must send BACKWARD next
     AWAIT_ROUND = "await_round"  # sent UPDATE; waits for ROUND_RESULT
+    GENERATE = "generate"  # a generation session (HELLO with generate): streams only, no rounds
     DONE = "done"  # said BYE
 
 
@@ -21,6 +22,7 @@ ALLOWED: dict[Stage, frozenset[MsgType]] = {
     Stage.READY: frozenset({MsgType.FORWARD, MsgType.UPDATE, MsgType.HEARTBEAT, MsgType.BYE}),
     Stage.AWAIT_BACKWARD: frozenset({MsgType.BACKWARD, MsgType.HEARTBEAT, MsgType.BYE}),
     Stage.AWAIT_ROUND: frozenset({MsgType.SECAGG, MsgType.HEARTBEAT, MsgType.BYE}),
+    Stage.GENERATE: frozenset({MsgType.GENERATE, MsgType.HEARTBEAT, MsgType.BYE}),
     Stage.DONE: frozenset(),
 }
 
@@ -36,6 +38,7 @@ class Session:
     last_seen: float = field(default_factory=time.monotonic)
     bytes_in: int = 0
     bytes_out: int = 0
+    generates: bool = False  # a generation session: streams only, never a member of the rounds
 
     def check(self, mtype: MsgType) -> None:
         if mtype not in ALLOWED[self.stage]:

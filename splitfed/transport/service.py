@@ -193,11 +193,24 @@ class RequestLoop:
         if not peer.banned(now):
             self._reject(peer, identity, err, step)
 
-    def run(self, *, poll_ms: int, tick: Callable[[], bool] = lambda: False, max_seconds: float | None = None) -> bool:
-        """Serve until `tick()` says finished (True) or `max_seconds` pass (False)."""
+    def run(
+        self,
+        *,
+        poll_ms: int,
+        tick: Callable[[], bool] = lambda: False,
+        idle: Callable[[], None] | None = None,
+        max_seconds: float | None = None,
+    ) -> bool:
+        """Serve until `tick()` says finished (True) or `max_seconds` pass (False).  `idle()` runs
+        whenever no message is waiting, before the loop blocks: work queued while messages kept
+        coming (the server's batched decode steps) runs then, as one batch."""
         t0 = self.clock()
         while True:
-            inc = self.socket.recv(poll_ms)
+            inc = self.socket.recv(0) if idle is not None else None
+            if inc is None:
+                if idle is not None:
+                    idle()
+                inc = self.socket.recv(poll_ms)
             if inc is not None:
                 self.handle(inc)
             if tick():

@@ -33,6 +33,8 @@ class MsgType(enum.Enum):
     ERROR = "error"  # either way: what was wrong with the last message
     BYE = "bye"  # client -> server: leaving
     TRUNK_OP = "trunk_op"  # torchrun rank 0 -> other ranks: one trunk operation (never valid from a client)
+    GENERATE = "generate"  # client -> server: open / step / close a generation stream (activations, mask)
+    GENERATED = "generated"  # server -> client: the trunk's output for that prefill or decode step
 
 
 class ErrorCode(enum.Enum):

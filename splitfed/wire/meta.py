@@ -75,6 +75,7 @@ class Hello:
     n_samples: Annotated[int, Bounds(1)]
     config_keys: dict[str, Ident] | None = None  # dotted config key -> digest of its value
     roster: Ident | None = None  # secure-aggregation roster digest
+    generate: bool | None = None  # a generation session (streams only): it takes no part in the rounds
 
 
 @dataclass(frozen=True)
@@ -154,11 +155,29 @@ class TrunkOp:
     """torchrun rank 0 -> other ranks (`splitfed.server.ops`); a restore's optimizer state
     travels as JSON in a uint8 frame, not here."""
 
-    op: Literal["infer", "forward", "backward", "average", "restore", "ping", "stop"]  # the last two: control
-    clients: list[Ident] | None = None  # infer, forward, backward, average: whose tensors, in order
+    op: Literal["infer", "forward", "backward", "average", "restore", "prefill", "decode", "release", "ping", "stop"]
+    clients: list[Ident] | None = None  # infer, forward, backward, average, prefill, decode: whose tensors, in order
+    streams: list[Ident] | None = None  # prefill, decode, release: the generation streams' cache keys
     base: bool | None = None  # infer: the trunk with its adapter off
     weights: list[Count] | None = None  # average: each client's weight
     keys: list[Ident] | None = None  # restore: the adapter states' keys
+
+
+@dataclass(frozen=True)
+class Generate:
+    """A generation stream, one per client batch of prompts: ``open`` sends the prompt's
+    activations (B, T, D) and mask (B, T); each ``step`` one position, (B, 1, D) and the mask's
+    new column (B, 1); ``close`` frees the server's cache.  The header's step counts the stream's
+    messages.  `positions`: open only, the most positions the stream will hold (prompt + new)."""
+
+    op: Literal["open", "step", "close"]
+    stream: Annotated[int, Bounds(0, 2**31 - 1)]
+    positions: Annotated[int, Bounds(1, 2**31 - 1)] | None = None
+
+
+@dataclass(frozen=True)
+class Generated:
+    stream: Annotated[int, Bounds(0, 2**31 - 1)]
 
 
 @dataclass(frozen=True)
@@ -184,6 +203,8 @@ META: dict[MsgType, type] = {
     MsgType.ERROR: Error,
     MsgType.BYE: Bye,
     MsgType.TRUNK_OP: TrunkOp,
+    MsgType.GENERATE: Generate,
+    MsgType.GENERATED: Generated,
 }
 
 

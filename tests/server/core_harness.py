@@ -11,7 +11,7 @@ from splitfed.aggregation import server_aggregator
 from splitfed.config import parse_config
 from splitfed.server.core import ServerCore
 from splitfed.server.engine import load_engine
-from splitfed.server.events import Banned, Outbox, Received, Record, Reject, Send, Tick
+from splitfed.server.events import Banned, Idle, Outbox, Received, Record, Reject, Send, Tick
 from splitfed.transport import client_name
 from splitfed.wire import Header, MsgType, WireError, compress, decode, decompress, encode, frames_nbytes
 
@@ -78,6 +78,26 @@ class Harness:
 
     def tick(self, now: float):
         return self.core.handle(Tick(now))
+
+    def idle(self, now: float):
+        """The socket is drained: queued generation work runs."""
+        return self.core.handle(Idle(now))
+
+    def gen_hello(self, ident: bytes, cid: int, *, now: float = 0.0):
+        """HELLO of a generation session (streams only)."""
+        meta = {**self.hello_meta(cid, 1), "generate": True}
+        actions = self.send(ident, MsgType.HELLO, now=now, meta=meta)
+        for m in messages(actions, ident):
+            if m.type == MsgType.WELCOME:
+                self.sessions[ident] = m.header.session
+        return actions
+
+    def generate(self, ident, op, stream, *, now, act=None, mask=None, positions=None, step=0):
+        tensors = None
+        if act is not None:
+            tensors = {**compress("act", act, self.cfg.transport.compression), "mask": mask.to(torch.uint8)}
+        meta = {"op": op, "stream": stream, **({"positions": positions} if positions is not None else {})}
+        return self.send(ident, MsgType.GENERATE, now=now, step=step, meta=meta, tensors=tensors)
 
     def ban(self, ident: bytes, key_owner, now: float):
         return self.core.handle(Banned(ident, key_owner, now))

@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from splitfed.server.ops import Average, Backward, Forward, Infer, Restore, op_frames, op_from_message
+from splitfed.server.ops import (
+    Average,
+    Backward,
+    Decode,
+    Forward,
+    Infer,
+    Prefill,
+    Release,
+    Restore,
+    op_frames,
+    op_from_message,
+)
 from splitfed.wire import decode
 
 SCRIPT = Path(__file__).with_name("dist_trunk_script.py")
@@ -32,6 +43,12 @@ def test_trunk_ops_round_trip_as_wire_messages_without_pickle():
     back = _over_the_wire(Backward((("a", None), ("b", torch.ones(1, 3, 8)))))
     assert back.grads[0] == ("a", None) and torch.equal(back.grads[1][1], torch.ones(1, 3, 8))
     assert _over_the_wire(Average((("a", 3), ("b", 1)))).weights == (("a", 3), ("b", 1))
+    back = _over_the_wire(Prefill("a/s/0", "a", act, mask))
+    assert (back.stream, back.client) == ("a/s/0", "a") and torch.equal(back.mask, mask)
+    back = _over_the_wire(Decode((("a/s/0", "a", act[:, :1], mask), ("b/t/1", "b", act[:1, :1], mask[:1]))))
+    assert [(s, c) for s, c, _, _ in back.items] == [("a/s/0", "a"), ("b/t/1", "b")]
+    assert torch.equal(back.items[1][2], act[:1, :1]) and torch.equal(back.items[0][3], mask)
+    assert _over_the_wire(Release(("a/s/0", "b/t/1"))).streams == ("a/s/0", "b/t/1")
     # a real AdamW state: integer slot ids, tensors and numbers, param groups with tuples
     p = torch.nn.Parameter(torch.randn(3))
     opt = torch.optim.AdamW([p], lr=0.1, betas=(0.9, 0.99))

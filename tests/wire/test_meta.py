@@ -17,6 +17,8 @@ from splitfed.wire.meta import (
     Error,
     ErrorCodeName,
     Forward,
+    Generate,
+    Generated,
     Hello,
     RagContext,
     RagDoc,
@@ -52,12 +54,18 @@ SAMPLES = {
     MsgType.ERROR: Error("bad_tensor", "tensor 'act' contains NaN or Inf"),
     MsgType.BYE: Bye(bytes_out=10, bytes_in=20),
     MsgType.TRUNK_OP: TrunkOp("average", clients=["client-0", "client-1"], weights=[3, 1]),
+    MsgType.GENERATE: Generate("open", 7, positions=96),
+    MsgType.GENERATED: Generated(7),
 }
 #: what honest peers send today, as JSON (senders: client, server, aggregation, rag party/querier)
 HONEST = [
     (MsgType.HELLO, {"client_id": 0, "config_hash": "a" * 64, "model": "sha256:" + "1" * 64, "n_samples": 3}),
     (MsgType.WELCOME, {"round": 0, "rounds": 2, "done": False, "hidden": 8, "compression": "fp32", "mode": "shared"}),
     (MsgType.FORWARD, {"train": True}),
+    (MsgType.GENERATE, {"op": "open", "stream": 0, "positions": 40}),
+    (MsgType.GENERATE, {"op": "step", "stream": 0}),
+    (MsgType.GENERATE, {"op": "close", "stream": 3}),
+    (MsgType.GENERATED, {"stream": 0}),
     (MsgType.FORWARD, {"train": False, "base": True}),
     (MsgType.UPDATE, {"loss": None, "secure": True}),
     (MsgType.UPDATE, {"loss": 1.25}),
