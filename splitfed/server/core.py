@@ -45,9 +45,14 @@ from splitfed.server.ops import Average
 from splitfed.server.rounds import RoundPolicy
 from splitfed.server.session import Session, Stage
 from splitfed.server.steps import QueuedForward, StepScheduler
-from splitfed.server.validate import check_activations, check_agreement, check_bound, gradient_encoding
+from splitfed.server.validate import (
+    check_activations,
+    check_agreement,
+    check_bound,
+    check_identity,
+    gradient_encoding,
+)
 from splitfed.transport import client_name
-from splitfed.transport.keys import key_fingerprint
 from splitfed.wire import ErrorCode, Header, Message, MsgType, WireError, decompress, encode, frames_nbytes
 from splitfed.wire.messages import short
 from splitfed.wire.meta import Forward as ForwardMeta
@@ -191,16 +196,7 @@ class ServerCore:
     # ------------------------------------------------------------------ handlers
     def _hello(self, ev: Received) -> None:
         hello: Hello = ev.msg.meta  # types and protocol bounds checked by the codec
-        if hello.client_id >= len(self.clients):
-            raise WireError(
-                ErrorCode.UNKNOWN_CLIENT, f"client_id must be in [0, {len(self.clients)}), got {hello.client_id}"
-            )
-        name = client_name(hello.client_id)
-        if ev.user is not None and ev.key_owner != name:
-            raise WireError(
-                ErrorCode.WRONG_IDENTITY,
-                f"this key (fingerprint {key_fingerprint(ev.user)}) belongs to {ev.key_owner}, not {name}",
-            )
+        name = check_identity(hello, len(self.clients), ev.user, ev.key_owner)
         check_agreement(
             hello,
             name,
@@ -210,9 +206,6 @@ class ServerCore:
             roster=self.roster,
             model_fingerprint=self.model_fingerprint,
         )
-        most = self.cfg.server.max_samples
-        if hello.n_samples > most:
-            raise WireError(ErrorCode.MALFORMED, f"n_samples must be an integer in [1, {most}], got {hello.n_samples}")
         generates = bool(hello.generate)
         for ident, old in list(self.sessions.items()):  # a reconnecting client replaces its old session
             if old.name == name and old.generates == generates:
@@ -271,15 +264,7 @@ class ServerCore:
         self.aggregator.receive(sess.name, msg)
 
     def _generate(self, sess: Session, msg: Message) -> None:
-        meta = msg.meta
-        if meta.op == "close":
-            self.generation.close(sess, msg.header, meta)
-            return
-        act, mask = check_activations(msg, self.cfg, hidden=self.hidden, train=False)
-        if meta.op == "open":
-            self.generation.open(sess, msg.header, meta, act, mask)
-        else:
-            self.generation.step(sess, msg.header, meta, act, mask)
+        self.generation.receive(sess, msg, lambda: check_activations(msg, self.cfg, hidden=self.hidden, train=False))
 
     def _bye(self, sess: Session, msg: Message) -> None:
         sess.stage = Stage.DONE

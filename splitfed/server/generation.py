@@ -88,6 +88,16 @@ class GenerationScheduler:
         return sum(s.reserved for s in self.streams.values())
 
     # ------------------------------------------------------------------ messages
+    def receive(self, sess: Session, msg, activations: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """A GENERATE message; `activations()` reads and checks its act and mask."""
+        meta: Generate = msg.meta
+        if meta.op == "close":
+            self.close(sess, msg.header, meta)
+        elif meta.op == "open":
+            self.open(sess, msg.header, meta, *activations())
+        else:
+            self.step(sess, msg.header, meta, *activations())
+
     def open(self, sess: Session, header: Header, meta: Generate, act: torch.Tensor, mask: torch.Tensor) -> None:
         lim = self.limits
         if (sess.identity, meta.stream) in self.streams:

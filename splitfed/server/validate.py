@@ -7,6 +7,8 @@ import torch
 from splitfed.config import RunConfig
 from splitfed.config.schema import flat_items
 from splitfed.models.source import short_fingerprint
+from splitfed.transport import client_name
+from splitfed.transport.keys import key_fingerprint
 from splitfed.transport.roster import format_fingerprint
 from splitfed.wire import INTEGERS, ErrorCode, Message, WireError, decompress
 from splitfed.wire.messages import short
@@ -55,6 +57,20 @@ def check_bound(name: str, x: torch.Tensor, bound: float) -> None:
 
 
 MAX_NAMED_KEYS = 8  # differing keys named in one config-mismatch error
+
+
+def check_identity(hello: Hello, clients: int, user: str | None, key_owner: str | None) -> str:
+    """The client a HELLO names, if it exists and the CURVE key (`user`, owned by `key_owner`
+    per the allow-list; None in insecure mode) is that client's."""
+    if hello.client_id >= clients:
+        raise WireError(ErrorCode.UNKNOWN_CLIENT, f"client_id must be in [0, {clients}), got {hello.client_id}")
+    name = client_name(hello.client_id)
+    if user is not None and key_owner != name:
+        raise WireError(
+            ErrorCode.WRONG_IDENTITY,
+            f"this key (fingerprint {key_fingerprint(user)}) belongs to {key_owner}, not {name}",
+        )
+    return name
 
 
 def check_agreement(
