@@ -206,6 +206,9 @@ class ServerCore:
             roster=self.roster,
             model_fingerprint=self.model_fingerprint,
         )
+        most = self.cfg.server.max_samples
+        if hello.n_samples > most:
+            raise WireError(ErrorCode.MALFORMED, f"n_samples must be an integer in [1, {most}], got {hello.n_samples}")
         generates = bool(hello.generate)
         for ident, old in list(self.sessions.items()):  # a reconnecting client replaces its old session
             if old.name == name and old.generates == generates:
