@@ -1,0 +1,74 @@
+"""`splitfed generate` argument handling: prompts from flags and files, generation settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from splitfed.cli.generate import read_prompts, settings_from
+from splitfed.cli.main import build_parser, main
+from splitfed.errors import UsageError
+
+
+def _args(*argv: str):
+    return build_parser().parse_args(["generate", "--client-id", "0", *argv])
+
+
+def test_prompts_come_from_flags_then_the_file(tmp_path):
+    txt = tmp_path / "p.txt"
+    txt.write_text("first line\n\n  second line\n")
+    assert read_prompts(_args("--prompt", "a", "--prompts-file", str(txt))) == ["a", "first line", "  second line"]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "x"}\n{"prompt": "y", "id": 2}\n')
+    assert read_prompts(_args("--prompts-file", str(jsonl))) == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [('{"text": "x"}\n', 'p.jsonl:1: expected a JSON object with a "prompt" field'), ("not json\n", "p.jsonl:1")],
+)
+def test_a_bad_prompts_file_names_the_line(tmp_path, content, message):
+    path = tmp_path / "p.jsonl"
+    path.write_text(content)
+    with pytest.raises(UsageError, match=message):
+        read_prompts(_args("--prompts-file", str(path)))
+
+
+def test_no_prompt_and_a_missing_file_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(UsageError, match="no prompt"):
+        read_prompts(_args())
+    assert main(["generate", "--client-id", "0", "--prompts-file", str(tmp_path / "none.txt")]) == 2
+    assert "--prompts-file" in capsys.readouterr().err
+
+
+def test_settings_take_the_flags_and_refuse_bad_values():
+    s = settings_from(_args("--max-new-tokens", "5", "--do-sample", "--top-p", "0.9", "--stop", "\n", "--seed", "3"))
+    assert (s.max_new_tokens, s.do_sample, s.top_p, s.stop, s.seed) == (5, True, 0.9, ("\n",), 3)
+    assert settings_from(_args()).max_new_tokens == 64 and not settings_from(_args()).do_sample
+    with pytest.raises(UsageError, match="top_p"):
+        settings_from(_args("--top-p", "1.5"))
+    with pytest.raises(UsageError, match="max_new_tokens"):
+        settings_from(_args("--max-new-tokens", "0"))
+
+
+def _config(tmp_path, **extra) -> str:
+    from splitfed_testing import make_model_dir
+
+    from splitfed.config import dump_toml, parse_config
+
+    model = make_model_dir(tmp_path / "model", "llama")
+    cfg = parse_config({"run": {"dir": str(tmp_path / "run")}, "model": {"path": str(model), "cut": [1, 3]}, **extra})
+    path = tmp_path / "run.toml"
+    path.write_text(dump_toml(cfg))
+    return str(path)
+
+
+def test_without_a_trained_adapter_generate_says_what_to_do(tmp_path, capsys):
+    assert main(["generate", "--config", _config(tmp_path), "--client-id", "0", "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "no PEFT adapter at" in err and "--base" in err and "Traceback" not in err
+
+
+def test_with_privacy_on_generate_refuses_rather_than_release_unrecorded(tmp_path, capsys):
+    cfg = _config(tmp_path, privacy={"enabled": True, "activations": {"enabled": True, "epsilon": 8.0}})
+    assert main(["generate", "--config", cfg, "--client-id", "0", "--prompt", "x", "--base"]) == 2
+    assert "privacy is on" in capsys.readouterr().err
