@@ -206,3 +206,45 @@ def test_generation_waits_for_a_pending_training_step(make_core):
     assert not messages(h.idle(1.0))  # queued behind the pending step
     h.backward(T, _rand(1, 4, D, seed=3), now=1.5)
     assert _answer(h.idle(1.5), A).shape == (1, 3, D)
+
+
+def test_random_hostile_generation_traffic_is_refused_or_served_within_the_budgets(make_core):
+    """600 random GENERATE messages from one generation session, with idles and ticks between:
+    only answers or refusals come out (no exception), and the caches never exceed their budgets."""
+    import random
+
+    budget = {"max_client_cache": 64, "max_cache": 96, "max_positions": 40, "max_streams_per_client": 3}
+    h = make_core(clients=2, server__inference={**budget, "idle_timeout_s": 3.0})
+    h.gen_hello(A, 0)
+    h.gen_hello(B, 1)
+    r = random.Random(7)
+    now, answered = 1.0, 0
+    for i in range(600):
+        now += r.random() * 0.05
+        ident = r.choice([A, A, B])
+        op = r.choice(["open", "step", "step", "step", "close"])
+        rows = r.choice([1, 1, 1, 2, 70])
+        t = r.choice([1, 2, 5, 40, 41]) if op == "open" else r.choice([1, 1, 1, 2])
+        act = _rand(rows, t, D, seed=i) * (1e6 if r.random() < 0.1 else 1.0)
+        mask = torch.ones(rows, t, dtype=torch.long)
+        if r.random() < 0.2:
+            mask[:, 0] = 0
+        tensors = {"act": act, "mask": mask} if op != "close" else {}
+        positions = r.choice([None, 0, 1, 5, 12, 12, 20, 40, 2**31 - 1, 2**40])
+        actions = h.generate(ident, op, r.choice([0, 0, 1, 1, 2, 3, 2**31 - 1]), now=now, positions=positions,
+                             step=i, **tensors)  # fmt: skip
+        assert all(type(a).__name__ in ("Send", "Reject", "Record") for a in actions)
+        answered += len(messages(actions))
+        if r.random() < 0.8:
+            answered += len(messages(h.idle(now)))
+        if r.random() < 0.1:
+            now += 4.0 * r.random()
+            h.tick(now)
+        streams = h.core.generation.streams.values()
+        assert sum(s.reserved for s in streams) <= budget["max_cache"]
+        for ident_ in (A, B):
+            mine = [s for s in streams if s.sess.identity == ident_]
+            assert len(mine) <= 3 and sum(s.reserved for s in mine) <= budget["max_client_cache"]
+        assert set(h.engine.streams.caches) <= {s.key for s in streams}
+        assert all(c.length <= 40 for c in h.engine.streams.caches.values())
+    assert answered > 20, answered  # the traffic reached the scheduler, not only the refusals (26 here)
