@@ -52,6 +52,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/he_search.py
 	$(BIN)/python benchmarks/dpsgd.py
 	$(BIN)/python benchmarks/privacy_utility.py
+	$(BIN)/python benchmarks/decode_batching.py
+	$(BIN)/python benchmarks/generation.py
 
 # the live fuzz test, long: a real server, an honest client, 20k hostile messages from an allowed peer
 fuzz: $(STAMP)
