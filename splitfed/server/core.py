@@ -121,6 +121,7 @@ class ServerCore:
             reply=self._reply,
             outbox=outbox,
             clock=lambda: self.now,
+            blocked=lambda: self.steps.pending is not None,
         )
         self.housekeeping = Housekeeping(
             (self._expire, self.generation.expire, self._maybe_close_round), metrics=outbox

@@ -78,9 +78,11 @@ class GenerationScheduler:
         reply: Reply,
         outbox: Outbox,
         clock: Callable[[], float],
+        blocked: Callable[[], bool] = lambda: False,
     ):
+        """`blocked()`: whether a training step is pending (generation then waits for its backward)."""
         self.engine, self.limits, self.max_rows, self.compression = engine, limits, max_rows, compression
-        self.reply, self.outbox, self.clock = reply, outbox, clock
+        self.reply, self.outbox, self.clock, self.blocked = reply, outbox, clock, blocked
         self.streams: dict[tuple[bytes, int], Stream] = {}
         self.queue: collections.deque[Request] = collections.deque()
 
@@ -160,7 +162,7 @@ class GenerationScheduler:
     # ------------------------------------------------------------------ running
     def flush(self) -> None:
         """Run what is queued (the socket is drained): prefills alone, decode steps batched."""
-        if getattr(self.engine, "busy", False):
+        if self.blocked():
             return  # a training step is pending: generation waits for its backward
         while self.queue:
             if self.queue[0].opening:
