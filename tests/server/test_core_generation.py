@@ -248,3 +248,31 @@ def test_random_hostile_generation_traffic_is_refused_or_served_within_the_budge
         assert set(h.engine.streams.caches) <= {s.key for s in streams}
         assert all(c.length <= 40 for c in h.engine.streams.caches.values())
     assert answered > 20, answered  # the traffic reached the scheduler, not only the refusals (26 here)
+
+
+def test_per_client_mode_generates_with_each_clients_own_trunk_adapter(make_core):
+    h = make_core(clients=2, server__mode="per_client")
+    ref = h.fresh_engine()
+    for eng in (h.engine, ref):
+        for k, name in enumerate(("client-0", "client-1")):
+            eng.states[name] = {n: (torch.full_like(v, 0.05 * (k + 1)) if "lora_B" in n else v)
+                                for n, v in eng.states[name].items()}  # fmt: skip
+        eng._loaded = None
+    h.gen_hello(A, 0)
+    h.gen_hello(B, 1)
+    act, mask = _prompt(1, 4, seed=1)
+    for ident in (A, B):
+        _open(h, ident, 0, act, mask)
+    answers = h.idle(1.0)
+    out = {ident: _answer([a for a in answers if getattr(a, "identity", None) == ident], ident) for ident in (A, B)}
+    for ident, name in ((A, "client-0"), (B, "client-1")):
+        torch.testing.assert_close(out[ident], ref.infer(name, act, mask), rtol=0, atol=1e-5)
+    assert not torch.allclose(out[A], out[B])  # same prompt, different adapters
+    new = _rand(1, 1, D, seed=2)
+    for ident in (A, B):
+        h.generate(ident, "step", 0, now=2.0, act=new, mask=torch.ones(1, 1), step=2)
+    answers = h.idle(2.0)  # one decode op, one forward per client adapter
+    full_act, full_mask = torch.cat([act, new], 1), torch.ones(1, 5, dtype=torch.long)
+    for ident, name in ((A, "client-0"), (B, "client-1")):
+        got = _answer([a for a in answers if getattr(a, "identity", None) == ident], ident)
+        torch.testing.assert_close(got, ref.infer(name, full_act, full_mask)[:, -1:], rtol=0, atol=1e-5)
