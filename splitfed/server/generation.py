@@ -156,7 +156,11 @@ class GenerationScheduler:
     def _stream(self, sess: Session, meta: Generate) -> Stream:
         stream = self.streams.get((sess.identity, meta.stream))
         if stream is None:
-            raise WireError(ErrorCode.OUT_OF_ORDER, f"generate: stream {meta.stream} is not open (open it first)")
+            raise WireError(
+                ErrorCode.OUT_OF_ORDER,
+                f"generate: stream {meta.stream} is not open (never opened, closed, or closed after "
+                f"server.inference.idle_timeout_s = {self.limits.idle_timeout_s:g} s idle)",
+            )
         return stream
 
     # ------------------------------------------------------------------ running
