@@ -72,6 +72,17 @@ def tiny_model(arch: str, seed: int = 0, **overrides):
     return AutoModelForCausalLM.from_config(tiny_config(arch, **overrides)).eval()
 
 
+def randomize_lora_b(split, scale: float, seed: int = 1) -> None:
+    """LoRA B starts at zero (the adapter is then a no-op, every A-gradient zero): fill it with
+    seeded noise of std `scale` on every part, so exactness tests see the adapter matter."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for part in split.parts.values():
+            for name, p in part.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
 def padded_batch(padding: str, *, batch=3, length=10, vocab=128, seed=0):
     """Random ids with a mask that pads two rows on `padding` side by different amounts."""
     g = torch.Generator().manual_seed(seed)

@@ -3,7 +3,7 @@
 import copy
 
 import torch
-from splitfed_testing import no_dropout, tiny_model
+from splitfed_testing import no_dropout, randomize_lora_b, tiny_model
 
 from splitfed.inference import LocalDecodeLink, SplitGenerator
 from splitfed.models import LoraSpec, SplitLoraConfig, apply_lora, split_model
@@ -18,12 +18,7 @@ def with_lora(arch: str, **overrides):
     reference = copy.deepcopy(base)
     split = split_model(base, (1, 3))
     apply_lora(split, SplitLoraConfig(bottom=LoraSpec(r=2), trunk=LoraSpec(r=4, alpha=8), top=LoraSpec(r=2)))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for part in split.parts.values():
-            for name, p in part.named_parameters():
-                if "lora_B" in name:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    randomize_lora_b(split, 0.5)
     reference = ReferenceTrainer.matching(reference, split).model.eval()
     return split.eval(), reference
 

@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 import torch
-from splitfed_testing import ARCHS, no_dropout, padded_batch, tiny_model
+from splitfed_testing import ARCHS, no_dropout, padded_batch, randomize_lora_b, tiny_model
 
 from splitfed.models import (
     LoraSpec,
@@ -97,13 +97,7 @@ def _check_lora_gradients(arch, padding, cut):
             top=LoraSpec(r=3, target_modules=targets),
         ),
     )
-    # B starts at zero, which would make every A-gradient zero: randomise it.
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for part in split.parts.values():
-            for n, p in part.named_parameters():
-                if "lora_B" in n:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    randomize_lora_b(split, 0.1)  # B starts at zero, which would make every A-gradient zero
     reference = ReferenceTrainer.matching(reference, split).model  # same adapters, same weights
     ref_params = dict(reference.named_parameters())
 
