@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -81,7 +82,22 @@ def _cmd_generate(args, load_config) -> int:
         else:
             for i, text in enumerate(lm.generate_text(prompts, settings, chat=args.chat)):
                 print(f"[{i}] {text}", flush=True)
+        if lm.last_session is not None:
+            print(privacy_line(lm.last_session), file=sys.stderr, flush=True)
     return 0
+
+
+def privacy_line(session) -> str:
+    """What the session cost: epsilon for one of its prompts and for the client so far, against the server."""
+    from splitfed.privacy.ledger import describe
+
+    fmt = lambda x: "inf (sent without noise)" if math.isinf(x) else f"{x:.4g}"  # noqa: E731
+    return (
+        f"privacy: session {session.number}: epsilon per prompt {fmt(session.epsilon('session'))}, "
+        f"this client's sessions composed {fmt(session.epsilon('client'))} "
+        f"(against the server, delta {session.delta:g}); ledger {session.ledger}\n  "
+        + describe(list(session.session), session.delta)
+    )
 
 
 def _cmd_serve(args, load_config, setup_logging) -> int:

@@ -12,7 +12,8 @@ def add_report(psub, *, delta_type, run) -> None:
     p = psub.add_parser(
         "report",
         help="epsilon per client against each party, from a run's privacy ledgers (+ a PNG over rounds)",
-        description="Read RUN_DIR/privacy/*.jsonl and state, per client, the mechanisms used and epsilon at "
+        description="Read RUN_DIR/privacy/*.jsonl (and inference/*.jsonl: split generation) and state, per "
+        "client, the mechanisms used and epsilon at "
         "delta against the server, the aggregator and in total, and the budget left.",
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run directory (run.dir)")
@@ -72,8 +73,23 @@ def _report_text(r: dict) -> list[str]:
         if eps["total"] is None:
             lines.append("  (infinite: a channel above was released without noise, or with noise the server rebuilds)")
         lines.append(_utility_text(c.get("utility")))
+        lines += _inference_text(c.get("inference"))
     if r["plot"]:
         lines.append(f"plot: {r['plot']}")
+    return lines
+
+
+def _inference_text(inf: dict | None) -> list[str]:
+    """Split generation's figures: per session (one prompt) and every session composed."""
+    if not inf:
+        return []
+    per = inf["epsilon_per_session"]
+    worst = None if any(x is None for x in per) else max(per, default=0.0)
+    lines = [
+        f"  generation (unit: one prompt): {inf['sessions']} sessions; epsilon per prompt up to {_eps(worst)}, "
+        f"every session composed {_eps(inf['epsilon_all_sessions'])} (a text in every prompt), against the server"
+    ]
+    lines += [f"    not covered: {line}" for line in inf["not_covered"]]
     return lines
 
 

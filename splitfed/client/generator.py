@@ -13,6 +13,10 @@ reads like Hugging Face ``model.generate``::
 Each call opens one stream on the server: the prompt's activations at the first cut go up
 once, then one position per new token; the server runs its trunk adapter (this client's own
 in ``per_client`` mode) with a per-stream KV cache, and never holds a token id.
+
+With ``[privacy]`` on, every position sent goes through ``[privacy.activations]`` and the
+session is recorded in the client's inference ledger first (`splitfed.client.inference_privacy`);
+``last_session`` then states its epsilon, per session and for the client.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 import torch
 
 from splitfed.client.generation import RemoteDecodeLink
+from splitfed.client.inference_privacy import InferencePrivacy, InferenceSession
 from splitfed.client.link import Connection, ServerRefused
 from splitfed.config import RunConfig
 from splitfed.errors import UsageError
@@ -61,11 +66,6 @@ class SplitLM:
 
         if not 0 <= client_id < cfg.data.clients:
             raise UsageError(f"--client-id must be in [0, {cfg.data.clients}), got {client_id}")
-        if cfg.privacy.enabled:  # what it would send is a release no ledger states: refuse rather than mislead
-            raise UsageError(
-                "privacy is on for this run, and split generation does not yet noise or record its releases "
-                "(every position sent is one); generate locally with the merged adapter instead"
-            )
         self.cfg, self.client_id, self.name = cfg, client_id, client_name(client_id)
         self.base_model = resolve_base_model(cfg.model, need_tokenizer=True)
         self.tokenizer = load_tokenizer(self.base_model.path)
@@ -88,6 +88,10 @@ class SplitLM:
             place(part, self.device)
             part.eval()
         self._streams = itertools.count()
+        self.privacy: InferencePrivacy | None = None
+        self.last_session: InferenceSession | None = None  # with [privacy] on: the last session's statements
+        if cfg.privacy.enabled:
+            self.privacy = InferencePrivacy(cfg, self.name, seed=cfg.run.seed * 1000 + client_id)
         self.conn = Connection(cfg, client_id, insecure=insecure, endpoint=endpoint)
         self._hello()
 
@@ -122,9 +126,24 @@ class SplitLM:
         if overrides:
             settings = settings.with_overrides(overrides)
         positions = input_ids.shape[1] + settings.max_new_tokens
+        release = None
+        if self.privacy is not None:  # recorded (and checked against the budget) before anything is sent
+            self.last_session = self.privacy.open(
+                rows=input_ids.shape[0],
+                prompt_positions=input_ids.shape[1],
+                max_new_tokens=settings.max_new_tokens,
+                hidden=self.bottom.config.hidden_size,
+            )
+            release = self.last_session.release
         link = RemoteDecodeLink(self.conn, next(self._streams), compression=self.compression, positions=positions)
         gen = SplitGenerator(
-            self.bottom, self.top, link, pad_token_id=self._pad_id(), eos_token_id=self.tokenizer.eos_token_id
+            self.bottom,
+            self.top,
+            link,
+            pad_token_id=self._pad_id(),
+            eos_token_id=self.tokenizer.eos_token_id,
+            release=release,
+            fixed_steps=self.privacy is not None,
         )
         ids = input_ids.to(self.device)
         mask = attention_mask.to(self.device) if attention_mask is not None else None

@@ -6,6 +6,12 @@ rolled row by row to the left first, so either padding side gives the same token
 that has finished (EOS, a stop string) continues with `pad_token_id` until every row has
 finished or `max_new_tokens` is reached.
 
+Privacy: `release(h, mask)` is applied to every tensor before it crosses (the prompt's
+(B, T, D) with its mask, then each new (B, 1, D) position with its mask column): the client's
+local-DP mechanism.  With ``fixed_steps`` the link is stepped ``max_new_tokens - 1`` times
+whatever the rows do, so the number of releases is fixed in advance and the server does not
+learn when the rows stopped.
+
 Stop strings: after each step a row's generated tokens are decoded with the tokenizer
 (special tokens kept); the row stops as soon as the text contains a stop string.  The token
 that completes it is kept and the text is not cut (as ``generate`` keeps it).
@@ -26,6 +32,7 @@ from splitfed.models.kv import KVCache
 from splitfed.models.parts import Bottom, Top
 
 FinishReason = Literal["eos", "stop", "length"]
+Release = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,19 @@ class SplitGenerator:
     """Generates with the client's `bottom` and `top` and the trunk behind `link`."""
 
     def __init__(
-        self, bottom: Bottom, top: Top, link: DecodeLink, *, pad_token_id: int, eos_token_id: int | Sequence[int] | None
+        self,
+        bottom: Bottom,
+        top: Top,
+        link: DecodeLink,
+        *,
+        pad_token_id: int,
+        eos_token_id: int | Sequence[int] | None,
+        release: Release | None = None,
+        fixed_steps: bool = False,
     ) -> None:
         self.bottom, self.top, self.link = bottom, top, link
+        self.release = release or (lambda h, mask: h)
+        self.fixed_steps = fixed_steps
         self.pad_token_id = int(pad_token_id)
         eos = eos_token_id if isinstance(eos_token_id, Sequence) else [] if eos_token_id is None else [eos_token_id]
         self.eos_token_ids = [int(e) for e in eos]
@@ -95,7 +112,7 @@ class SplitGenerator:
         reasons: list[FinishReason | None] = [None] * rows
         bottom_cache, top_cache = KVCache(), KVCache()
         try:
-            h = self.link.prefill(self.bottom(ids, mask, cache=bottom_cache), mask)
+            h = self.link.prefill(self.release(self.bottom(ids, mask, cache=bottom_cache), mask), mask)
             logits = self.top(h, mask, cache=top_cache)[:, -1]
             for step in range(settings.max_new_tokens):
                 running = torch.tensor([r is None for r in reasons], device=ids.device)
@@ -105,9 +122,11 @@ class SplitGenerator:
                 self._finish(token, running, eos, new, reasons, settings, tokenizer)
                 if on_tokens is not None:
                     on_tokens(step, token)
-                if all(r is not None for r in reasons) or step + 1 == settings.max_new_tokens:
+                done = all(r is not None for r in reasons) and not self.fixed_steps
+                if done or step + 1 == settings.max_new_tokens:
                     break
-                h = self.link.decode(self.bottom(token[:, None], mask, cache=bottom_cache), mask)
+                h = self.bottom(token[:, None], mask, cache=bottom_cache)
+                h = self.link.decode(self.release(h, mask[:, -1:]), mask)
                 logits = self.top(h, mask, cache=top_cache)[:, -1]
         finally:
             self.link.close()

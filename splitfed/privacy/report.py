@@ -46,6 +46,7 @@ class ClientReport:
     statements: list[dict] = field(default_factory=list)  # per party: relation, epsilon, composes, not covered
     not_covered: list[str] = field(default_factory=list)  # released in the clear, covered by no epsilon
     utility: dict | None = None  # held-out perplexity, public base vs fine-tuned (`add_utility`); None: not recorded
+    inference: dict | None = None  # split generation's ledger (unit: one prompt); None: the client never generated
 
     def to_json(self) -> dict:
         return {
@@ -58,6 +59,7 @@ class ClientReport:
             "total_by_round": [finite(v) for v in self.total_by_round],
             "budget_left": None if self.budget_left is None else finite(self.budget_left),
             "utility": self.utility,
+            "inference": self.inference,
         }
 
 
@@ -77,7 +79,14 @@ def privacy_report(run_dir: str | os.PathLike, *, delta: float | None = None) ->
             ) from None
     if delta is not None:
         settings["delta"] = delta
-    reports = [_client(p.stem, read_ledger(p), settings) for p in sorted(root.glob("*.jsonl"))]
+    training = {p.stem: p for p in root.glob("*.jsonl")}
+    inference = {p.stem: p for p in (root / "inference").glob("*.jsonl")}
+    reports = []
+    for name in sorted(training.keys() | inference.keys()):
+        report = _client(name, read_ledger(training[name]) if name in training else [], settings)
+        if name in inference:
+            report.inference = _inference(read_ledger(inference[name]), settings)
+        reports.append(report)
     add_utility(run_dir, reports)
     return settings, reports
 
@@ -120,6 +129,23 @@ def _client(name: str, entries: list[LedgerEntry], settings: dict) -> ClientRepo
     if settings.get("max_epsilon", 0) > 0:
         report.budget_left = max(0.0, settings["max_epsilon"] - report.epsilon["total"])
     return report
+
+
+def _inference(entries: list[LedgerEntry], settings: dict) -> dict:
+    """Split generation's statements: epsilon for one prompt of each session, and all sessions composed
+    (a text in every prompt), against the server (`splitfed.client.inference_privacy`)."""
+    delta, acc = settings["delta"], settings["accountant"]
+    sessions = sorted({e.round for e in entries})
+    per = [spent([e for e in entries if e.round == n], delta, accountant=acc).get("server", 0.0) for n in sessions]
+    stated = statements(entries, delta, accountant=acc)
+    return {
+        "unit": "prompt",
+        "sessions": len(sessions),
+        "epsilon_per_session": [finite(x) for x in per],
+        "epsilon_all_sessions": finite(spent(entries, delta, accountant=acc).get("server", 0.0)),
+        "statements": [st.to_json() for st in stated if st.party != "total"],
+        "not_covered": not_covered(entries),
+    }
 
 
 def plot_epsilon(reports: list[ClientReport], path: str | os.PathLike, *, delta: float, budget: float = 0.0) -> Path:

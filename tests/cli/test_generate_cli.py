@@ -68,7 +68,11 @@ def test_without_a_trained_adapter_generate_says_what_to_do(tmp_path, capsys):
     assert "no PEFT adapter at" in err and "--base" in err and "Traceback" not in err
 
 
-def test_with_privacy_on_generate_refuses_rather_than_release_unrecorded(tmp_path, capsys):
+def test_with_privacy_on_a_damaged_inference_ledger_stops_generate_before_it_connects(tmp_path, capsys):
     cfg = _config(tmp_path, privacy={"enabled": True, "activations": {"enabled": True, "epsilon": 8.0}})
+    ledger = tmp_path / "run" / "privacy" / "inference" / "client-0.jsonl"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text("{not json\n")
     assert main(["generate", "--config", cfg, "--client-id", "0", "--prompt", "x", "--base"]) == 2
-    assert "privacy is on" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{ledger}:1: not a complete ledger entry" in err and "Traceback" not in err

@@ -81,3 +81,32 @@ def test_report_refuses_a_damaged_ledger_naming_file_and_line(tmp_path, capsys):
     assert main(["privacy", "report", str(run), "--no-plot"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{path}:3: not a complete ledger entry" in err[0] and "Traceback" not in err[0]
+
+
+def test_report_states_split_generation_per_prompt_and_all_sessions_composed(tmp_path, capsys):
+    from splitfed.client.inference_privacy import InferencePrivacy
+    from splitfed.config import parse_config
+
+    run = _run_dir(tmp_path)
+    act = {"enabled": True, "noise_multiplier": 3.0, "mechanism": "float"}
+    cfg = parse_config({"run": {"dir": str(run)}, "privacy": {"enabled": True, "activations": act}})
+    ip = InferencePrivacy(cfg, "client-0")
+    first = ip.open(rows=2, prompt_positions=5, max_new_tokens=4, hidden=8)
+    both = ip.open(rows=1, prompt_positions=5, max_new_tokens=4, hidden=8)
+    InferencePrivacy(cfg, "client-2").open(rows=1, prompt_positions=3, max_new_tokens=2, hidden=8)
+    assert main(["privacy", "report", str(run), "--json", "--no-plot"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    c0, c1, c2 = r["clients"]
+    assert c1["inference"] is None and c2["client"] == "client-2" and c2["rounds"] == []  # generated, never trained
+    inf = c0["inference"]
+    assert inf["sessions"] == 2 and inf["unit"] == "prompt"
+    assert math.isclose(inf["epsilon_per_session"][0], first.epsilon(), rel_tol=1e-9)
+    assert math.isclose(inf["epsilon_all_sessions"], both.epsilon("client"), rel_tol=1e-9)
+    # 4 releases at 3 per session (prefill + 3 decode positions), 8 composed: one at 3 / sqrt(8)
+    assert math.isclose(inf["epsilon_all_sessions"], analytic_gaussian_epsilon(3 / math.sqrt(8), 1e-5), rel_tol=1e-6)
+    # training figures are untouched by generation
+    assert math.isclose(c0["epsilon"]["server"], analytic_gaussian_epsilon(1.0, 1e-5), rel_tol=1e-9)
+    assert main(["privacy", "report", str(run), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert f"generation (unit: one prompt): 2 sessions; epsilon per prompt up to {first.epsilon():.4g}" in out
+    assert "not covered: prompt_shape -> server: the attention mask travels in the clear" in out

@@ -58,3 +58,40 @@ def test_two_clients_generate_at_once_against_a_served_run(make_run, tmp_path):
     assert steps and all(m["rows"] <= 4 for m in steps)
     closes = [m for m in run.metrics("server") if m.get("event") == "generate_close"]
     assert len(closes) == 2 and {m["client"] for m in closes} == {"client-0", "client-1"}
+
+
+def test_private_generation_is_noised_recorded_before_sending_and_reported(make_run, tmp_path):
+    from splitfed.privacy.events import DiscreteGaussianEvent
+    from splitfed.privacy.ledger import read_ledger
+
+    model = make_model_dir(tmp_path / "model", "llama")
+    act = {"enabled": True, "noise_multiplier": 1.0, "clip": 4.0}
+    run = make_run(
+        model__path=str(model),
+        training__rounds=1,
+        training__local_steps=1,
+        privacy__enabled=True,
+        privacy__activations=act,
+    )
+    server, client = run.server(), run.client(0)
+    assert run.wait(client) == 0, run.log("client-0") + run.log("server")
+    assert run.wait(server) == 0, run.log("server")
+    serve = run._spawn(["serve", "--config", str(run.config_path)], "serve.log")
+    run.wait_for(lambda: "listening" in run.log("serve"), what="the serving server")
+    args = ["generate", "--config", str(run.config_path), "--client-id", "0", "--max-new-tokens", "6"]
+    gen = run._spawn([*args, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1]], "generate-0.log")
+    assert run.wait(gen, timeout=180) == 0, run.log("generate-0") + run.log("serve")
+    stated = re.search(
+        r"privacy: session 1: epsilon per prompt ([0-9.]+), this client's sessions composed ([0-9.]+)",
+        run.log("generate-0"),
+    )
+    assert stated and stated.group(1) == stated.group(2), run.log("generate-0")
+    shape, release = read_ledger(run.run_dir / "privacy" / "inference" / "client-0.jsonl")
+    assert shape.mechanism == "prompt_shape" and release.mechanism == "inference_activation_ldp"
+    assert isinstance(release.event, DiscreteGaussianEvent) and release.event.count == 6  # prefill + 5 positions
+    steps = [m for m in run.metrics("server") if m.get("event") == "generate_step"]
+    assert sum(m["rows"] for m in steps) == 2 * 5  # every decode position sent, none after the rows stopped
+    report = run._spawn(["privacy", "report", str(run.run_dir), "--no-plot"], "report.log")
+    assert run.wait(report) == 0, run.log("report")
+    assert "generation (unit: one prompt): 1 sessions" in run.log("report")
+    assert serve.poll() is None
