@@ -186,7 +186,7 @@ def test_round_trip_property(rounds, lr, cut, clients, compression, run_dir):
         # unknown table / key, with the known names listed
         (
             "[datta]\nclients = 2\n",
-            r"^unknown table \[datta\] \(known tables: aggregation, client, data, lora, .*did you mean \[data\]",
+            r"^unknown table \[datta\] \(known tables: aggregation, client, data, generate, .*did you mean \[data\]",
         ),
         (
             "[data]\nbatchsize = 2\n",
