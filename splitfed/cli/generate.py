@@ -49,15 +49,16 @@ def read_prompts(args) -> list[str]:
     return prompts
 
 
-def settings_from(args):
-    from splitfed.config import ConfigError
-    from splitfed.inference import GenerationSettings
+def settings_from(args, base=None):
+    """The generation settings: the flags given on the command line over `base` (the run config's
+    ``[generate]``, else the defaults); a flag not given keeps `base`'s value (``--stop`` replaces its list)."""
+    from splitfed.config import ConfigError, GenerationSettings
 
     given = {key: getattr(args, dest) for dest, key in _SETTINGS.items() if getattr(args, dest) is not None}
     if "stop" in given:
         given["stop"] = list(given["stop"])
     try:
-        return GenerationSettings.from_table(given)
+        return (base if base is not None else GenerationSettings()).with_overrides(given)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
 
@@ -67,7 +68,7 @@ def _cmd_generate(args, load_config) -> int:
 
     cfg = load_config(args)
     prompts = read_prompts(args)
-    settings = settings_from(args)
+    settings = settings_from(args, cfg.generate)
     with SplitLM(cfg, args.client_id, adapter_dir=args.adapter, base=args.base, insecure=args.insecure) as lm:
         which = "the public base model" if args.base else f"adapter {lm.adapter}"
         print(f"{lm.name}: {lm.base_model} with {which}; trunk on the server", file=sys.stderr, flush=True)
@@ -123,7 +124,8 @@ def register(sub, *, load_config, setup_logging, run_help: str, set_help: str) -
         "generate",
         help="generate with the fine-tuned split model: prompts and answers stay here, the server runs the trunk",
         description="Generate as client K: its Bottom and Top (with its fine-tuned adapter) run here, the "
-        "server runs the trunk with a per-stream KV cache and sees only activations, never a token.",
+        "server runs the trunk with a per-stream KV cache and sees only activations, never a token.  The "
+        "generation flags override the [generate] table of --config; a flag not given keeps its value there.",
         epilog='Example:\n  splitfed generate --config examples/run.toml --client-id 0 --prompt "The drug" '
         "--max-new-tokens 32",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -136,9 +138,16 @@ def register(sub, *, load_config, setup_logging, run_help: str, set_help: str) -
     p.add_argument("--chat", action="store_true", help="each prompt is a user turn through the chat template")
     p.add_argument("--adapter", type=Path, help="the fine-tuned PEFT adapter (default: where training wrote it)")
     p.add_argument("--base", action="store_true", help="no adapter on this side: the public base model's parts")
-    p.add_argument("--max-new-tokens", type=int, help="most tokens generated per prompt (default 64)")
-    p.add_argument("--do-sample", action="store_true", default=None, help="sample instead of greedy choice")
-    p.add_argument("--temperature", type=float, help="sampling temperature (default 1.0)")
+    p.add_argument(
+        "--max-new-tokens", type=int, help="most tokens generated per prompt (default: [generate] max_new_tokens, 64)"
+    )
+    p.add_argument(
+        "--do-sample",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="sample instead of greedy choice (--no-do-sample: greedy even if [generate] samples)",
+    )
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: [generate] temperature, 1.0)")
     p.add_argument("--top-k", type=int, help="sample among the k most likely tokens (0 = off)")
     p.add_argument("--top-p", type=float, help="nucleus sampling threshold (1.0 = off)")
     p.add_argument("--repetition-penalty", type=float, help="penalise repeated tokens (1.0 = off)")

@@ -121,8 +121,9 @@ class SplitLM:
         **overrides: Any,
     ) -> GenerationOutput:
         """Like ``model.generate``: (B, T) ids (either padding side) -> `GenerationOutput` (sequences,
-        new tokens per row, finish reasons); `overrides` are `GenerationSettings` keys."""
-        settings = settings or GenerationSettings()
+        new tokens per row, finish reasons).  `settings` default to the run config's ``[generate]``
+        (``cfg.generate``); `overrides` (`GenerationSettings` keys) replace single keys of either."""
+        settings = self.cfg.generate if settings is None else settings
         if overrides:
             settings = settings.with_overrides(overrides)
         positions = input_ids.shape[1] + settings.max_new_tokens
@@ -159,7 +160,8 @@ class SplitLM:
         **overrides: Any,
     ) -> list[str]:
         """Generate a continuation of each prompt (``chat``: each prompt is one user turn through the
-        tokenizer's chat template); `on_text(row, piece)` streams the decoded text as it comes."""
+        tokenizer's chat template); `on_text(row, piece)` streams the decoded text as it comes.  `settings`
+        and `overrides` as in `generate` (by default the run config's ``[generate]``)."""
         texts = [self._chat(p) if chat else p for p in prompts]
         ids = [list(self.tokenizer(t, add_special_tokens=not chat)["input_ids"]) for t in texts]
         if not all(ids):

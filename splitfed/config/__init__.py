@@ -15,13 +15,14 @@ what was expected::
 One idea a module: `fields` (the field engine any config dataclass is built on: `Section`,
 `opt`, `req`, `sub`, `key_error`, `plain`), `tables` (`parse_table`: TOML tables into config
 objects; `override`: dotted overrides of them), `schema` (the run's tables and `RunConfig`),
-`lora` ([lora]), `parties` ([server], [client], [transport]), `privacy` ([privacy]), `toml`
-(files in, text out).  Other packages (``eval``, ``rag``) declare their own config classes with the
-same engine and import only its public names.  Only the standard library is imported: the CLI reads configs
-before any heavy import.
+`lora` ([lora]), `parties` ([server], [client], [transport]), `privacy` ([privacy]), `generate`
+([generate]: each client's own sampling, never hashed), `toml` (files in, text out).  Other
+packages (``eval``, ``rag``) declare their own config classes with the same engine and import only
+its public names.  Only the standard library is imported: the CLI reads configs before any heavy import.
 """
 
 from splitfed.config.fields import ConfigError, Section, key_error, opt, plain, req, sub
+from splitfed.config.generate import GenerationSettings
 from splitfed.config.lora import LoraPart, LoraSection, LoraSpec, SplitLoraConfig
 from splitfed.config.parties import ServerSection, TransportSection
 from splitfed.config.privacy import PrivacySection
@@ -41,6 +42,7 @@ __all__ = [
     "AggregationSection",
     "ConfigError",
     "DataSection",
+    "GenerationSettings",
     "HASH_EXCLUDED",
     "LoraPart",
     "LoraSection",

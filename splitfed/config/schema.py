@@ -4,7 +4,8 @@ Every table and every key is optional; a missing one takes the default shown by
 ``dump_toml(RunConfig(), comments=True)`` and in ``examples/run.toml``.  This module holds
 what is trained and on what ([run], [model], [data], [training], [aggregation]); the
 adapters are in `config.lora`, where and how the parties run in `config.parties`, and
-[privacy] in `config.privacy`.
+[privacy] in `config.privacy`, [generate] (each client's own sampling, never hashed) in
+`config.generate`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from splitfed.config.fields import ConfigError, Section, key_error, opt, plain, sub
+from splitfed.config.generate import GenerationSettings
 from splitfed.config.lora import LoraSection
 from splitfed.config.parties import FINGERPRINT, ClientSection, ServerSection, TransportSection
 from splitfed.config.privacy import PrivacySection
@@ -27,7 +29,8 @@ Partition = Literal["iid", "dirichlet"]
 PaddingSide = Literal["left", "right"]
 
 #: Dotted keys left out of `RunConfig.hash`: local paths and addresses that may differ
-#: between the server and its clients without changing what is trained.
+#: between the server and its clients without changing what is trained.  A key names a value
+#: or a whole table (``server.inference``, ``generate``).
 #: The base model itself is agreed by its fingerprint, computed from the files on each side and
 #: checked at HELLO, so its name and path are local too.
 HASH_EXCLUDED: tuple[str, ...] = (
@@ -52,6 +55,7 @@ HASH_EXCLUDED: tuple[str, ...] = (
     "server.device",
     "client.device",
     "server.inference",  # the whole table: the server's own generation limits
+    "generate",  # the whole table: each client chooses its own sampling
 )
 
 
@@ -198,6 +202,7 @@ class RunConfig(Section):
     transport: TransportSection = sub(TransportSection, "ZeroMQ transport.")
     aggregation: AggregationSection = sub(AggregationSection, "Aggregation.")
     privacy: PrivacySection = sub(PrivacySection, "Differential privacy.")
+    generate: GenerationSettings = sub(GenerationSettings, "Generation settings (local to each client, never hashed).")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain TOML-compatible values (nested dicts, lists, str, int, float, bool)."""
@@ -222,8 +227,11 @@ class RunConfig(Section):
         """The keys every party must agree on: `to_dict` without the local keys in `HASH_EXCLUDED`."""
         data = self.to_dict()
         for key in HASH_EXCLUDED:
-            section, name = key.split(".")
-            data[section].pop(name, None)
+            *tables, name = key.split(".")
+            node = data
+            for table in tables:
+                node = node.get(table, {})
+            node.pop(name, None)
         return data
 
     def key_digests(self) -> dict[str, str]:

@@ -72,9 +72,9 @@ def _unknown(cls: type, prefix: str, name: str, value: Any) -> ConfigError:
     if not prefix:
         msg = f"unknown table [{name}] (known tables: {', '.join(names)})"
         if not isinstance(value, Mapping):
-            owners = [f"[{n}] {name}" for n in names if name in _names(_sub_table(cls, n))]
+            owners = [f"[{n}] {name}" for n in _names(cls) if name in _names(_sub_table(cls, n))]  # declared order
             msg = f"unknown top-level key {name!r} (keys belong in tables: {', '.join(names)})"
-            close = owners[:1] if owners else close
+            close = [" or ".join(owners)] if owners else close
         if close:
             msg += f"; did you mean {close[0] if close[0].startswith('[') else '[' + close[0] + ']'}?"
         return ConfigError(msg, key=name)

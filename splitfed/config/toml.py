@@ -15,7 +15,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from splitfed.config.fields import ConfigError, field_hints, item_table_type, join_key, plain, table_type, toml_key
+from splitfed.config.fields import (
+    ConfigError,
+    describe,
+    field_hints,
+    item_table_type,
+    join_key,
+    plain,
+    table_type,
+    toml_key,
+)
 from splitfed.config.schema import RunConfig
 from splitfed.config.tables import parse_table
 
@@ -141,6 +150,12 @@ def _emit(obj: Any, prefix: str, lines: list[str], comments: bool, title: str = 
         if comments and f.metadata.get("help"):
             lines.append(f"# {f.metadata['help']}")
         lines.append(f"{toml_key(f)} = {_toml_value(plain(getattr(obj, f.name)))}")
+    if comments and header:  # a key left unset (None) has no TOML value: its help and what it takes, commented out
+        for f in fields:
+            if getattr(obj, f.name) is None and table_type(hints[f.name]) is None:
+                if f.metadata.get("help"):
+                    lines.append(f"# {f.metadata['help']}")
+                lines.append(f"# {toml_key(f)}: unset; {describe(hints[f.name], f.metadata)}")
     for f in fields:
         key, help = join_key(prefix, toml_key(f)), f.metadata.get("help", "")
         if table_type(hints[f.name]) is not None:

@@ -50,6 +50,50 @@ def test_settings_take_the_flags_and_refuse_bad_values():
         settings_from(_args("--max-new-tokens", "0"))
 
 
+def test_flags_override_the_toml_generate_table_which_overrides_the_defaults():
+    from splitfed.config import GenerationSettings, parse_config
+
+    toml = parse_config({"generate": {"max_new_tokens": 12, "do_sample": True, "top_k": 5, "stop": ["END"]}}).generate
+    s = settings_from(_args(), toml)  # no flag: the TOML's values, defaults for the rest
+    assert s == GenerationSettings(max_new_tokens=12, do_sample=True, top_k=5, stop=("END",))
+    s = settings_from(_args("--max-new-tokens", "3", "--stop", "\n", "--temperature", "0.5"), toml)
+    assert (s.max_new_tokens, s.stop, s.temperature) == (3, ("\n",), 0.5)  # flags win
+    assert (s.do_sample, s.top_k, s.top_p) == (True, 5, 1.0)  # unset flags keep the TOML, then the default
+    assert not settings_from(_args("--no-do-sample"), toml).do_sample
+    assert settings_from(_args("--do-sample"), GenerationSettings()).do_sample
+    with pytest.raises(UsageError, match="generate.top_k"):
+        settings_from(_args("--top-k", "-1"), toml)
+
+
+def test_generate_reads_the_generate_table_of_its_config(tmp_path, monkeypatch):
+    import splitfed.client.generator as generator
+
+    seen = {}
+
+    class FakeLM:
+        def __init__(self, cfg, *args, **kwargs):
+            self.name, self.base_model, self.adapter = "client-0", "base", "adapter"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def generate_text(self, prompts, settings, **kwargs):
+            seen["settings"] = settings
+            return ["" for _ in prompts]
+
+    monkeypatch.setattr(generator, "SplitLM", FakeLM)
+    path = tmp_path / "run.toml"
+    path.write_text("[generate]\nmax_new_tokens = 9\ntop_p = 0.5\n")
+    argv = ["generate", "--config", str(path), "--client-id", "0", "--prompt", "a", "--prompt", "b"]
+    assert main([*argv, "--top-p", "0.25"]) == 0
+    assert (seen["settings"].max_new_tokens, seen["settings"].top_p) == (9, 0.25)
+    assert main([*argv, "--set", "generate.max_new_tokens=4"]) == 0
+    assert (seen["settings"].max_new_tokens, seen["settings"].top_p) == (4, 0.5)
+
+
 def _config(tmp_path, **extra) -> str:
     from splitfed_testing import make_model_dir
 

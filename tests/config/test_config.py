@@ -186,7 +186,7 @@ def test_round_trip_property(rounds, lr, cut, clients, compression, run_dir):
         # unknown table / key, with the known names listed
         (
             "[datta]\nclients = 2\n",
-            r"^unknown table \[datta\] \(known tables: aggregation, client, data, lora, .*did you mean \[data\]",
+            r"^unknown table \[datta\] \(known tables: aggregation, client, data, generate, .*did you mean \[data\]",
         ),
         (
             "[data]\nbatchsize = 2\n",
@@ -370,3 +370,57 @@ def test_connect_timeout_is_local_and_positive():
     assert cfg.with_overrides(**{"transport.connect_timeout_s": 2}).hash() == cfg.hash()
     with pytest.raises(ConfigError, match=r"^transport\.connect_timeout_s"):
         cfg.with_overrides(**{"transport.connect_timeout_s": 0})
+
+
+# ----------------------------------------------------------------------------- [generate]
+
+
+def test_generate_table_loads_and_validates(tmp_path):
+    from splitfed.config import GenerationSettings
+
+    cfg = parse('[generate]\nmax_new_tokens = 16\ndo_sample = true\ntop_p = 0.9\nstop = ["\\n\\n"]\nseed = 7\n')
+    assert cfg.generate == GenerationSettings(max_new_tokens=16, do_sample=True, top_p=0.9, stop=("\n\n",), seed=7)
+    assert cfg.training == RunConfig().training and parse("").generate == GenerationSettings()
+    assert parse_config(tomllib.loads(dump_toml(cfg))) == cfg
+    assert cfg.with_overrides(**{"generate.top_k": 5}).generate.top_k == 5
+    path = tmp_path / "run.toml"
+    path.write_text("[generate]\ntemperature = 0\n")
+    with pytest.raises(ConfigError, match=r"run\.toml: generate\.temperature: expected a number > 0, got 0$") as err:
+        load_config(path)
+    assert err.value.key == "generate.temperature"
+    with pytest.raises(ConfigError, match=r"unknown key 'generate\.max_tokens'.*did you mean 'max_new_tokens'"):
+        parse("[generate]\nmax_tokens = 3\n")
+    with pytest.raises(ConfigError, match=r"^generate\.seed: expected an integer >= 0, got -1"):
+        parse("[generate]\nseed = -1\n")
+    with pytest.raises(ConfigError, match=r"unknown top-level key 'max_new_tokens'.*did you mean \[generate\]"):
+        parse("max_new_tokens = 3\n")
+
+
+def test_generate_is_the_inference_settings_class():
+    from splitfed.config import GenerationSettings
+    from splitfed.inference import GenerationSettings as FromInference
+    from splitfed.inference.settings import GenerationSettings as FromSettings
+
+    assert GenerationSettings is FromInference is FromSettings
+
+
+def test_generate_table_is_left_out_of_the_hash():
+    base = RunConfig()
+    sampled = base.with_overrides(
+        **{"generate.max_new_tokens": 8, "generate.do_sample": True, "generate.seed": 3, "generate.stop": ["x"]}
+    )
+    assert sampled.hash() == base.hash()
+    assert sampled.key_digests() == base.key_digests()
+    assert "generate" not in base.agreed() and "generate" in base.to_dict()
+    assert not any(key.startswith("generate.") for key in base.key_digests())
+    assert parse(dump_toml(sampled)).hash() == base.hash()
+
+
+def test_every_generate_key_is_documented():
+    text = dump_toml(RunConfig(), comments=True)
+    section = text[text.index("\n[generate]\n") :]
+    for f in dataclasses.fields(RunConfig().generate):
+        assert f.metadata["help"] and f"# {f.metadata['help']}" in section, f.name
+    assert "# seed: unset; an integer >= 0" in section  # an unset key is shown, commented out
+    example = tomllib.loads(EXAMPLE.read_text())
+    assert "generate" in example and parse_config(example).generate == RunConfig().generate
