@@ -73,6 +73,7 @@ def test_generate_reads_the_generate_table_of_its_config(tmp_path, monkeypatch):
     class FakeLM:
         def __init__(self, cfg, *args, **kwargs):
             self.name, self.base_model, self.adapter = "client-0", "base", "adapter"
+            self.last_session = None
 
         def __enter__(self):
             return self

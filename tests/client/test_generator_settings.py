@@ -29,6 +29,7 @@ def _lm(monkeypatch, cfg):
     lm.bottom = lm.top = None
     lm.tokenizer = SimpleNamespace(pad_token_id=0, eos_token_id=0)
     lm._streams = itertools.count()
+    lm.privacy = None
     return lm, seen
 
 
