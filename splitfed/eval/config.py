@@ -26,7 +26,7 @@ from typing import ClassVar, Literal, TypeVar
 
 from splitfed.config.fields import Section, key_error, opt, req, sub
 from splitfed.config.parties import Compression
-from splitfed.eval.options import LearnedOptions, MembershipOptions, UpdateOptions, WhiteBoxOptions
+from splitfed.eval.options import GenerationOptions, LearnedOptions, MembershipOptions, UpdateOptions, WhiteBoxOptions
 
 Unit = Literal["sequence", "token"]
 Opts = TypeVar("Opts")
@@ -96,6 +96,7 @@ class AttackSection(Section):
     whitebox: WhiteBoxOptions = sub(WhiteBoxOptions, "The white-box inversion.")
     update: UpdateOptions = sub(UpdateOptions, "The update inversion.")
     membership: MembershipOptions = sub(MembershipOptions, "The membership inferences.")
+    generation: GenerationOptions = sub(GenerationOptions, "The activation attacks on split generation's releases.")
 
     def options(self, kind: type[Opts]) -> Opts:
         """The options of class `kind` (an attack's ``Options``)."""

@@ -68,3 +68,15 @@ class MembershipOptions(Section):
     _key: ClassVar[str] = "attacks.membership"
 
     batch: int = opt(16, "Candidates per forward pass (the scores do not depend on it).", gt=0)
+
+
+@dataclass(frozen=True)
+class GenerationOptions(Section):
+    """[attacks.generation]: the activation attacks again, on what the server receives while the
+    trained victim generates (split inference): each held-out prompt's activations, then one
+    position per new token."""
+
+    _key: ClassVar[str] = "attacks.generation"
+
+    prompt_tokens: int = opt(16, "Tokens of each held-out example used as a prompt (fewer when it is shorter).", gt=0)
+    new_tokens: int = opt(16, "Tokens generated greedily per prompt; 0 = do not attack generation.", ge=0)

@@ -10,7 +10,7 @@ from splitfed.eval.attacks.membership import LossThreshold, ReferenceCalibrated
 from splitfed.eval.attacks.top import GradientLabels, LogitLens
 from splitfed.eval.attacks.update import UpdateInversion
 from splitfed.eval.config import AttackSection, DefenseSpec
-from splitfed.eval.options import LearnedOptions, MembershipOptions, UpdateOptions, WhiteBoxOptions
+from splitfed.eval.options import GenerationOptions, LearnedOptions, MembershipOptions, UpdateOptions, WhiteBoxOptions
 
 ATTACKS = {
     cls.name: cls
@@ -45,7 +45,7 @@ def build(attack_cls: type, options: AttackSection):
 
 def attack_knobs() -> list[tuple[str, str]]:
     """(dotted key, help) of every attack option (``[attacks.learned] steps`` is ``attacks.learned.steps``)."""
-    tables = (LearnedOptions, WhiteBoxOptions, UpdateOptions, MembershipOptions)
+    tables = (LearnedOptions, WhiteBoxOptions, UpdateOptions, MembershipOptions, GenerationOptions)
     return [(f"{t._key}.{toml_key(f)}", f.metadata.get("help", "")) for t in tables for f in dataclasses.fields(t)]
 
 

@@ -168,12 +168,33 @@ def _update_table(cells: list[dict]) -> list[str]:
     )
 
 
+def _generation_table(cells: list[dict]) -> list[str]:
+    names = attack_names(cells, ("generation",))
+    cells = [c for c in cells if any(n in c["attacks"] for n in names)]
+    if not cells:
+        return []
+    header = ["cut", "defense", "ε per prompt"] + [f"{n} ROUGE-L / acc" for n in names]
+    rows = [
+        [str(c["cut"]), c["defense"], eps_text(c, "generation")]
+        + [_entry(c, n, [("rouge_l", "token_accuracy")])[0] for n in names]
+        for c in cells
+    ]
+    intro = (
+        "The same inversions on what the server receives while the trained victim generates (split inference): "
+        "each held-out prompt's activations, then one position per new token, through the same defense. The "
+        "truth is the prompt and the answer. ε per prompt: the inference ledger's statement for one prompt "
+        "(the prefill and every decode position composed); ∞ = no guarantee."
+    )
+    return ["## Table 4: split generation", "", intro, ""] + _table(header, rows) + _errors(cells, names)
+
+
 def render_markdown(results: dict) -> str:
     """The report page: setting, verdict, then each table that has data."""
     setting, cells = results["setting"], ordered(results["cells"])
     lines = [f"# Attack and defense evaluation: {_md(setting.get('model', 'model'))}", ""]
     lines += _setting(setting) + ["", "## Verdict", "", goal(results)["verdict"]]
-    for table in (_inversion_table(results, cells), _top_table(cells), _update_table(cells)):
+    tables = (_inversion_table(results, cells), _top_table(cells), _update_table(cells), _generation_table(cells))
+    for table in tables:
         if table:
             lines += [""] + table
     return "\n".join(lines) + "\n"

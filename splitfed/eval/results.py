@@ -214,7 +214,7 @@ def eps_text(cell: dict, party: str) -> str:
 def attack_names(cells: list[dict], targets: tuple[str, ...]) -> list[str]:
     """Attacks on these targets in order of first appearance, "chance" last."""
     names = dict.fromkeys(n for c in cells for n, a in c["attacks"].items() if a.get("target") in targets)
-    return sorted(names, key=lambda n: n == CHANCE)
+    return sorted(names, key=lambda n: n.split("@")[0] == CHANCE)
 
 
 def ordered(cells: list[dict]) -> list[dict]:

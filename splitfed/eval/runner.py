@@ -258,6 +258,12 @@ def run_cell(cfg: AttackConfig, a: int, d: DefenseSpec, data: EvalData, tokenize
         results[attack_cls.name]["seconds"] = round(time.perf_counter() - t0, 2)
         if attack_cls.name == "update-inversion":
             results[attack_cls.name]["clients"] = trained.clients
+    epsilon = {k: _finite(v) for k, v in trained.epsilon.items()}
+    if options.generation.new_tokens > 0:
+        generation = attack_generation(cfg, d, data, tokenizer, trained, view, truth, progress)
+        if generation is not None:
+            epsilon["generation"] = _finite(generation.pop("epsilon"))
+            results.update(generation)
     level = max(d.activation_noise_multiplier, d.activation_epsilon and 1 / d.activation_epsilon,
                 d.gradient_noise_multiplier, d.gradient_epsilon and 1 / d.gradient_epsilon,
                 d.dpsgd_epsilon and 1 / d.dpsgd_epsilon)  # fmt: skip
@@ -268,12 +274,56 @@ def run_cell(cfg: AttackConfig, a: int, d: DefenseSpec, data: EvalData, tokenize
         "family": d.family,
         "level": float(level),
         "clip": trained.clip,
-        "epsilon": {k: _finite(v) for k, v in trained.epsilon.items()},
+        "epsilon": epsilon,
         "ppl": trained.ppl,
         "ppl_before": trained.ppl_before,
         "attacks": results,
         "seconds": round(trained.seconds + sum(r["seconds"] for r in results.values()), 1),
     }
+
+
+GENERATION = "@generation"  # suffix of an activation attack's name when it attacks split generation
+
+
+def attack_generation(cfg, d: DefenseSpec, data: EvalData, tokenizer, trained: Trained, view: AttackerView,
+                      truth: Truth, progress: Callable[[str], None]) -> dict | None:  # fmt: skip
+    """The activation attacks on what the server receives while the victim generates from held-out
+    prompts (`splitfed.eval.generation`): ``name@generation`` -> scores, and the per-prompt epsilon."""
+    from splitfed.eval.generation import observe_generation, prompts_of
+    from splitfed.eval.train import wire_round_trip
+
+    attacks = [a for a in attacks_for(cfg.attacks.names) if a.target == "activations"]
+    if not attacks:
+        return None
+    o = cfg.attacks.generation
+    progress("generation")
+    trip = wire_round_trip(d.compression)
+    wire = (lambda h: trip("activation", h)) if trip is not None else (lambda h: h)
+    prompts = prompts_of(data.heldout[: len(truth.texts)], o.prompt_tokens, data.pad)
+    seen = observe_generation(
+        trained.split, trained.run_config, prompts, new_tokens=o.new_tokens, pad=data.pad, eos=None,
+        wire=wire, seed=cfg.train.seed,
+    )  # fmt: skip
+    decode = _decoder(tokenizer)
+    m = seen.released.mask.bool()
+    gen_truth = dataclasses.replace(
+        truth, ids=seen.ids, mask=seen.released.mask, texts=[decode(seen.ids[r][m[r]]) for r in range(len(m))]
+    )
+    gen_view = dataclasses.replace(
+        view, activations=seen.released, release_activations=seen.release, prompt_positions=prompts[0].shape[1]
+    )
+    out: dict = {"epsilon": seen.epsilon}
+    for attack_cls in attacks:
+        name = attack_cls.name + GENERATION
+        progress(f"attack {name}")
+        t0 = time.perf_counter()
+        try:
+            guess = build(attack_cls, attack_options(cfg)).run(gen_view)
+            out[name] = {"target": "generation", **score(guess, gen_truth, tokenizer)}
+        except Exception as err:  # one failing attack must not lose the cell
+            out[name] = {"target": "generation", "error": f"{type(err).__name__}: {err}"}
+        out[name]["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
 
 
 def run(cfg: AttackConfig, run_dir: str | os.PathLike, *, restart: bool = False, show_progress: bool = True) -> dict:

@@ -53,6 +53,7 @@ class Trained:
     ppl: float
     ppl_before: float
     seconds: float
+    run_config: object = None  # the product's RunConfig of the cell (its [privacy]), for split generation
 
 
 def lora_config(r: int):
@@ -327,4 +328,5 @@ def train_cell(cfg: AttackConfig, cut: tuple[int, int], d: DefenseSpec, data: Ev
         ppl=heldout_perplexity(split, data.heldout, data.pad),
         ppl_before=ppl_before,
         seconds=time.perf_counter() - start,
+        run_config=rc,
     )

@@ -14,22 +14,28 @@ from splitfed.eval.config import AttackConfig
 ACTIVATION_ATTACKS = ["chance", "nearest-embedding", "learned-inversion", "white-box"]
 
 
-def _config(defenses, attacks=ACTIVATION_ATTACKS, **train):
+def _config(defenses, attacks=ACTIVATION_ATTACKS, generation=0, **train):
     return parse_table(
         AttackConfig,
         {
             "model": {"name": "tiny-llama", "cuts": [1], "top_cut": -1, "goal_cut": 1},
             "data": {"max_length": 32, "train_examples": 12, "heldout_examples": 8, "victims": 6, "aux_texts": 60},
             "train": {"steps": 3, "batch_size": 4, "clients": 2, **train},
-            "attacks": {"names": attacks, "learned": {"steps": 150}, "whitebox": {"steps": 60}, "update": {"texts": 2}},
+            "attacks": {
+                "names": attacks,
+                "learned": {"steps": 150},
+                "whitebox": {"steps": 60},
+                "update": {"texts": 2},
+                "generation": {"new_tokens": generation, "prompt_tokens": 12},
+            },
             "defense": defenses,
         },
         "",
     )
 
 
-def _best(cell, key="token_accuracy"):
-    return max(a[key] for n, a in cell["attacks"].items() if a["target"] == "activations" and n != "chance")
+def _best(cell, key="token_accuracy", target="activations"):
+    return max(a[key] for n, a in cell["attacks"].items() if a["target"] == target and not n.startswith("chance"))
 
 
 def test_inversion_far_above_chance_undefended_and_near_chance_under_strong_noise(tmp_path):
@@ -45,6 +51,31 @@ def test_inversion_far_above_chance_undefended_and_near_chance_under_strong_nois
     assert none["epsilon"]["activations"] is None  # raw activations: no guarantee (inf)
     assert 0 < strong["epsilon"]["activations"] < 0.5  # the ledger's statement for nm 20 (analytic Gaussian)
     assert strong["epsilon"]["server"] is None  # the raw returned gradient still has no guarantee
+
+
+def test_split_generation_is_attacked_through_the_same_defense_and_stated_per_prompt(tmp_path):
+    attacks = ["chance", "nearest-embedding", "white-box"]
+    cfg = _config([{"name": "none"}, {"name": "strong", "activation_noise_multiplier": 20.0}], attacks, generation=8)
+    res = runner.run(cfg, tmp_path, show_progress=False)
+    none, strong = res["cells"]
+    for cell in (none, strong):
+        assert all("error" not in a for a in cell["attacks"].values()), cell["attacks"]
+        assert {n for n, a in cell["attacks"].items() if a["target"] == "generation"} == {
+            f"{n}@generation" for n in attacks
+        }
+    chance = none["attacks"]["chance@generation"]["token_accuracy"]
+    assert _best(none, target="generation") > 0.8 and chance < 0.2  # prompt and answer recovered from the view
+    assert _best(strong, target="generation") < chance + 0.1
+    assert none["epsilon"]["generation"] is None  # sent without noise: recorded as non-private
+    # one prompt: the prefill and 7 decode positions at nm 20, dearer than one training release
+    assert strong["epsilon"]["activations"] < strong["epsilon"]["generation"] < 2.0
+    ledger = list((tmp_path / "cells").glob("*strong*/privacy/inference/client-0.jsonl"))
+    assert len(ledger) == 1  # the product's own inference ledger stated it
+    from splitfed.eval.report import write_report
+
+    write_report(tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "## Table 4: split generation" in md and "| 1 | strong | " in md.split("Table 4")[1]
 
 
 def test_top_side_update_and_membership_attacks_run_and_are_scored(tmp_path):

@@ -178,14 +178,23 @@ class WhiteBoxInversion:
         for _ in range(steps):
             h = split.bottom.from_embeddings(z, mask) * mask[..., None]
             if clip:
-                n = h.flatten(1).norm(dim=1)[:, None, None] if unit == "sequence" else h.norm(dim=-1, keepdim=True)
-                h = h * (clip / n.clamp(min=clip))
+                h = _clip_like_the_defense(h, clip, unit, view.prompt_positions)
             loss = (h - target).pow(2).sum() / norm
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         with torch.no_grad():
             return TokenGuess(_nearest(z, table))
+
+
+def _clip_like_the_defense(h: torch.Tensor, clip: float, unit: str, prompt: int | None) -> torch.Tensor:
+    """Each unit scaled to norm <= clip: a sequence, or each position; in a generation view the
+    sequence unit is the prompt's `prompt` positions, then each later position alone."""
+    if unit == "sequence" and prompt is not None and prompt < h.shape[1]:
+        head = _clip_like_the_defense(h[:, :prompt], clip, unit, None)
+        return torch.cat([head, _clip_like_the_defense(h[:, prompt:], clip, "token", None)], dim=1)
+    n = h.flatten(1).norm(dim=1)[:, None, None] if unit == "sequence" else h.norm(dim=-1, keepdim=True)
+    return h * (clip / n.clamp(min=clip))
 
 
 class PublicTextBaseline:

@@ -63,7 +63,9 @@ class AttackerView:
     - ``gradients``: what the Top returned for them; ``trunk_output``: what the server sent on.
     - ``update``: what the aggregator saw (`UpdateView`).
     - ``activation_clip``, ``activation_unit``: the defense's clip of the activations (``None``
-      when they are not clipped) and its unit (public configuration).
+      when they are not clipped) and its unit (public configuration); ``prompt_positions``: in a
+      generation view, the positions released together as the prompt (the sequence unit clips
+      them as one vector and each later position on its own).
     - ``query_logits``: black-box access to the fine-tuned model (ids, mask) -> logits and
       ``reference_logits`` to the public pretrained model; ``candidates``: the examples whose
       membership is asked (token id lists).
@@ -87,6 +89,7 @@ class AttackerView:
     candidates: Sequence[Sequence[int]] | None = None
     activation_clip: float | None = None
     activation_unit: str = "sequence"
+    prompt_positions: int | None = None
 
 
 @dataclass(frozen=True)
