@@ -10,6 +10,7 @@ token): both stay on the client, both are what an inversion of this view recover
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,8 @@ from splitfed.data import Example
 from splitfed.eval.attacks.base import Released
 from splitfed.inference import GenerationSettings, LocalDecodeLink, SplitGenerator
 from splitfed.privacy.mechanisms import TorchNoise
+
+Release = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class _Recording(LocalDecodeLink):
@@ -44,7 +47,8 @@ class GenerationSeen:
     released: Released  # (N, T + new - 1, D): what the server received per prompt, with its mask
     ids: torch.Tensor  # (N, T + new - 1): the token behind each position (pad where the mask is 0)
     epsilon: float  # the ledger's statement for one prompt, against the server
-    release: object  # the defense's release as the server can rerun it (fresh noise), for the attackers
+    release: Release  # the defense's release as the server can rerun it (fresh noise), for the attackers
+    victim_release: Release  # the same with the victim's own noise (its perplexity under generation)
 
 
 def prompts_of(examples: list[Example], tokens: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,17 +80,36 @@ def observe_generation(
     seen_mask = torch.cat([mask, mask.new_ones(mask.shape[0], positions - mask.shape[1])], dim=1)
     behind = out.sequences[:, :positions]  # each position's input token: the prompt, then each new token but the last
     mech = getattr(session.release, "mech", None)
-    gen_noise = TorchNoise(torch.Generator().manual_seed(seed + 7919))
+    attacker = release_as_generated(mech, ids.shape[1], TorchNoise(torch.Generator().manual_seed(seed + 7919)), wire)
+    victim = release_as_generated(mech, ids.shape[1], TorchNoise(torch.Generator().manual_seed(seed + 104729)), wire)
+    return GenerationSeen(Released(sent, seen_mask), behind, session.epsilon(), attacker, victim)
 
-    prompt = ids.shape[1]
 
-    def attacker_release(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """As the victim releases a sequence while generating: its first positions as the prompt
-        (one release), each later position on its own."""
+def release_as_generated(mech, prompt: int, noise, wire) -> Release:
+    """A whole sequence released as generation releases it: its first `prompt` positions as the
+    prompt (one release), each later position on its own; then the wire's round trip."""
+
+    def release(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         if mech is None:
             return wire(x)
-        parts = [mech.apply(x[:, :prompt], m[:, :prompt], gen_noise)]
-        parts += [mech.apply(x[:, t : t + 1], m[:, t : t + 1], gen_noise) for t in range(prompt, x.shape[1])]
-        return wire(torch.cat(parts, dim=1))
+        parts = [mech.apply(x[:, :prompt], m[:, :prompt], noise)]
+        parts += [mech.apply(x[:, t : t + 1], m[:, t : t + 1], noise) for t in range(prompt, x.shape[1])]
+        return wire(torch.cat(parts, dim=1).detach())
 
-    return GenerationSeen(Released(sent, seen_mask), behind, session.epsilon(), attacker_release)
+    return release
+
+
+@torch.no_grad()
+def perplexity_as_generated(split, examples: list[Example], pad: int, release: Release) -> float:
+    """Held-out perplexity with the Bottom's output released as generation releases it (teacher
+    forcing: each position's noise as when that token was generated): the utility a client gets
+    from private split inference, to hold against the public base model's."""
+    from splitfed.data import batches
+    from splitfed.training import evaluate
+
+    split.eval()
+
+    def logits(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return split.top(split.trunk(release(split.bottom(ids, mask), mask), mask), mask)
+
+    return evaluate(logits, batches(examples, 8, pad_token_id=pad)).perplexity

@@ -168,14 +168,23 @@ def _update_table(cells: list[dict]) -> list[str]:
     )
 
 
-def _generation_table(cells: list[dict]) -> list[str]:
+def _generation_ppl(results: dict, cell: dict) -> tuple[str, str]:
+    """The held-out perplexity with generation's releases, and whether it beats the public base model."""
+    ppl, floor = cell.get("ppl_generation"), base_ppl(results)
+    if not number(ppl):
+        return "-", "-"
+    return f"{ppl:.1f}", "-" if floor is None else ("yes" if ppl < floor else "**no**")
+
+
+def _generation_table(results: dict, cells: list[dict]) -> list[str]:
     names = attack_names(cells, ("generation",))
     cells = [c for c in cells if any(n in c["attacks"] for n in names)]
     if not cells:
         return []
-    header = ["cut", "defense", "ε per prompt"] + [f"{n} ROUGE-L / acc" for n in names]
+    header = ["cut", "defense", "ε per prompt", "ppl as generated", "beats base"]
+    header += [f"{n} ROUGE-L / acc" for n in names]
     rows = [
-        [str(c["cut"]), c["defense"], eps_text(c, "generation")]
+        [str(c["cut"]), c["defense"], eps_text(c, "generation"), *_generation_ppl(results, c)]
         + [_entry(c, n, [("rouge_l", "token_accuracy")])[0] for n in names]
         for c in cells
     ]
@@ -183,7 +192,9 @@ def _generation_table(cells: list[dict]) -> list[str]:
         "The same inversions on what the server receives while the trained victim generates (split inference): "
         "each held-out prompt's activations, then one position per new token, through the same defense. The "
         "truth is the prompt and the answer. ε per prompt: the inference ledger's statement for one prompt "
-        "(the prefill and every decode position composed); ∞ = no guarantee."
+        "(the prefill and every decode position composed); ∞ = no guarantee. ppl as generated: the held-out "
+        "perplexity with the Bottom's output released as generation releases it (the same noise at inference), "
+        "against the public base model run locally without noise."
     )
     return ["## Table 4: split generation", "", intro, ""] + _table(header, rows) + _errors(cells, names)
 
@@ -193,7 +204,12 @@ def render_markdown(results: dict) -> str:
     setting, cells = results["setting"], ordered(results["cells"])
     lines = [f"# Attack and defense evaluation: {_md(setting.get('model', 'model'))}", ""]
     lines += _setting(setting) + ["", "## Verdict", "", goal(results)["verdict"]]
-    tables = (_inversion_table(results, cells), _top_table(cells), _update_table(cells), _generation_table(cells))
+    tables = (
+        _inversion_table(results, cells),
+        _top_table(cells),
+        _update_table(cells),
+        _generation_table(results, cells),
+    )
     for table in tables:
         if table:
             lines += [""] + table

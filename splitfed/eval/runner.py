@@ -259,10 +259,12 @@ def run_cell(cfg: AttackConfig, a: int, d: DefenseSpec, data: EvalData, tokenize
         if attack_cls.name == "update-inversion":
             results[attack_cls.name]["clients"] = trained.clients
     epsilon = {k: _finite(v) for k, v in trained.epsilon.items()}
+    ppl_generation = None
     if options.generation.new_tokens > 0:
         generation = attack_generation(cfg, d, data, tokenizer, trained, view, truth, progress)
         if generation is not None:
             epsilon["generation"] = _finite(generation.pop("epsilon"))
+            ppl_generation = generation.pop("ppl")
             results.update(generation)
     level = max(d.activation_noise_multiplier, d.activation_epsilon and 1 / d.activation_epsilon,
                 d.gradient_noise_multiplier, d.gradient_epsilon and 1 / d.gradient_epsilon,
@@ -277,6 +279,7 @@ def run_cell(cfg: AttackConfig, a: int, d: DefenseSpec, data: EvalData, tokenize
         "epsilon": epsilon,
         "ppl": trained.ppl,
         "ppl_before": trained.ppl_before,
+        "ppl_generation": ppl_generation,  # held-out, with generation's releases (None: not measured)
         "attacks": results,
         "seconds": round(trained.seconds + sum(r["seconds"] for r in results.values()), 1),
     }
@@ -289,7 +292,7 @@ def attack_generation(cfg, d: DefenseSpec, data: EvalData, tokenizer, trained: T
                       truth: Truth, progress: Callable[[str], None]) -> dict | None:  # fmt: skip
     """The activation attacks on what the server receives while the victim generates from held-out
     prompts (`splitfed.eval.generation`): ``name@generation`` -> scores, and the per-prompt epsilon."""
-    from splitfed.eval.generation import observe_generation, prompts_of
+    from splitfed.eval.generation import observe_generation, perplexity_as_generated, prompts_of
     from splitfed.eval.train import wire_round_trip
 
     attacks = [a for a in attacks_for(cfg.attacks.names) if a.target == "activations"]
@@ -312,7 +315,9 @@ def attack_generation(cfg, d: DefenseSpec, data: EvalData, tokenizer, trained: T
     gen_view = dataclasses.replace(
         view, activations=seen.released, release_activations=seen.release, prompt_positions=prompts[0].shape[1]
     )
-    out: dict = {"epsilon": seen.epsilon}
+    progress("perplexity under generation's noise")
+    ppl = perplexity_as_generated(trained.split, data.heldout, data.pad, seen.victim_release)
+    out: dict = {"epsilon": seen.epsilon, "ppl": ppl}
     for attack_cls in attacks:
         name = attack_cls.name + GENERATION
         progress(f"attack {name}")

@@ -69,6 +69,9 @@ def test_split_generation_is_attacked_through_the_same_defense_and_stated_per_pr
     assert none["epsilon"]["generation"] is None  # sent without noise: recorded as non-private
     # one prompt: the prefill and 7 decode positions at nm 20, dearer than one training release
     assert strong["epsilon"]["activations"] < strong["epsilon"]["generation"] < 2.0
+    # the noise at inference costs utility: clean ppl of the same model < ppl as generated under nm 20
+    assert none["ppl_generation"] == pytest.approx(none["ppl"], rel=1e-4)  # no noise: the same model, the same ppl
+    assert strong["ppl_generation"] > strong["ppl"]  # (a tiny random model: near uniform either way)
     ledger = list((tmp_path / "cells").glob("*strong*/privacy/inference/client-0.jsonl"))
     assert len(ledger) == 1  # the product's own inference ledger stated it
     from splitfed.eval.report import write_report
