@@ -190,7 +190,7 @@ def _quiet_hf_progress() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command.  A `SplitfedError` (the user's to fix) is one line on stderr and exit 2;
-    Ctrl-C is exit 130; any other exception is a bug and propagates with its traceback."""
+    Ctrl-C is exit 130, a closed output pipe 141 (128 + SIGPIPE); any other exception is a bug and propagates with its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -205,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("splitfed: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `splitfed ... | head`: the reader left; say nothing more, like other Unix tools
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second BrokenPipeError when Python flushes stdout at exit
+        return 141
 
 
 if __name__ == "__main__":

@@ -49,6 +49,10 @@ def _report_text(r: dict) -> list[str]:
     ]
     for c in r["clients"]:
         eps = c["epsilon"]
+        if not c["rounds"] and c.get("inference"):  # it generated, it never trained
+            lines.append(f"{c['client']}: no training releases")
+            lines += _inference_text(c["inference"])
+            continue
         parties = ", ".join(f"{k} {_eps(v)}" for k, v in eps.items() if k != "total")
         lines.append(f"{c['client']}: epsilon total {_eps(eps['total'])} ({parties}) after rounds {c['rounds']}")
         for st in c["statements"]:

@@ -110,3 +110,13 @@ def test_report_states_split_generation_per_prompt_and_all_sessions_composed(tmp
     out = capsys.readouterr().out
     assert f"generation (unit: one prompt): 2 sessions; epsilon per prompt up to {first.epsilon():.4g}" in out
     assert "not covered: prompt_shape -> server: the attention mask travels in the clear" in out
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    run = _run_dir(tmp_path)
+    cmd = f"{sys.executable} -m splitfed.cli.main privacy report {run} --no-plot | head -c 1"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr and done.returncode == 141, done.stderr
