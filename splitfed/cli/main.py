@@ -190,7 +190,8 @@ def _quiet_hf_progress() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command.  A `SplitfedError` (the user's to fix) is one line on stderr and exit 2;
-    Ctrl-C is exit 130, a closed output pipe 141 (128 + SIGPIPE); any other exception is a bug and propagates with its traceback."""
+    Ctrl-C is exit 130, a closed output pipe 141 (128 + SIGPIPE); any other exception is a bug
+    and propagates with its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
