@@ -38,6 +38,7 @@ from splitfed.config import RunConfig
 from splitfed.errors import UsageError
 from splitfed.inference import GenerationSettings, SplitGenerator
 from splitfed.inference.generate import GenerationOutput
+from splitfed.inference.stream import TextStream
 from splitfed.transport import client_name
 from splitfed.wire import Header, MsgType, encode
 from splitfed.wire.meta import Bye, Hello
@@ -169,20 +170,12 @@ class SplitLM:
         width = max(len(r) for r in ids)
         input_ids = torch.tensor([[self._pad_id()] * (width - len(r)) + r for r in ids])  # left padding
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
-        shown = [""] * len(texts)
-        rows: list[list[int]] = [[] for _ in texts]
-
-        def stream(step: int, tokens: torch.Tensor) -> None:
-            if on_text is None:
-                return
-            for row, tok in enumerate(tokens.tolist()):  # a finished row's pad is special: it decodes to nothing
-                rows[row].append(tok)
-                text = self.tokenizer.decode(rows[row], skip_special_tokens=True)
-                if text.startswith(shown[row]) and text != shown[row]:
-                    on_text(row, text[len(shown[row]) :])
-                    shown[row] = text
-
-        out = self.generate(input_ids, mask, settings, on_tokens=stream, **overrides)
+        stream = None if on_text is None else TextStream(self.tokenizer, len(texts), on_text)
+        out = self.generate(
+            input_ids, mask, settings, on_tokens=None if stream is None else lambda step, t: stream.push(t), **overrides
+        )
+        if stream is not None:
+            stream.finish(out.new_tokens)
         return [self.tokenizer.decode(toks, skip_special_tokens=True) for toks in out.new_tokens]
 
     def _chat(self, prompt: str) -> str:
