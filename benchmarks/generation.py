@@ -9,6 +9,7 @@ own Bottom/Top work competes with the server: the server's trunk tokens/s (its d
 forwards alone, from its metrics) is reported apart from the end-to-end aggregate.
 
     python benchmarks/generation.py --reps 3 --new 32 --sessions 1 4 16
+    python benchmarks/generation.py --reps 3 --new 32 --sessions 1 --private   # + the cost of the noise
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def local(args) -> dict:
     return {"tps": statistics.median(tps), "p50": _pct(gaps, 0.5), "p99": _pct(gaps, 0.99)}
 
 
-def split(args, root: Path, sessions: int, batch: bool) -> dict:
+def split(args, root: Path, sessions: int, batch: bool, private: bool = False) -> dict:
     from _netrun import make_config
 
     from splitfed.config import dump_toml
@@ -112,7 +113,9 @@ def split(args, root: Path, sessions: int, batch: bool) -> dict:
         data={"clients": sessions, "eval_examples": 0},
         training={"rounds": 1},
         server={"inference": {"batch": batch, "max_streams": max(64, sessions)}},
-    )
+        **({"privacy": {"enabled": True, "activations": {"enabled": True, "noise_multiplier": 1.0, "clip": 50.0}}}
+           if private else {}),
+    )  # fmt: skip
     path = root / "run.toml"
     path.write_text(dump_toml(cfg))
     serve = subprocess.Popen([sys.executable, "-m", "splitfed.cli.main", "serve", "--config", str(path)],
@@ -183,6 +186,8 @@ def main(argv=None) -> int:
     p.add_argument("--new", type=int, default=32, help="new tokens per generation")
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--sessions", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--private", action="store_true",
+                   help="also 1 session with [privacy.activations] on (discrete, nm 1)")  # fmt: skip
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--client-id", type=int, default=0, help=argparse.SUPPRESS)
@@ -207,6 +212,12 @@ def main(argv=None) -> int:
                   f"{r['aggregate_tps']:>9.1f} {r['trunk_tps']:>11.1f} {r['rows_per_step']:>9.1f} "
                   f"{r['p50'] * 1e3:>7.1f} {r['p99'] * 1e3:>7.1f} {r['up']:>9.0f} {r['down']:>10.0f}"
                   f"  (trunk {r['trunk_tps'] / trunk_one[batch]:.2f}x one session)", flush=True)  # fmt: skip
+    if args.private:
+        plain, private = split(args, scratch(), 1, True), split(args, scratch(), 1, True, private=True)
+        tps, ref = private["session_tps"], plain["session_tps"]
+        print(f"\n1 session, [privacy.activations] on: {tps:.1f} tok/s vs {ref:.1f} without ({tps / ref:.2f}x), "
+              f"{tps / base['tps']:.2f}x local; p50 {private['p50'] * 1e3:.1f} ms vs {plain['p50'] * 1e3:.1f} ms",
+              flush=True)  # fmt: skip
     return 0
 
 

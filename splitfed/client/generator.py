@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from splitfed.aggregation import run_roster
 from splitfed.client.generation import RemoteDecodeLink
 from splitfed.client.inference_privacy import InferencePrivacy, InferenceSession
 from splitfed.client.link import Connection, ServerRefused
@@ -102,6 +103,7 @@ class SplitLM:
             config_hash=self.cfg.hash(),
             config_keys=self.cfg.key_digests(),
             model=self.base_model.fingerprint,
+            roster=run_roster(self.cfg).digest if self.cfg.aggregation.secure else None,  # the agreed one, checked
             n_samples=1,
             generate=True,
         )

@@ -147,7 +147,13 @@ def test_every_command_of_the_guide_runs(tmp_path):
     for k in range(2):
         log = machines.text(f"*-hospital-{k}.log")
         assert "held-out perplexity" in log and "fine-tuned PEFT adapter (whole model)" in log, log
-    # the merged model generated; the query found the right hospital's leaflet
-    assert "Review:" in machines.text("*-hospital-0.log")
+    # the merged model generated, and the split (served by the server) gave the same answer
+    logs = {p.name: p.read_text(errors="replace") for p in machines.logs.glob("*-hospital-0.log")}
+    merged = [t for t in logs.values() if t.startswith("Metformin for type 2 diabetes. Review:")]
+    split = [t for t in logs.values() if "trunk on the server" in t]
+    assert len(merged) == 1 and len(split) == 1, logs
+    answer = split[0][: split[0].index("client-0: ")].removesuffix("\n")  # the log is stdout, then stderr
+    assert answer.strip() and merged[0].startswith("Metformin for type 2 diabetes. Review:" + answer), (merged, split)
+    # the query found the right hospital's leaflet
     answer = machines.text("*-researcher.log")
     assert "[hospital-0]" in answer and "Metformin" in answer, answer

@@ -31,7 +31,10 @@ def _local_answers(run, k: int, prompts: list[str], max_new: int) -> list[str]:
 
 def test_two_clients_generate_at_once_against_a_served_run(make_run, tmp_path):
     model = make_model_dir(tmp_path / "model", "llama")  # with a Hugging Face tokenizer
-    run = make_run(clients=2, model__path=str(model), training__rounds=1, training__local_steps=2)
+    # secure aggregation on, as in a real deployment: a generating client says which roster it holds too
+    run = make_run(
+        clients=2, model__path=str(model), training__rounds=1, training__local_steps=2, aggregation__secure=True
+    )
     server = run.server()
     trainers = [run.client(k) for k in range(2)]
     for p in trainers:
