@@ -289,13 +289,13 @@ class GenerationPeer:
         number = r.choice(list(self.streams)) if self.streams and r.random() < 0.3 else self._number()  # duplicate
         positions = r.choice([None, 0, length - 1, self.max_positions + 1, 2**31 - 1, 10**12, 10 * length])
         tensors = self._tensors(rows, length)
-        which = r.randrange(6)
-        if which == 0:  # a prompt wider than the mask, or of another hidden size
+        which = r.randrange(6)  # 4, 5: only positions (sometimes valid after all) or the number is off
+        if which == 0:  # a prompt longer or shorter than its mask
             tensors["act"] = torch.randn(rows, length + r.choice([1, -1 if length > 1 else 2]), self.hidden)
         elif which == 1:  # more rows or tokens than the server takes
             big = r.choice([(65, 1), (1, 2049)])
             tensors = self._tensors(*big)
-        elif which == 2:  # the most rows x positions: over the cache budgets unless alone
+        elif which == 2:  # 3 rows x the most positions: over the server's cache budget in the test
             tensors, positions = self._tensors(3, 2), self.max_positions
         elif which == 3:
             tensors["mask"] = torch.zeros(rows, length, dtype=torch.uint8)
