@@ -214,6 +214,10 @@ class ServerCore:
         for ident, old in list(self.sessions.items()):  # a reconnecting client replaces its old session
             if old.name == name and old.generates == generates:
                 self._forget(ident, old)
+            elif ident == ev.identity:  # this connection's other session ends (its pending step would hold the trunk)
+                self._forget(ident, old)
+                if not old.generates:
+                    self.rounds.left(old.name)
         if not generates:
             self.rounds.joined(name)
         sess = Session(

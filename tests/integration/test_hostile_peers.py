@@ -1,7 +1,8 @@
 """A live server survives hostile authenticated peers: no crash, no stall, no poisoned trunk, no lost adapter.
 
 One regression test per defect found against a real `splitfed server` (tiny-llama, loopback,
-CURVE) with an honest client training alongside, and a live mutational fuzz test.
+CURVE) with an honest client training alongside, and a live mutational fuzz test from a
+training session and a generation session, after which an honest generation still works.
 ``FUZZ_MESSAGES=20000 make fuzz`` runs the long version.
 """
 
@@ -10,13 +11,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 
 import torch
-from hostile import HostileGenerator
+from hostile import GEN_KINDS, KINDS, GenerationPeer, HostileGenerator
 
+from splitfed.client.generation import RemoteDecodeLink
+from splitfed.client.link import Connection
 from splitfed.transport import ClientSocket
 from splitfed.wire import Header, MsgType, decode, encode
+from splitfed.wire.meta import Bye, Hello
 
 
 def _peer(run, name="client-1"):
@@ -141,16 +146,70 @@ def test_resume_after_the_last_checkpoint_exports_and_answers(make_run):
     assert f"server done; merged adapter: {run.run_dir / 'adapter'}" in run.log("server")
 
 
+# small generation limits, so one peer reaches each of them; serve: the server stays up after the rounds
+GEN_LIMITS = {
+    "serve": True,
+    "max_streams_per_client": 3,
+    "max_positions": 48,
+    "max_client_cache": 160,
+    "max_cache": 120,
+    "idle_timeout_s": 2.0,
+}
+
+
+def _honest_generation(run) -> None:
+    """Open, step and close streams as `SplitLM` does: finite answers, and the decode step
+    through the server's cache equals the prefill of the whole sequence."""
+    conn = Connection(run.cfg, 0, insecure=False)
+    hello = Hello(**run.hello_meta(0, 1), config_keys=run.cfg.key_digests(), generate=True)
+    welcome = conn.request(Header(MsgType.HELLO, meta=hello), expect=MsgType.WELCOME)
+    conn.session = welcome.header.session
+    hidden, compression = welcome.meta.hidden, welcome.meta.compression
+    h = torch.randn(2, 6, hidden, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    cached = RemoteDecodeLink(conn, 0, compression=compression, positions=8)
+    whole = RemoteDecodeLink(conn, 1, compression=compression, positions=6)
+    first, step = cached.prefill(h[:, :5], mask[:, :5]), cached.decode(h[:, 5:], mask)
+    full = whole.prefill(h, mask)
+    cached.close()
+    whole.close()
+    conn.sock.send(encode(Header(MsgType.BYE, conn.session, 0, 0, Bye())))
+    time.sleep(0.1)
+    conn.close()
+    assert bool(full.isfinite().all())
+    torch.testing.assert_close(first, full[:, :5], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(step, full[:, 5:], atol=1e-4, rtol=1e-4)
+
+
+def _read_answers(sock, peer: GenerationPeer) -> int:
+    """Give the generation peer what came back, waiting briefly when a valid request is out (its
+    stream's next step waits for it; a late answer is read next time); the number of GENERATED."""
+    answered, wait = 0, 20 if peer.pending else 0
+    while (reply := sock.recv(wait)) is not None:
+        msg = decode(reply, max_bytes=1 << 26)
+        answered += msg.type == MsgType.GENERATED
+        peer.observe(msg)
+        wait = 0
+    return answered
+
+
 def test_live_fuzz_server_survives_and_the_honest_client_finishes(make_run):
     n = int(os.environ.get("FUZZ_MESSAGES", "3000"))
     # limits off: every hostile message is decoded and dispatched (the flood test below bans)
     run = _hostile_run(
-        make_run, training__rounds=2, training__local_steps=6, server__limits={"max_errors": 0, "max_rate": 0}
+        make_run,
+        clients=3,  # client-2: the generation peer (client-1's connection turns into a generation session
+        # now and then, which replaces client-1's other one)
+        training__rounds=2,
+        training__local_steps=6,
+        server__limits={"max_errors": 0, "max_rate": 0},
+        server__step_timeout_s=2.0,  # a step the attacker holds blocks training and generation that long
+        server__inference=GEN_LIMITS,
     )
     server = run.server()
     _wait_listening(run)
     honest = run.client(0)
-    bad = _peer(run)
+    bad, streams = _peer(run), _peer(run, "client-2")  # a training session, a generation session
     welcome = _hello(run, bad)
     gen = HostileGenerator(
         1234,
@@ -159,24 +218,51 @@ def test_live_fuzz_server_survives_and_the_honest_client_finishes(make_run):
         hello=run.hello_meta(0, 1),
         max_bytes=int(run.cfg.transport.max_message_mb * 2**20),
     )
+    gen_hello = {**run.hello_meta(2, 1), "config_keys": run.cfg.key_digests(), "generate": True}
+    welcome = _ask(streams, encode(Header(MsgType.HELLO, meta=gen_hello)))
+    peer = GenerationPeer(
+        4321,
+        session=welcome.header.session,
+        hidden=welcome.header.meta["hidden"],
+        hello=gen_hello,
+        max_positions=GEN_LIMITS["max_positions"],
+    )
     kinds: dict[str, int] = {}
-    replies = 0
+    replies = answered = 0
     for i in range(n):
-        kind, frames = next(gen)
+        if i % 5 == 4:  # every fifth from the generation session
+            kind, frames = next(peer)
+            streams.send(frames)
+            answered += _read_answers(streams, peer)
+        else:
+            kind, frames = next(gen)
+            bad.send(frames)
         kinds[kind] = kinds.get(kind, 0) + 1
-        bad.send(frames)
         if i % 50 == 0:  # mostly a flood that does not read; now and then drain what came back
-            while bad.recv(0) is not None:
+            while (reply := bad.recv(0)) is not None:
                 replies += 1
+                msg = decode(reply, max_bytes=1 << 26)
+                if msg.type == MsgType.WELCOME:  # an impersonation HELLO was accepted: go on in its session
+                    gen.session = msg.header.session
     bad.close()  # leave without reading the rest
-    log = _finishes_cleanly(run, server, honest)
-    assert len(kinds) == 11 and replies > 0
+    streams.send(encode(Header(MsgType.BYE, peer.session, 0, 0, Bye())))  # frees its streams' capacity
+    time.sleep(0.1)
+    streams.close()
+    assert run.wait(honest, 240) == 0, run.log("client-0") + run.log("server")[-5000:]
+    _honest_generation(run)  # the rounds are over: the trunk no longer changes between requests
+    server.send_signal(signal.SIGINT)  # serving until stopped
+    assert run.wait(server, 120) == 130, run.log("server")[-5000:]
+    log = run.log("server")
+    assert "Traceback" not in log, log[log.index("Traceback") - 2000 :][:6000]
+    assert set(kinds) == set(KINDS) | set(GEN_KINDS) and replies > 0 and answered > 0
     assert len(log) < 400_000, f"server log grew to {len(log)} bytes for {n} hostile messages"
     metrics = (run.run_dir / "metrics" / "server.jsonl").stat().st_size
     assert metrics < 2_000_000, f"server metrics grew to {metrics} bytes"
     for line in (run.run_dir / "metrics" / "server.jsonl").read_text().splitlines():
         assert len(line) < 2000
-    print(json.dumps({"messages": n, "kinds": kinds, "replies_read": replies, "server_log_bytes": len(log)}))
+    served = [m["event"] for m in run.metrics("server") if m["event"].startswith("generate_")]
+    summary = {"messages": n, "kinds": kinds, "replies_read": replies, "server_log_bytes": len(log)}
+    print(json.dumps({**summary, "generated": answered, "server": {e: served.count(e) for e in sorted(set(served))}}))
 
 
 def test_flood_without_reading_then_vanish(make_run):

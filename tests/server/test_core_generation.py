@@ -208,6 +208,23 @@ def test_generation_waits_for_a_pending_training_step(make_core):
     assert _answer(h.idle(1.5), A).shape == (1, 3, D)
 
 
+def test_a_connection_saying_hello_to_generate_ends_its_training_session_and_frees_the_trunk(make_core):
+    """The training session used to be overwritten, not ended: its pending step held the trunk
+    until ``server.step_timeout_s`` while the other clients' forwards queued."""
+    h = make_core(clients=2)
+    h.hello(T, 0)
+    h.hello(A, 1)
+    h.forward(A, *_prompt(1, 4, seed=1), now=1.0, train=True)
+    assert h.engine.busy
+    h.gen_hello(A, 1, now=1.5)  # the same connection, now a generation session
+    assert not h.engine.busy and h.session(A).generates
+    got = h.forward(T, *_prompt(1, 4, seed=2), now=2.0, train=True)
+    assert only_message(got, T, MsgType.ACTIVATIONS)  # at once, not after the step timeout
+    _open(h, A, 0, *_prompt(1, 3, seed=3), now=2.5)
+    h.hello(A, 1, now=3.0)  # and back: the generation session and its stream end
+    assert h.session(A).stage == Stage.READY and not h.core.generation.streams
+
+
 def test_random_hostile_generation_traffic_is_refused_or_served_within_the_budgets(make_core):
     """600 random GENERATE messages from one generation session, with idles and ticks between:
     only answers or refusals come out (no exception), and the caches never exceed their budgets."""
