@@ -211,13 +211,18 @@ class ServerCore:
         if hello.n_samples > most:
             raise WireError(ErrorCode.MALFORMED, f"n_samples must be an integer in [1, {most}], got {hello.n_samples}")
         generates = bool(hello.generate)
-        for ident, old in list(self.sessions.items()):  # a reconnecting client replaces its old session
-            if old.name == name and old.generates == generates:
+        for ident, old in list(self.sessions.items()):
+            if old.name == name and not (old.generates or generates):  # a reconnecting trainer replaces its session
                 self._forget(ident, old)
             elif ident == ev.identity:  # this connection's other session ends (its pending step would hold the trunk)
                 self._forget(ident, old)
                 if not old.generates:
                     self.rounds.left(old.name)
+        if generates:  # one client may generate from several processes at once: its oldest sessions go past the cap
+            mine = sorted((s.last_seen, i) for i, s in self.sessions.items() if s.name == name and s.generates)
+            cap = self.cfg.server.inference.max_streams_per_client
+            for _, ident in mine[: max(0, len(mine) + 1 - cap)]:
+                self._forget(ident, self.sessions[ident])
         if not generates:
             self.rounds.joined(name)
         sess = Session(

@@ -110,7 +110,7 @@ class GenerationScheduler:
                 f"generate open: positions must be an integer in [{mask.shape[1]} (the prompt), "
                 f"{lim.max_positions}] (server.inference.max_positions), got {meta.positions}",
             )
-        own = [s for s in self.streams.values() if s.sess.identity == sess.identity]
+        own = [s for s in self.streams.values() if s.sess.name == sess.name]  # the client's, over all its sessions
         if len(own) >= lim.max_streams_per_client:
             raise WireError(
                 ErrorCode.TOO_LARGE,

@@ -154,7 +154,7 @@ def test_limits_are_refused_by_name_and_others_are_served(make_core):
     answer = h.idle(1.0)
     assert tensor_of(only_message(answer, B, MsgType.GENERATED), "act").shape == (1, 4, D)
     h.hello(T, 0, now=1.0)
-    h.gen_hello(b"ident-c", 0, now=1.0)  # replaces A's generation session (same client): A's stream goes
+    h.gen_hello(b"ident-c", 0, now=1.0)  # past max_streams_per_client sessions: A's (the oldest) goes, with its stream
     assert len(h.engine.streams.caches) == 1
 
 
@@ -293,3 +293,20 @@ def test_per_client_mode_generates_with_each_clients_own_trunk_adapter(make_core
     for ident, name in ((A, "client-0"), (B, "client-1")):
         got = _answer([a for a in answers if getattr(a, "identity", None) == ident], ident)
         torch.testing.assert_close(got, ref.infer(name, full_act, full_mask)[:, -1:], rtol=0, atol=1e-5)
+
+
+def test_one_client_generates_from_several_processes_within_its_own_limits(make_core):
+    h = make_core(clients=2, server__inference={"max_streams_per_client": 2})
+    C = b"ident-c"
+    h.gen_hello(A, 0, now=1.0)
+    h.gen_hello(C, 0, now=2.0)  # client-0's second process: both sessions live
+    assert A in h.core.sessions and C in h.core.sessions
+    act, mask = _prompt(1, 3, seed=1)
+    _open(h, A, 0, act, mask)
+    _open(h, C, 0, act, mask)
+    _answer(h.idle(2.0), A)
+    err = only_reject(h.generate(C, "open", 1, now=2.0, act=act, mask=mask, positions=5, step=2), C)
+    assert "2 streams open, server.inference.max_streams_per_client = 2" in str(err)  # counted over the client
+    h.gen_hello(B, 0, now=3.0)  # a third session: the oldest (A) goes, and its stream with it
+    assert A not in h.core.sessions and C in h.core.sessions and B in h.core.sessions
+    assert len(h.engine.streams.caches) == 1
