@@ -33,7 +33,7 @@ def check_activations(
     (``train`` picks the encoding)."""
     mask = msg.tensors.get("mask")
     if mask is None or mask.dtype != torch.uint8 or mask.dim() != 2:
-        raise WireError(ErrorCode.BAD_TENSOR, "forward needs 'mask': uint8 (batch, tokens)")
+        raise WireError(ErrorCode.BAD_TENSOR, f"{msg.type.value} needs 'mask': uint8 (batch, tokens)")
     b, t = mask.shape
     max_b, max_t = cfg.server.max_batch, cfg.server.max_seq
     if not (1 <= b <= max_b and 1 <= t <= max_t):
