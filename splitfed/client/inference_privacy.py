@@ -95,7 +95,10 @@ class InferencePrivacy:
         past = self.ledger.entries()
         number = 1 + max((e.round for e in past), default=0)
         positions = prompt_positions + max_new_tokens - 1  # positions sent per prompt
-        mech = mechanism_of(p.activations, p.delta, max_positions=positions)
+        # the discrete noise table depends on the sequence unit's size: sized for a power of two of
+        # positions (a little more noise), so sessions of nearby lengths share one table (seconds to build)
+        bucket = 1 << (positions - 1).bit_length()
+        mech = mechanism_of(p.activations, p.delta, max_positions=bucket)
         entries = [LedgerEntry(number, "prompt_shape", Party.SERVER, Disclosure(1), unit=UNIT, reason=SHAPE)]
         if mech is None:
             raw = NonPrivateEvent(positions)
@@ -105,7 +108,7 @@ class InferencePrivacy:
                 mech.prepare(hidden)
             kw = {"hidden": hidden} if hasattr(mech, "grid") else {}
             if mech.unit == "sequence":  # the prefill, then each decode position
-                event = mech.event(max_new_tokens, max_positions=positions, **kw)
+                event = mech.event(max_new_tokens, max_positions=bucket, **kw)
             else:  # every position on its own: one release at nm / sqrt(positions)
                 event = mech.event(1, max_positions=positions, **kw)
             entry = LedgerEntry(number, "inference_activation_ldp", Party.SERVER, event, UNIT, mech.clip)
