@@ -98,3 +98,11 @@ def test_decoded_texts_are_capped_at_the_example_length():
     assert attack_options(cfg).update == UpdateOptions(length=24, top_k=7)
     cfg = parse_table(AttackConfig, {"data": {"max_length": 64}}, "")
     assert attack_options(cfg).update.length == 32
+
+
+def test_the_generation_example_attacks_split_generation():
+    from pathlib import Path
+
+    cfg = load_toml(AttackConfig, Path(__file__).parents[2] / "examples" / "attack_generation.toml")
+    assert cfg.attacks.generation.new_tokens == 16 and cfg.model.cuts == (2,)
+    assert [d.name for d in cfg.defenses][:2] == ["none", "seq nm 0.003"]
