@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,7 +62,7 @@ class InferenceSession:
     """One generation session's releases: `release(h, mask)` for the generator, and its statements."""
 
     number: int
-    release: object  # Callable[[Tensor, Tensor], Tensor]
+    release: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # applied to each tensor before it is sent
     entries: tuple[LedgerEntry, ...]
     session: tuple[Statement, ...]  # this session alone (one prompt)
     client: tuple[Statement, ...]  # every session of this client so far, this one included
