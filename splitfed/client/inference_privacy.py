@@ -42,7 +42,7 @@ from splitfed.config import RunConfig
 from splitfed.errors import UsageError
 from splitfed.privacy.events import NonPrivateEvent, Party
 from splitfed.privacy.ledger import REPRODUCIBLE_NOISE, Disclosure, Ledger, LedgerEntry, Statement, statements
-from splitfed.privacy.mechanisms import NoiseSource, SecureNoise, TorchNoise
+from splitfed.privacy.mechanisms import DiscreteGaussianLDP, NoiseSource, SecureNoise, TorchNoise
 from splitfed.privacy.report import write_settings
 
 UNIT = "prompt"
@@ -105,9 +105,10 @@ class InferencePrivacy:
             raw = NonPrivateEvent(positions)
             entries.append(LedgerEntry(number, "raw_inference_activations", Party.SERVER, raw, UNIT, reason=RAW))
         else:
-            if hasattr(mech, "prepare"):
-                mech.prepare(hidden)
-            kw = {"hidden": hidden} if hasattr(mech, "grid") else {}
+            discrete = isinstance(mech, DiscreteGaussianLDP)
+            if discrete:
+                mech.prepare(hidden)  # the noise table now, not at the first release
+            kw = {"hidden": hidden} if discrete else {}  # the table's own sampler slack
             if mech.unit == "sequence":  # the prefill, then each decode position
                 event = mech.event(max_new_tokens, max_positions=bucket, **kw)
             else:  # every position on its own: one release at nm / sqrt(positions)
